@@ -1,0 +1,3 @@
+from ohlcv.cli import main
+
+main()

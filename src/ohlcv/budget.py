@@ -1,0 +1,277 @@
+"""The token-budget planner behind ``ohlcv budget``.
+
+MOIRAI flattens every variate's patches into one token sequence, so a sample
+costs ``tokens = variates x ceil((context + horizon) / patch)`` tokens, and
+pre-training caps that at ``max_seq_len`` (512). uni2ts packs
+``past_feat_dynamic_real`` covariates into the same sequence, so they count
+as variates too. This module is pure arithmetic over the profile: no torch,
+no uni2ts, no pandas.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ohlcv.errors import ConfigError, OhlcvError, PluginError
+from ohlcv.freq import Frequency, parse_freq
+
+MIN_CONTEXT_TO_HORIZON = 5  # the brief: context >= 5 x horizon
+
+
+def patches_for(context: int, horizon: int, patch: int) -> int:
+    return -(-(context + horizon) // patch)  # ceil without floats
+
+
+def tokens_for(variates: int, context: int, horizon: int, patch: int) -> int:
+    return variates * patches_for(context, horizon, patch)
+
+
+@dataclass(frozen=True)
+class PatchRow:
+    patch_size: int
+    patches: int  # per variate
+    tokens: int
+    fits: bool  # tokens <= max_seq_len
+    allowed: bool  # by the constraint that applies
+    uni2ts_default_allows: bool
+    usable: bool  # fits and allowed
+    crop_steps: int  # time steps uni2ts's pre-training crop keeps at this patch size
+
+
+@dataclass
+class BudgetInputs:
+    context: int
+    horizon: int
+    patch_sizes: list[int]
+    max_seq_len: int
+    variates: int
+    variate_names: list[str]
+    variates_source: str
+    freq: Frequency
+    constraint: tuple[int, int] | None  # the profile's; None: uni2ts's default
+    max_dim: int = 128
+    min_patches: int = 2
+
+
+@dataclass
+class BudgetReport:
+    inputs: dict[str, Any]
+    constraint: dict[str, Any]
+    rows: list[PatchRow]
+    context_rule_ok: bool
+    ok: bool
+    suggestions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "inputs": self.inputs,
+                "constraint": self.constraint,
+                "rows": [asdict(row) for row in self.rows],
+                "context_rule": {
+                    "rule": f"context >= {MIN_CONTEXT_TO_HORIZON} x horizon",
+                    "ok": self.context_rule_ok,
+                },
+                "ok": self.ok,
+                "suggestions": self.suggestions,
+                "notes": self.notes,
+            },
+            indent=2,
+        )
+
+
+def smallest_fitting_patch(variates: int, context: int, horizon: int, max_seq_len: int) -> int | None:
+    """The smallest patch size p with variates x ceil((context+horizon)/p) <= max_seq_len."""
+    per_variate = max_seq_len // variates
+    if per_variate <= 0:
+        return None
+    return -(-(context + horizon) // per_variate)
+
+
+def plan(inputs: BudgetInputs) -> BudgetReport:
+    ctx, hor, seq, v = inputs.context, inputs.horizon, inputs.max_seq_len, inputs.variates
+    default_lo, default_hi = inputs.freq.uni2ts_patch_range
+    if inputs.constraint is not None:
+        lo, hi = inputs.constraint
+        constraint = {"source": "profile", "min": lo, "max": hi, "key": "model.patch_size_constraint"}
+    else:
+        lo, hi = default_lo, default_hi
+        constraint = {"source": f"uni2ts default for '{inputs.freq.uni2ts_code}'", "min": lo, "max": hi}
+    constraint["uni2ts_default"] = {"code": inputs.freq.uni2ts_code, "min": default_lo, "max": default_hi}
+
+    rows = []
+    for p in sorted(set(inputs.patch_sizes)):
+        patches = patches_for(ctx, hor, p)
+        tokens = v * patches
+        fits = tokens <= seq
+        allowed = lo <= p <= hi
+        rows.append(
+            PatchRow(
+                patch_size=p,
+                patches=patches,
+                tokens=tokens,
+                fits=fits,
+                allowed=allowed,
+                uni2ts_default_allows=default_lo <= p <= default_hi,
+                usable=fits and allowed,
+                crop_steps=(seq // v) * p if v > 0 else 0,
+            )
+        )
+    rule_ok = ctx >= MIN_CONTEXT_TO_HORIZON * hor
+    any_usable = any(row.usable for row in rows)
+    report = BudgetReport(
+        inputs={
+            "context_length": ctx,
+            "prediction_length": hor,
+            "patch_sizes": sorted(set(inputs.patch_sizes)),
+            "max_seq_len": seq,
+            "variates": v,
+            "variate_names": inputs.variate_names,
+            "variates_source": inputs.variates_source,
+            "freq": inputs.freq.canonical,
+        },
+        constraint=constraint,
+        rows=rows,
+        context_rule_ok=rule_ok,
+        ok=rule_ok and any_usable,
+    )
+    _advise(inputs, report, lo, hi)
+    return report
+
+
+def _advise(inputs: BudgetInputs, report: BudgetReport, lo: int, hi: int) -> None:
+    ctx, hor, seq, v = inputs.context, inputs.horizon, inputs.max_seq_len, inputs.variates
+    if not report.context_rule_ok:
+        report.suggestions.append(
+            f"context {ctx} is shorter than {MIN_CONTEXT_TO_HORIZON} x horizon ({MIN_CONTEXT_TO_HORIZON * hor}): "
+            f"set data.context_length>={MIN_CONTEXT_TO_HORIZON * hor} or data.prediction_length<={ctx // MIN_CONTEXT_TO_HORIZON}"
+        )
+    allowed_rows = [row for row in report.rows if row.allowed]
+    if not allowed_rows:
+        report.suggestions.append(
+            f"none of model.patch_sizes {report.inputs['patch_sizes']} is allowed by the constraint "
+            f"[{lo}, {hi}] ({report.constraint['source']}): add a patch size in that range or set "
+            "model.patch_size_constraint"
+        )
+    blocked = [row.patch_size for row in report.rows if row.fits and not row.allowed]
+    if blocked and inputs.constraint is None:
+        report.notes.append(
+            f"patch sizes {blocked} fit the budget but uni2ts's default constraint for "
+            f"'{inputs.freq.uni2ts_code}' ({lo}-{hi}) would never pick them; set "
+            f"model.patch_size_constraint=[{min(blocked + [lo])},{hi}] to use them"
+        )
+    if allowed_rows and not any(row.usable for row in report.rows):
+        largest = max(row.patch_size for row in allowed_rows)
+        patches = patches_for(ctx, hor, largest)
+        max_variates = seq // patches
+        report.suggestions.append(
+            f"at patch {largest}, at most {max_variates} variates fit ({patches} patches each); "
+            f"this profile has {v}: enable fewer features or data.columns"
+        )
+        smallest = smallest_fitting_patch(v, ctx, hor, seq)
+        if smallest is None:
+            report.suggestions.append(
+                f"{v} variates exceed max_seq_len {seq} even at one patch each: reduce the variates"
+            )
+        else:
+            note = "" if lo <= smallest <= hi else f" (outside the constraint [{lo}, {hi}]: widen model.patch_size_constraint)"
+            report.suggestions.append(
+                f"the smallest patch size that fits {v} variates is {smallest}: add it to model.patch_sizes{note}"
+            )
+            longest = (seq // v) * largest - hor
+            if longest > 0:
+                rule = "" if longest >= MIN_CONTEXT_TO_HORIZON * hor else f", below the {MIN_CONTEXT_TO_HORIZON}x-horizon rule"
+                report.suggestions.append(
+                    f"at patch {largest}, the longest context that fits is {longest} (data.context_length={longest}{rule})"
+                )
+        per_variate = seq // v if v else 0
+        if per_variate >= inputs.min_patches:
+            report.notes.append(
+                f"uni2ts would not refuse this: its pre-training crop keeps only {per_variate} patches per variate "
+                f"({per_variate * largest} steps at patch {largest}), silently shorter than "
+                f"context + horizon = {ctx + hor}"
+            )
+        else:
+            report.notes.append(
+                f"uni2ts's pre-training crop cannot fit {inputs.min_patches} patches per variate for {v} variates; "
+                "pre-training would fail"
+            )
+    if v > inputs.max_dim:
+        report.notes.append(
+            f"pre-training samples at most pretrain.max_dim={inputs.max_dim} of the {v} variates per sample"
+        )
+
+
+def read_dataset_variates(dataset: Path) -> list[str] | None:
+    """Variate names from a built dataset's ``manifest.json``; None when there is none."""
+    manifest = Path(dataset) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text())
+        names = data["variates"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OhlcvError(f"{manifest}: unreadable dataset manifest (no 'variates' list); rebuild the dataset") from None
+    return [str(name) for name in names]
+
+
+def profile_variates(cfg, features=None) -> list[str]:
+    """Variate names a build with this profile would produce: OHLCV columns, then feature outputs."""
+    names = list(cfg.data.columns)
+    enabled = list(cfg.features.enabled)
+    if enabled:
+        if features is None:
+            from ohlcv.plugins import load_plugins
+
+            features = load_plugins().features
+        for name in enabled:
+            try:
+                feature = features.get(name)
+                names.extend(feature.output_names(cfg.features.params.get(name)))
+            except PluginError as exc:
+                raise ConfigError(str(exc), key="features.enabled") from None
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"feature '{name}': {exc}", key=f"features.params.{name}") from None
+    return names
+
+
+def inputs_from_profile(cfg, *, dataset: Path | None = None, variates: int | None = None) -> BudgetInputs:
+    """Gather the planner's inputs from a loaded profile (and a built dataset, when there is one)."""
+    names: list[str] | None = None
+    source = "profile (data.columns + features.enabled)"
+    candidate = Path(dataset) if dataset is not None else Path(str(cfg.data.dataset))
+    if dataset is not None and not (candidate / "manifest.json").is_file():
+        raise OhlcvError(f"{candidate}: no manifest.json here; is this a dataset built by `ohlcv build`?")
+    from_dataset = read_dataset_variates(candidate)
+    if from_dataset is not None:
+        names, source = from_dataset, f"dataset {candidate}"
+    if names is None:
+        names = profile_variates(cfg)
+    count = len(names)
+    if variates is not None:
+        if variates <= 0:
+            raise ConfigError(f"must be positive, got {variates}", key="--variates")
+        count, source = variates, "--variates"
+    constraint = cfg.model.patch_size_constraint
+    return BudgetInputs(
+        context=int(cfg.data.context_length),
+        horizon=int(cfg.data.prediction_length),
+        patch_sizes=[int(p) for p in cfg.model.patch_sizes],
+        max_seq_len=int(cfg.model.max_seq_len),
+        variates=count,
+        variate_names=names if variates is None else [],
+        variates_source=source,
+        freq=parse_freq(cfg.data.freq),
+        constraint=(int(constraint[0]), int(constraint[1])) if constraint is not None else None,
+        max_dim=int(cfg.pretrain.max_dim),
+        min_patches=int(cfg.pretrain.min_patches),
+    )
+
+
+def usable_patch_sizes(report: BudgetReport) -> Sequence[int]:
+    return [row.patch_size for row in report.rows if row.usable]

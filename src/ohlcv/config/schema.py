@@ -1,0 +1,225 @@
+"""The typed schema every profile is validated against.
+
+OmegaConf builds a structured config from these dataclasses: a key that is not
+declared here is an error, a value of the wrong type is an error, and ``???``
+(``MISSING``) marks a value the profile must supply. Defaults are neutral; the
+numbers of the technical brief live in ``profiles/hourly.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+class SplitMethod(str, Enum):
+    fraction = "fraction"
+    date = "date"
+
+
+class Scaler(str, Enum):
+    none = "none"
+    standard = "standard"
+    robust = "robust"
+    minmax = "minmax"
+
+
+class ScalerScope(str, Enum):
+    symbol = "symbol"
+    asset_class = "asset_class"
+
+
+class Layout(str, Enum):
+    """How variates are laid out in the dataset.
+
+    ``joint``: every variate is a target (multivariate forecasting).
+    ``covariates``: ``data.targets`` are targets, every other variate is a
+    past-only covariate (``past_feat_dynamic_real``).
+    """
+
+    joint = "joint"
+    covariates = "covariates"
+
+
+class ModelSize(str, Enum):
+    small = "small"
+    base = "base"
+    large = "large"
+    custom = "custom"
+
+
+class FinetunePattern(str, Enum):
+    full = "full"
+    freeze_ffn = "freeze_ffn"
+    head_only = "head_only"
+
+
+class Distribution(str, Enum):
+    student_t = "student_t"
+    normal_fixed_scale = "normal_fixed_scale"
+    normal = "normal"
+    negative_binomial = "negative_binomial"
+    log_normal = "log_normal"
+    laplace = "laplace"
+
+
+# Sizes of the published MOIRAI models: (num_layers, d_model).
+MODEL_SIZES: dict[str, tuple[int, int]] = {
+    "small": (6, 384),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+
+
+@dataclass
+class SplitConfig:
+    method: SplitMethod = SplitMethod.fraction
+    train: float = 0.8  # share of each series' bars (method: fraction)
+    validation: float = 0.1
+    train_end: Optional[str] = None  # ISO timestamps (method: date), exclusive
+    validation_end: Optional[str] = None
+
+
+@dataclass
+class CleaningConfig:
+    max_ffill_gap: int = 3  # gaps up to this many bars: prices forward-filled, volume 0
+    outlier_window: int = 200  # bars of history for the causal median/MAD filter
+    outlier_threshold: float = 12.0  # robust z-score (MADs) above which a bar is dropped
+    min_length: int = 500  # symbols with fewer clean bars are quarantined
+
+
+@dataclass
+class NormalizationConfig:
+    scaler: Scaler = Scaler.none
+    scope: ScalerScope = ScalerScope.symbol
+
+
+@dataclass
+class DataConfig:
+    lake: str = "data/lake"
+    dataset: str = "data/datasets/${name}"
+    freq: str = "1h"
+    asset_classes: List[str] = field(default_factory=list)  # empty: all
+    symbols: List[str] = field(default_factory=list)  # empty: all
+    start: Optional[str] = None
+    end: Optional[str] = None
+    columns: List[str] = field(
+        default_factory=lambda: ["open", "high", "low", "close", "volume"]
+    )
+    layout: Layout = Layout.joint
+    targets: List[str] = field(default_factory=lambda: ["close"])
+    context_length: int = MISSING
+    prediction_length: int = MISSING
+    batch_size: int = 10  # symbols per builder batch
+    split: SplitConfig = field(default_factory=SplitConfig)
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+
+
+@dataclass
+class FeaturesConfig:
+    enabled: List[str] = field(default_factory=list)  # registered feature names
+    params: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per feature
+
+
+@dataclass
+class ModelConfig:
+    size: ModelSize = ModelSize.small
+    d_model: Optional[int] = None  # required when size is custom
+    num_layers: Optional[int] = None
+    patch_sizes: List[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    max_seq_len: int = 512
+    # [min, max] patch size allowed for this profile's frequency. null: uni2ts's
+    # DefaultPatchSizeConstraints (hourly: 32-64 only).
+    patch_size_constraint: Optional[List[int]] = None
+    distribution: List[Distribution] = field(
+        default_factory=lambda: [
+            Distribution.student_t,
+            Distribution.normal_fixed_scale,
+            Distribution.negative_binomial,
+            Distribution.log_normal,
+        ]
+    )
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    scaling: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    batch_size: int = 32
+    max_steps: int = 10_000
+    warmup_steps: int = 1_000
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    mask_ratio_min: float = 0.1
+    mask_ratio_max: float = 0.2
+    max_dim: int = 128
+    min_patches: int = 2
+    allow_crop: bool = True  # let uni2ts crop samples that exceed max_seq_len
+    num_batches_per_epoch: int = 100
+    num_workers: int = 0
+    checkpoint_every_n_steps: int = 500
+
+
+@dataclass
+class FinetuneConfig:
+    patch_size: int = 32
+    pattern: FinetunePattern = FinetunePattern.full
+    batch_size: int = 32
+    max_steps: int = 2_000
+    warmup_steps: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    patience: int = 5  # validations without improvement before stopping
+    val_every_n_steps: int = 100
+    num_samples: int = 100  # samples drawn for sampled validation metrics
+
+
+@dataclass
+class EvaluateConfig:
+    windows: int = 20
+    stride: Optional[int] = None  # bars between origins; null: the prediction length
+    num_samples: int = 100
+    plot_assets: int = 4
+    seasonality: Optional[int] = None  # null: from the frequency (24 for hourly)
+    baselines: List[str] = field(default_factory=lambda: ["naive", "seasonal_naive", "drift"])
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    # auto: bf16-mixed on GPUs that support it, else 16-mixed; 32-true on CPU
+    precision: str = "auto"
+    gradient_clip_val: float = 1.0
+    tf32: bool = True
+    log_every_n_steps: int = 10
+    seed: int = 0
+    logger: str = "tensorboard"
+
+
+@dataclass
+class OutputConfig:
+    runs_dir: str = "runs"
+
+
+@dataclass
+class Profile:
+    name: str = MISSING
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)

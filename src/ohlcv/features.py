@@ -1,0 +1,105 @@
+"""What a feature is: the unit plugins register and the builder composes.
+
+A :class:`Feature` declares its name, family, the columns it reads, the
+columns it writes, how many bars it needs before its values mean anything
+(its warm-up), and how to compute it: either Polars expressions (preferred —
+the builder composes every feature's expressions into one query per asset) or
+a function from a Polars frame to a frame of its output columns.
+
+Contract, checked by the look-ahead test: the value at bar t may depend on
+bars at or before t only. Values inside the warm-up are null, never zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from ohlcv.errors import PluginError
+
+if TYPE_CHECKING:  # polars is imported by the code that computes, not by the registry
+    import polars as pl
+
+OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+class Family(str, Enum):
+    indicator = "indicator"
+    cross_asset = "cross_asset"
+    regime = "regime"
+
+
+Params = Mapping[str, Any]
+ExprsFn = Callable[[Params], "Sequence[pl.Expr]"]
+FrameFn = Callable[["pl.DataFrame", Params], "pl.DataFrame"]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A registered feature.
+
+    ``outputs`` and ``warmup`` are either fixed or functions of the feature's
+    parameters (the defaults in ``params``, updated from the profile's
+    ``features.params.<name>``). Exactly one of ``exprs`` and ``frame`` is set.
+    """
+
+    name: str
+    family: Family | str
+    inputs: Sequence[str]
+    outputs: Sequence[str] | Callable[[Params], Sequence[str]]
+    warmup: int | Callable[[Params], int]
+    exprs: ExprsFn | None = None
+    frame: FrameFn | None = None
+    params: Params = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise PluginError(f"feature name '{self.name}' must be letters, digits and underscores")
+        try:
+            object.__setattr__(self, "family", Family(self.family))
+        except ValueError:
+            families = ", ".join(f.value for f in Family)
+            raise PluginError(f"feature '{self.name}': family '{self.family}' is not one of {families}") from None
+        if (self.exprs is None) == (self.frame is None):
+            raise PluginError(f"feature '{self.name}': set exactly one of exprs= and frame=")
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+
+    def resolve_params(self, overrides: Params | None = None) -> dict[str, Any]:
+        merged = dict(self.params)
+        for key, value in (overrides or {}).items():
+            if key not in merged:
+                known = ", ".join(sorted(merged)) or "none"
+                raise PluginError(
+                    f"feature '{self.name}' has no parameter '{key}' (parameters: {known}); "
+                    f"fix features.params.{self.name}"
+                )
+            merged[key] = value
+        return merged
+
+    def output_names(self, overrides: Params | None = None) -> list[str]:
+        params = self.resolve_params(overrides)
+        names = self.outputs(params) if callable(self.outputs) else self.outputs
+        return list(names)
+
+    def warmup_bars(self, overrides: Params | None = None) -> int:
+        params = self.resolve_params(overrides)
+        return int(self.warmup(params) if callable(self.warmup) else self.warmup)
+
+    def compute(self, frame: "pl.DataFrame", overrides: Params | None = None) -> "pl.DataFrame":
+        """The feature's output columns for ``frame`` (same height, same row order)."""
+        params = self.resolve_params(overrides)
+        names = self.output_names(overrides)
+        if self.exprs is not None:
+            out = frame.select(list(self.exprs(params)))
+        else:
+            assert self.frame is not None
+            out = self.frame(frame, params)
+        if list(out.columns) != names:
+            raise PluginError(
+                f"feature '{self.name}' produced columns {list(out.columns)}, declared {names}"
+            )
+        if out.height != frame.height:
+            raise PluginError(f"feature '{self.name}' changed the number of rows")
+        return out

@@ -1,0 +1,168 @@
+"""The token-budget planner: arithmetic, verdicts, advice, and the CLI around it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ohlcv.budget import (
+    BudgetInputs,
+    inputs_from_profile,
+    patches_for,
+    plan,
+    smallest_fitting_patch,
+    tokens_for,
+)
+from ohlcv.config import load_profile
+from ohlcv.freq import parse_freq
+
+HOURLY = parse_freq("1h")
+
+
+def _inputs(context, horizon, patch_sizes, variates, max_seq_len=512, constraint=(1, 10_000)):
+    return BudgetInputs(
+        context=context,
+        horizon=horizon,
+        patch_sizes=list(patch_sizes),
+        max_seq_len=max_seq_len,
+        variates=variates,
+        variate_names=[],
+        variates_source="test",
+        freq=HOURLY,
+        constraint=constraint,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    context=st.integers(1, 5000),
+    horizon=st.integers(1, 1000),
+    patch=st.integers(1, 512),
+    variates=st.integers(1, 300),
+)
+def test_tokens_match_the_brief_formula(context, horizon, patch, variates):
+    expected = variates * math.ceil((context + horizon) / patch)
+    assert tokens_for(variates, context, horizon, patch) == expected
+    assert patches_for(context, horizon, patch) * variates == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    context=st.integers(1, 3000),
+    horizon=st.integers(1, 600),
+    patch_sizes=st.lists(st.integers(1, 256), min_size=1, max_size=5),
+    variates=st.integers(1, 100),
+    max_seq_len=st.integers(16, 1024),
+)
+def test_fits_and_verdict_follow_the_formula(context, horizon, patch_sizes, variates, max_seq_len):
+    report = plan(_inputs(context, horizon, patch_sizes, variates, max_seq_len))
+    assert [row.patch_size for row in report.rows] == sorted(set(patch_sizes))
+    for row in report.rows:
+        assert row.tokens == variates * math.ceil((context + horizon) / row.patch_size)
+        assert row.fits == (row.tokens <= max_seq_len)
+        assert row.usable == row.fits  # the constraint admits everything here
+    rule = context >= 5 * horizon
+    assert report.context_rule_ok == rule
+    assert report.ok == (rule and any(row.fits for row in report.rows))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    context=st.integers(1, 3000),
+    horizon=st.integers(1, 600),
+    variates=st.integers(1, 600),
+    max_seq_len=st.integers(16, 1024),
+)
+def test_smallest_fitting_patch_is_minimal(context, horizon, variates, max_seq_len):
+    smallest = smallest_fitting_patch(variates, context, horizon, max_seq_len)
+    if variates > max_seq_len:
+        assert smallest is None
+        return
+    assert tokens_for(variates, context, horizon, smallest) <= max_seq_len
+    if smallest > 1:
+        assert tokens_for(variates, context, horizon, smallest - 1) > max_seq_len
+
+
+def test_hourly_profile_plan():
+    report = plan(inputs_from_profile(load_profile("hourly").cfg))
+    assert report.ok
+    rows = {row.patch_size: row for row in report.rows}
+    assert report.inputs["variates"] == 6  # OHLCV + log_return_1
+    assert (rows[16].patches, rows[16].tokens) == (12, 72)
+    assert rows[16].allowed and not rows[16].uni2ts_default_allows
+    assert report.constraint["source"] == "profile"
+
+
+def test_default_constraint_blocks_patch_16_for_hourly_and_says_so():
+    cfg = load_profile("hourly", ["model.patch_size_constraint=null"]).cfg
+    report = plan(inputs_from_profile(cfg))
+    rows = {row.patch_size: row for row in report.rows}
+    assert rows[16].fits and not rows[16].allowed and not rows[16].usable
+    assert report.constraint == {
+        "source": "uni2ts default for 'H'",
+        "min": 32,
+        "max": 64,
+        "uni2ts_default": {"code": "H", "min": 32, "max": 64},
+    }
+    assert any("model.patch_size_constraint=[16,64]" in note for note in report.notes)
+
+
+def test_when_nothing_fits_the_advice_names_what_would():
+    report = plan(_inputs(336, 48, [16, 32], variates=60, constraint=(16, 64)))
+    assert not report.ok
+    text = "\n".join(report.suggestions)
+    # at patch 32: ceil(384/32) = 12 patches -> 512 // 12 = 42 variates
+    assert "at most 42 variates fit" in text
+    # smallest patch for 60 variates: 512 // 60 = 8 patches -> ceil(384 / 8) = 48
+    assert "smallest patch size that fits 60 variates is 48" in text
+    # longest context at patch 32: 8 patches * 32 - 48 = 208
+    assert "longest context that fits is 208" in text
+    assert any("crop keeps only 8 patches per variate" in note for note in report.notes)
+
+
+def test_budget_cli_json_matches_formula(cli):
+    result = cli("budget", "--profile", "hourly", "--json", "data.context_length=336", "model.patch_sizes=[32,64]")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] is True
+    for row in data["rows"]:
+        assert row["tokens"] == data["inputs"]["variates"] * math.ceil((336 + 24) / row["patch_size"])
+
+
+def test_budget_cli_exit_codes(cli):
+    assert cli("budget", "--profile", "hourly").exit_code == 0
+    # violates context >= 5 x horizon
+    assert cli("budget", "--profile", "hourly", "data.prediction_length=48").exit_code == 1
+    # too many variates for any patch size
+    too_many = cli("budget", "--profile", "hourly", "--variates", "200")
+    assert too_many.exit_code == 1
+    assert "does not fit" in too_many.stdout
+
+
+def test_budget_reads_variates_from_a_built_dataset(cli, tmp_path):
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    names = [f"v{i}" for i in range(9)]
+    (dataset / "manifest.json").write_text(json.dumps({"variates": names}))
+    result = cli("budget", "--profile", "hourly", "--json", "--dataset", str(dataset))
+    data = json.loads(result.stdout)
+    assert data["inputs"]["variates"] == 9
+    assert data["inputs"]["variates_source"] == f"dataset {dataset}"
+    missing = cli("budget", "--profile", "hourly", "--dataset", str(tmp_path / "nothing"))
+    assert missing.exit_code == 1 and "no manifest.json" in missing.stderr
+
+
+def test_budget_counts_enabled_feature_outputs(cli):
+    result = cli(
+        "budget", "--profile", "hourly", "--json",
+        "features.enabled=[log_return,simple_return]", "features.params.log_return.horizons=[1,4,24]",
+    )
+    data = json.loads(result.stdout)
+    assert data["inputs"]["variate_names"][-4:] == ["log_return_1", "log_return_4", "log_return_24", "simple_return_1"]
+    unknown = cli("budget", "--profile", "hourly", "features.enabled=[rsi_magic]")
+    assert unknown.exit_code == 2
+    assert "features.enabled" in unknown.stderr and "rsi_magic" in unknown.stderr

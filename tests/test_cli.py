@@ -1,0 +1,88 @@
+"""The CLI's contract: one-line errors with exit code 2, fast start-up, no heavy imports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_ohlcv_subprocess
+
+
+def test_misspelled_profile_key_is_one_line_exit_2(cli, tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("extends: hourly\nmodel:\n  patch_size: [16]\n")
+    result = cli("budget", "--profile", str(bad))
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "model.patch_size" in result.stderr and str(bad) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_profile_is_one_line_exit_2(cli):
+    result = cli("budget", "--profile", "no-such-profile")
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "no-such-profile" in result.stderr
+
+
+def test_wrong_typed_override_is_one_line_exit_2(cli):
+    result = cli("budget", "--profile", "hourly", "data.context_length=a-week")
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "data.context_length" in result.stderr and "override" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["build", "pretrain", "finetune", "evaluate"])
+def test_every_command_validates_its_profile(cli, command):
+    bad = cli(command, "--profile", "hourly", "trainer.precision=bf16-true")
+    assert bad.exit_code == 2 and "trainer.precision" in bad.stderr
+
+
+def test_build_options_are_profile_overrides(cli, tmp_path):
+    result = cli("build", "--profile", "hourly", "--lake", str(tmp_path / "lake"), "data.batch_size=zero")
+    assert result.exit_code == 2 and "data.batch_size" in result.stderr
+
+
+def test_debug_variable_shows_the_traceback():
+    quiet = run_ohlcv_subprocess("budget", "--profile", "nope")
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    loud = run_ohlcv_subprocess("budget", "--profile", "nope", env={"OHLCV_DEBUG": "1"})
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
+
+
+_IMPORT_PROBE = """
+import sys
+from ohlcv.cli import main
+try:
+    main({args!r})
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted(m for m in ("torch", "lightning", "uni2ts", "datasets", "jax", "pandas", "polars") if m in sys.modules)
+print("HEAVY=" + ",".join(heavy))
+print("CODE=" + str(code))
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["budget", "--profile", "hourly"], ["budget", "--profile", "hourly", "--json"], ["profiles", "list"]],
+)
+def test_start_up_path_imports_no_heavy_library(args):
+    result = run_ohlcv_subprocess(python_code=_IMPORT_PROBE.format(args=args))
+    lines = dict(line.split("=", 1) for line in result.stdout.splitlines() if line.startswith(("HEAVY=", "CODE=")))
+    assert lines["CODE"] in ("0", "None"), result.stderr
+    assert lines["HEAVY"] == "", f"{args} imported {lines['HEAVY']}"
+
+
+def test_console_script_runs_budget_json():
+    result = run_ohlcv_subprocess("budget", "--profile", "hourly", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ok"] is True
+
+
+def test_version(cli):
+    from ohlcv import __version__
+
+    result = cli("--version")
+    assert result.exit_code == 0 and __version__ in result.stdout
