@@ -30,7 +30,9 @@ app = typer.Typer(
 profiles_app = typer.Typer(help="List and show profiles.", no_args_is_help=True)
 plugins_app = typer.Typer(help="Inspect feature plugins.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
+lake_app = typer.Typer(help="Create and fill a Parquet lake.", no_args_is_help=True)
 app.add_typer(plugins_app, name="plugins")
+app.add_typer(lake_app, name="lake")
 
 ProfileOption = typer.Option(
     "hourly",
@@ -62,7 +64,7 @@ def _not_yet(command: str, section: str, loaded) -> None:
     _console().print(f"profile [bold]{loaded.name}[/] ({loaded.path}): section '{section}' is valid.")
     raise NotAvailableYet(
         f"`ohlcv {command}` is not available in ohlcv {__version__} yet; "
-        "`ohlcv budget` and `ohlcv profiles` work today"
+        "`ohlcv build`, `ohlcv budget` and `ohlcv profiles` work today"
     )
 
 
@@ -111,16 +113,86 @@ def budget(
 def build(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
-    lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (data.lake)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where the dataset goes (data.dataset)."),
+    lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where the dataset goes (sets data.dataset)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Build a deterministic 1/N of the symbols: K/N."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the dataset is up to date."),
+    check: bool = typer.Option(False, "--check", help="Afterwards, verify the dataset through uni2ts."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; a one-line summary."),
 ) -> None:
-    """Build a uni2ts dataset from the Parquet lake."""
+    """Build a uni2ts dataset from the Parquet lake: clean, add features, split, normalize.
+
+    [bold]ohlcv build merge SHARD_DIR... --out DIR[/] combines the outputs of --shard jobs.
+    """
+    from ohlcv.render import render_build
+
+    args = list(overrides or [])
+    if args and args[0] == "merge":
+        _merge_shards(args[1:], out, quiet)
+        return
     extra = []
     if lake is not None:
         extra.append(f"data.lake={lake}")
     if out is not None:
         extra.append(f"data.dataset={out}")
-    _not_yet("build", "data", _load(profile, overrides, extra))
+    loaded = _load(profile, args, extra)
+    result = _run_build(loaded, shard=shard, force=force, quiet=quiet)
+    render_build(_console(), result, quiet=quiet)
+    if check:
+        _check(loaded, Path(str(loaded.cfg.data.dataset)).expanduser(), as_json=False)
+
+
+def _run_build(loaded, *, shard: Optional[str], force: bool, quiet: bool):
+    from ohlcv.build.builder import IterativeFinancialDatasetBuilder, Shard
+    from ohlcv.render import build_progress
+
+    with build_progress(_console(stderr=True), quiet=quiet) as progress:
+        builder = IterativeFinancialDatasetBuilder(
+            loaded.cfg, shard=Shard.parse(shard) if shard else None, progress=progress
+        )
+        return builder.run(force=force)
+
+
+def _merge_shards(shards: List[str], out: Optional[Path], quiet: bool) -> None:
+    from ohlcv.build.merge import merge_shards
+    from ohlcv.errors import ConfigError
+
+    if out is None:
+        raise ConfigError("say where the merged dataset goes", key="--out")
+    manifest = merge_shards([Path(s) for s in shards], out)
+    _console().print(
+        f"merged {len(shards)} shards: {manifest['series']} series, {manifest['bars']:,} bars -> {out}"
+    )
+
+
+def _check(loaded, dataset: Path, *, as_json: bool) -> None:
+    import json as _json
+
+    from ohlcv.build.check import check_dataset
+    from ohlcv.render import render_check
+
+    report = check_dataset(dataset, loaded.cfg)
+    if as_json:
+        typer.echo(_json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        render_check(_console(), report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def check(
+    dataset: Optional[Path] = typer.Argument(None, help="A built dataset (default: the profile's data.dataset)."),
+    profile: str = ProfileOption,
+    overrides: Optional[List[str]] = OverridesArgument,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Verify a built dataset the way uni2ts reads it: indexer, pre-training transform, lengths, budget.
+
+    Exit 1 on any hard problem.
+    """
+    loaded = _load(profile, overrides)
+    _check(loaded, dataset or Path(str(loaded.cfg.data.dataset)).expanduser(), as_json=as_json)
 
 
 @app.command()
@@ -184,6 +256,64 @@ def plugins_list() -> None:
         from rich.markup import escape
 
         _console(stderr=True).print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+@lake_app.command("sample")
+def lake_sample(
+    directory: Path = typer.Argument(..., help="Where to write the lake."),
+    symbols: int = typer.Option(4, "--symbols", help="Symbols per asset class."),
+    asset_classes: str = typer.Option("crypto,equity,fx", "--asset-classes", help="Comma-separated asset classes."),
+    freq: str = typer.Option("1h", "--freq", help="Bar frequency (1min, 5min, 1h, 1D…)."),
+    bars: int = typer.Option(2000, "--bars", help="Bars per symbol."),
+    start: str = typer.Option("2023-01-01", "--start", help="First bar (UTC)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    dirt: Optional[str] = typer.Option(
+        None, "--dirt", help="Inject defects, one kind per symbol: 'all' or a comma-separated list."
+    ),
+) -> None:
+    """Write a realistic synthetic lake (GBM, stochastic volatility, regimes, correlated classes)."""
+    from ohlcv.lake.sample import DIRT_KINDS, generate_sample_lake
+
+    kinds = list(DIRT_KINDS) if dirt == "all" else [k.strip() for k in (dirt or "").split(",") if k.strip()]
+    lake = generate_sample_lake(
+        directory,
+        symbols_per_class=symbols,
+        asset_classes=[a.strip() for a in asset_classes.split(",") if a.strip()],
+        freq=freq,
+        bars=bars,
+        start=start,
+        seed=seed,
+        dirt=kinds,
+    )
+    _console().print(f"wrote {len(lake.symbols)} symbols x {bars} bars of {freq} to {directory}")
+    for item_id, counts in lake.injected.items():
+        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if not k.startswith("_"))
+        _console().print(f"  dirt in {item_id}: {shown}")
+
+
+@lake_app.command("ingest")
+def lake_ingest(
+    source: Path = typer.Argument(..., help="A folder of per-symbol CSV/Parquet files, or one file."),
+    lake: Path = typer.Argument(..., help="The lake to write into."),
+    asset_class: str = typer.Option(..., "--asset-class", help="Asset class of these symbols."),
+    freq: str = typer.Option(..., "--freq", help="Bar frequency of these files."),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol of a single file (default: file name)."),
+) -> None:
+    """Convert vendor exports into the lake layout, appending without duplicating bars."""
+    from rich.markup import escape
+
+    from ohlcv.lake.ingest import ingest
+
+    result = ingest(source, lake, asset_class=asset_class, freq=freq, symbol=symbol)
+    for item_id, stats in result.symbols.items():
+        _console().print(
+            f"{escape(item_id)}: {stats['rows']} rows, {stats['added']} added, "
+            f"{stats['replaced']} replaced, {stats['files']} month files"
+        )
+    for problem in result.problems:
+        _console(stderr=True).print(f"[yellow]skipped:[/] {escape(problem)}")
+    if not result.symbols:
+        raise typer.Exit(1)
 
 
 def _debug() -> bool:

@@ -102,3 +102,131 @@ def render_plugins(console: "Console", plugins: "Plugins") -> None:
     console.print(table)
     if not len(plugins.features):
         console.print("no features registered (is OHLCV_LOAD_PLUGINS set?)")
+
+
+class _BuildProgress:
+    """Rich progress over symbols, with rows/s; silent when quiet."""
+
+    def __init__(self, console: "Console", quiet: bool):
+        self.console, self.quiet = console, quiet
+        self.rows = 0
+        self._progress = None
+        self._task = None
+        self._started = 0.0
+
+    def __enter__(self):
+        import time
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._started = time.perf_counter()
+        if not self.quiet:
+            self._progress = Progress(
+                TextColumn("[bold]building[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("symbols"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[current]}"),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False
+
+    def on_start(self, total: int) -> None:
+        if self._progress is not None:
+            self._task = self._progress.add_task("build", total=total, rate="", current="")
+
+    def on_symbol(self, item_id: str, rows: int) -> None:
+        import time
+
+        self.rows += rows
+        if self._progress is not None and self._task is not None:
+            elapsed = max(time.perf_counter() - self._started, 1e-9)
+            self._progress.update(
+                self._task, advance=1, rate=f"{self.rows / elapsed:,.0f} rows/s", current=escape(item_id)
+            )
+
+    def on_merge(self) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, current="writing the dataset…")
+
+
+def build_progress(console: "Console", *, quiet: bool) -> _BuildProgress:
+    return _BuildProgress(console, quiet)
+
+
+def render_build(console: "Console", result, *, quiet: bool = False) -> None:
+    report, manifest = result.report, result.manifest
+    if result.up_to_date:
+        console.print(f"up to date: {escape(str(result.out))} ({manifest['series']} series); --force rebuilds")
+        return
+    headline = (
+        f"built {escape(str(result.out))}: {manifest['series']} series x {len(manifest['variates'])} variates, "
+        f"{manifest['bars']:,} bars; {len(report['quarantined'])} quarantined; "
+        f"{report['rows_read']:,} rows read in {report['seconds']:.1f} s ({report['rows_per_second'] or 0:,.0f} rows/s)"
+    )
+    if result.resumed_batches:
+        headline += f"; resumed after {result.resumed_batches} finished batches"
+    if quiet:
+        console.print(headline)
+        return
+    table = Table(title="Cleaning report (every rule, all symbols)", title_justify="left")
+    table.add_column("rule", no_wrap=True)
+    table.add_column("count", justify="right")
+    table.add_column("symbols", justify="right")
+    table.add_column("outcome", no_wrap=True)
+    per_symbol = report["per_symbol"].values()
+    for rule, info in report["rules"].items():
+        count = report["totals"].get(rule, 0)
+        if not count:
+            continue
+        affected = sum(1 for r in per_symbol if r["counts"].get(rule))
+        table.add_row(rule, f"{count:,}", str(affected), info["outcome"])
+    if report["totals"]:
+        console.print(table)
+    else:
+        console.print("cleaning: nothing to repair")
+    for entry in report["quarantined"]:
+        console.print(f"[yellow]quarantined[/] {escape(entry['item_id'])}: {escape(entry['reason'])}")
+    for path in report["skipped_paths"][:10]:
+        console.print(f"[dim]skipped {escape(path)}[/]")
+    console.print(f"variates: {escape(', '.join(manifest['variates']))}")
+    console.print(headline)
+
+
+def render_check(console: "Console", report) -> None:
+    console.print(f"[bold]Dataset check[/] — {escape(report.dataset)} (loaded through uni2ts's HuggingFaceDatasetIndexer)")
+    console.print(
+        f"series {report.series}; variates {len(report.variates)}: {escape(', '.join(report.variates))}"
+        + (f" (targets {escape(', '.join(report.targets))})" if report.covariates else "")
+    )
+    if report.lengths:
+        lengths = report.lengths
+        console.print(f"length: min {lengths['min']:,}, median {lengths['median']:,.0f}, max {lengths['max']:,}; total {lengths['total']:,} bars")
+    if report.missing_share:
+        table = Table(title="missing share per variate", title_justify="left")
+        table.add_column("variate")
+        table.add_column("missing", justify="right")
+        for name, share in report.missing_share.items():
+            table.add_row(escape(name), f"{share:.2%}")
+        console.print(table)
+    drawn = ", ".join(f"{size}: {count}" for size, count in sorted(report.patch_sizes_drawn.items()))
+    console.print(f"pre-training transform: patch sizes drawn {{{drawn}}}, longest sample {report.max_tokens} tokens")
+    rows = report.budget.get("rows", [])
+    usable = [str(r["patch_size"]) for r in rows if r["usable"]]
+    console.print(f"token budget: usable patch sizes {', '.join(usable) or 'none'} (see `ohlcv budget` for the table)")
+    for line in report.too_short[:10]:
+        console.print(f"[yellow]short[/] {escape(line)}")
+    for line in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(line)}")
+    for line in report.problems:
+        console.print(f"[bold red]problem:[/] {escape(line)}")
+    console.print("verdict: " + ("[bold green]ready for pre-training[/]" if report.ok else "[bold red]not ready[/]"))

@@ -323,6 +323,12 @@ def to_yaml(cfg: DictConfig | dict[str, Any]) -> str:
     return yaml.safe_dump(container, sort_keys=False, default_flow_style=None)
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write a file so that readers see the old content or the new, never half of it."""
     path = Path(path)
@@ -333,6 +339,7 @@ def atomic_write_text(path: Path, text: str) -> Path:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

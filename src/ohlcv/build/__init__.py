@@ -1,0 +1,1 @@
+"""Lake -> uni2ts dataset: cleaning, features, normalization, and the iterative builder."""

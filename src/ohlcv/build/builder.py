@@ -1,0 +1,589 @@
+"""``IterativeFinancialDatasetBuilder``: the lake -> a uni2ts dataset, in bounded memory.
+
+One symbol at a time, ``data.batch_size`` symbols per batch:
+
+1. discover the selected symbols from the partition layout (no data read);
+2. for each batch: read, clean, add features, split, and fit the per-symbol
+   normalization statistics on the training span; write the batch to
+   ``<out parent>/.<out name>.building/batches/`` (Parquet, then a small JSON
+   that marks it done);
+3. merge: stream the batches one by one into a Hugging Face dataset, written
+   beside the output and renamed into place at the end, so the output folder
+   is either the old dataset or the complete new one, never half of either.
+
+An interrupted build (even ``kill -9``) resumes after its last finished
+batch and produces the same dataset, byte for byte in content, as an
+uninterrupted one. Paths written never contain symbol names, so a symbol
+called ``..`` cannot steer a write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ohlcv import __version__
+from ohlcv.build import normalize
+from ohlcv.build.clean import RULES, CleaningSettings, SymbolReport, clean_symbol, read_symbol_files
+from ohlcv.config.loader import atomic_write_text, to_yaml
+from ohlcv.errors import ConfigError, OhlcvError
+from ohlcv.features import OHLCV_COLUMNS
+from ohlcv.freq import parse_freq
+from ohlcv.lake.layout import SymbolSource, discover
+
+FORMAT = "ohlcv-dataset/1"
+HF_SUBDIR = "hf"
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # 1-based
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        try:
+            k, n = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ConfigError(f"'{text}' is not K/N (e.g. 3/8)", key="--shard") from None
+        if not 1 <= k <= n:
+            raise ConfigError(f"'{text}': need 1 <= K <= N", key="--shard")
+        return cls(k, n)
+
+    def owns(self, item_id: str) -> bool:
+        return zlib.crc32(item_id.encode()) % self.count == self.index - 1
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    manifest: dict[str, Any]
+    report: dict[str, Any]
+    up_to_date: bool = False
+    resumed_batches: int = 0
+
+
+@dataclass
+class _Progress:
+    on_start: Callable[[int], None] = lambda total: None
+    on_symbol: Callable[[str, int], None] = lambda item_id, rows: None
+    on_merge: Callable[[], None] = lambda: None
+
+
+@dataclass
+class _Variates:
+    names: list[str]
+    targets: list[str]
+    covariates: list[str]
+    feature_specs: list[tuple[Any, dict]] = field(default_factory=list)  # (Feature, params)
+
+
+def profile_hash(cfg) -> str:
+    """Hash of the sections that decide a dataset's content."""
+    from omegaconf import OmegaConf
+
+    content = {
+        "data": {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True).items() if k not in ("lake", "dataset")},
+        "features": OmegaConf.to_container(cfg.features, resolve=True, enum_to_str=True),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _debug_pause(batch_index: int) -> None:
+    """Test hook: ``OHLCV_BUILD_PAUSE_AT_BATCH=k`` sleeps in the middle of batch k (half written)."""
+    target = os.environ.get("OHLCV_BUILD_PAUSE_AT_BATCH")
+    if target is not None and int(target) == batch_index:
+        time.sleep(float(os.environ.get("OHLCV_BUILD_PAUSE_SECONDS", "60")))
+
+
+class IterativeFinancialDatasetBuilder:
+    """Build a uni2ts-ready dataset from the lake, one symbol at a time, in batches."""
+
+    def __init__(self, cfg, *, shard: Shard | None = None, plugins=None, progress: _Progress | None = None):
+        self.cfg = cfg
+        self.data = cfg.data
+        self.freq = parse_freq(self.data.freq)
+        self.lake = Path(str(self.data.lake)).expanduser()
+        self.out = Path(str(self.data.dataset)).expanduser()
+        self.shard = shard
+        self.progress = progress or _Progress()
+        self.scaler = self.data.normalization.scaler.value
+        self.scope = self.data.normalization.scope.value
+        if self.scaler == "robust" and self.scope == "asset_class":
+            raise ConfigError(
+                "the robust scaler is fitted per symbol only; use scope symbol or the standard/minmax scaler",
+                key="data.normalization.scope",
+            )
+        if self.data.batch_size <= 0:
+            raise ConfigError("must be positive", key="data.batch_size")
+        self._plugins = plugins
+        self.variates = self._resolve_variates()
+        self.settings = CleaningSettings(
+            max_ffill_gap=int(self.data.cleaning.max_ffill_gap),
+            outlier_window=int(self.data.cleaning.outlier_window),
+            outlier_threshold=float(self.data.cleaning.outlier_threshold),
+            min_length=int(self.data.cleaning.min_length),
+        )
+
+    # -- set-up --------------------------------------------------------------------------
+    @property
+    def plugins(self):
+        if self._plugins is None:
+            from ohlcv.plugins import load_plugins
+
+            self._plugins = load_plugins()
+        return self._plugins
+
+    def _resolve_variates(self) -> _Variates:
+        from ohlcv.errors import PluginError
+
+        names = list(self.data.columns)
+        specs = []
+        for name in self.cfg.features.enabled:
+            try:
+                feature = self.plugins.features.get(name)
+                params = feature.resolve_params(self.cfg.features.params.get(name))
+                outputs = feature.output_names(params)
+            except PluginError as exc:
+                raise ConfigError(str(exc), key="features.enabled") from None
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"feature '{name}': {exc}", key=f"features.params.{name}") from None
+            missing = [c for c in feature.inputs if c not in OHLCV_COLUMNS]
+            if missing:
+                raise ConfigError(f"feature '{name}' needs columns {missing} that the lake does not have", key="features.enabled")
+            clash = sorted(set(outputs) & set(names))
+            if clash:
+                raise ConfigError(f"feature '{name}' would overwrite variates {clash}", key="features.enabled")
+            names.extend(outputs)
+            specs.append((feature, params))
+        if self.data.layout.value == "covariates":
+            unknown = [t for t in self.data.targets if t not in names]
+            if unknown:
+                raise ConfigError(f"targets {unknown} are not variates of this build ({', '.join(names)})", key="data.targets")
+            targets = [n for n in names if n in set(self.data.targets)]
+            covariates = [n for n in names if n not in set(self.data.targets)]
+        else:
+            targets, covariates = names, []
+        return _Variates(names=names, targets=targets, covariates=covariates, feature_specs=specs)
+
+    @property
+    def work(self) -> Path:
+        return self.out.parent / f".{self.out.name}.building"
+
+    def discover(self) -> tuple[list[SymbolSource], list[str]]:
+        found = discover(
+            self.lake,
+            freq=self.data.freq,
+            asset_classes=list(self.data.asset_classes),
+            symbols=list(self.data.symbols),
+            start=self.data.start,
+            end=self.data.end,
+        )
+        sources = found.sources
+        if self.shard is not None:
+            sources = [s for s in sources if self.shard.owns(s.item_id)]
+        return sources, found.skipped
+
+    def fingerprint(self, sources: list[SymbolSource]) -> str:
+        digest = hashlib.sha256()
+        digest.update(json.dumps({"profile": profile_hash(self.cfg), "batch": int(self.data.batch_size),
+                                  "shard": str(self.shard), "ohlcv": __version__,
+                                  "plugins": self.plugins.versions()}, sort_keys=True).encode())
+        for source in sources:
+            digest.update(source.item_id.encode())
+            for path in source.files:
+                try:
+                    stat = path.stat()
+                    digest.update(f"{path.relative_to(self.lake)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+                except OSError:
+                    digest.update(f"{path}:gone".encode())
+        return digest.hexdigest()[:24]
+
+    # -- the build -----------------------------------------------------------------------
+    def run(self, *, force: bool = False) -> BuildResult:
+        self._check_output_location()
+        started = time.perf_counter()
+        sources, skipped = self.discover()
+        if not sources:
+            raise OhlcvError(
+                f"{self.lake}: no symbols match (freq {self.freq.canonical}, asset classes "
+                f"{list(self.data.asset_classes) or 'all'}, symbols {list(self.data.symbols) or 'all'}"
+                f"{', shard ' + str(self.shard) if self.shard else ''}); check data.freq and the lake layout"
+            )
+        fingerprint = self.fingerprint(sources)
+        existing = self.out / "manifest.json"
+        if existing.is_file() and not force:
+            try:
+                manifest = json.loads(existing.read_text())
+            except (OSError, ValueError):
+                manifest = {}
+            if manifest.get("fingerprint") == fingerprint:
+                report = json.loads((self.out / "report.json").read_text()) if (self.out / "report.json").is_file() else {}
+                return BuildResult(self.out, manifest, report, up_to_date=True)
+
+        batches = [sources[i : i + self.data.batch_size] for i in range(0, len(sources), self.data.batch_size)]
+        work = self.work
+        plan_file = work / "plan.json"
+        if work.exists():
+            try:
+                previous = json.loads(plan_file.read_text())["fingerprint"]
+            except (OSError, ValueError, KeyError):
+                previous = None
+            if previous != fingerprint or force:
+                shutil.rmtree(work)
+        (work / "batches").mkdir(parents=True, exist_ok=True)
+        if not plan_file.is_file():
+            _atomic_json(plan_file, {"fingerprint": fingerprint, "batches": len(batches), "symbols": len(sources)})
+
+        self.progress.on_start(len(sources))
+        resumed = 0
+        for index, batch in enumerate(batches):
+            marker = work / "batches" / f"batch-{index:05d}.json"
+            if marker.is_file():
+                resumed += 1
+                for source in batch:
+                    self.progress.on_symbol(source.item_id, 0)
+                continue
+            self._build_batch(index, batch, marker)
+
+        self.progress.on_merge()
+        manifest, report = self._merge(len(batches), fingerprint, skipped, started, resumed)
+        return BuildResult(self.out, manifest, report, resumed_batches=resumed)
+
+    def _check_output_location(self) -> None:
+        out = self.out.resolve()
+        if out == Path(out.anchor) or out == Path.home().resolve():
+            raise ConfigError(f"refusing to write a dataset over {out}", key="data.dataset")
+        if self.lake.exists() and (out == self.lake.resolve() or self.lake.resolve() in out.parents):
+            raise ConfigError(f"{out} is inside the lake {self.lake}; choose another output folder", key="data.dataset")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{out} exists and is not a folder", key="data.dataset")
+        if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+            raise ConfigError(
+                f"{out} exists, is not empty and is not an ohlcv dataset; choose another --out", key="data.dataset"
+            )
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {out.parent}: {exc.strerror}", key="data.dataset") from None
+        if not os.access(out.parent, os.W_OK):
+            raise ConfigError(f"{out.parent} is not writable", key="data.dataset")
+
+    def process_symbol(self, source: SymbolSource):
+        """Clean + features for one symbol: (frame or None, report)."""
+        import polars as pl
+
+        report = SymbolReport(source.item_id)
+        try:
+            frame = read_symbol_files(source.files, report)
+            if frame is None:
+                report.quarantined = report.quarantined or (
+                    "no readable files with the required columns" if source.files else "no files in the selected date range"
+                )
+                return None, report
+            start = _utc(self.data.start)
+            end = _utc(self.data.end)
+            frame = clean_symbol(frame, self.freq, self.settings, report, start=start, end=end)
+            if frame is None:
+                return None, report
+            frame = self._add_features(frame)
+            frame = frame.select(["ts", *self.variates.names]).with_columns(
+                [pl.col(c).cast(pl.Float64) for c in self.variates.names]
+            )
+            # features may produce NaN/inf (e.g. a division by a zero range): missing, not numbers
+            frame = frame.with_columns(
+                [pl.when(pl.col(c).is_finite()).then(pl.col(c)).otherwise(None).alias(c) for c in self.variates.names]
+            )
+            return frame, report
+        except Exception as exc:  # noqa: BLE001 - one bad symbol never stops the build
+            if os.environ.get("OHLCV_DEBUG"):
+                raise
+            report.quarantined = f"failed while processing: {type(exc).__name__}: {exc}"
+            return None, report
+
+    def _add_features(self, frame):
+        import polars as pl
+
+        exprs, frame_features = [], []
+        for feature, params in self.variates.feature_specs:
+            if feature.exprs is not None:
+                exprs.extend(feature.exprs(params))
+            else:
+                frame_features.append((feature, params))
+        if exprs:
+            frame = frame.with_columns(exprs)
+        for feature, params in frame_features:
+            frame = pl.concat([frame, feature.compute(frame.select("ts", *OHLCV_COLUMNS), params)], how="horizontal")
+        return frame
+
+    def _split(self, ts) -> tuple[int, int]:
+        n = len(ts)
+        split = self.data.split
+        if split.method.value == "fraction":
+            return int(n * split.train), int(n * (split.train + split.validation))
+        train_end, validation_end = _utc(split.train_end), _utc(split.validation_end)
+        return int((ts < train_end).sum()), int((ts < validation_end).sum())
+
+    def _build_batch(self, index: int, batch: list[SymbolSource], marker: Path) -> None:
+        import polars as pl
+
+        frames, entries = [], []
+        for position, source in enumerate(batch):
+            frame, report = self.process_symbol(source)
+            entry: dict[str, Any] = {"report": report.to_dict()}
+            if frame is not None:
+                ts = frame["ts"]
+                train_end, validation_end = self._split(ts)
+                values = frame.select(self.variates.names).to_numpy()
+                entry.update(
+                    item_id=source.item_id,
+                    asset_class=source.asset_class,
+                    symbol=source.symbol,
+                    start=ts[0].isoformat(),
+                    length=frame.height,
+                    train_end=train_end,
+                    validation_end=validation_end,
+                    train_end_ts=ts[train_end].isoformat() if train_end < frame.height else None,
+                    validation_end_ts=ts[validation_end].isoformat() if validation_end < frame.height else None,
+                    stats=normalize.fit_stats(values[:train_end], self.scaler),
+                )
+                frames.append(frame.with_columns(pl.lit(source.item_id).alias("item_id")))
+            entries.append(entry)
+            self.progress.on_symbol(source.item_id, report.rows_read)
+            if position == len(batch) // 2:
+                _debug_pause(index)
+        data_file = marker.with_suffix(".parquet")
+        if frames:
+            tmp = data_file.with_name(f".{data_file.name}.tmp")
+            pl.concat(frames, how="vertical").write_parquet(tmp)
+            os.replace(tmp, data_file)
+        _atomic_json(marker, {"index": index, "entries": entries, "has_data": bool(frames)})
+
+    # -- merge ----------------------------------------------------------------------------
+    def _merge(self, batch_count: int, fingerprint: str, skipped: list[str], started: float, resumed: int):
+        work = self.work
+        markers = [work / "batches" / f"batch-{i:05d}.json" for i in range(batch_count)]
+        batch_meta = [json.loads(m.read_text()) for m in markers]
+        items = [e for meta in batch_meta for e in meta["entries"] if "item_id" in e]
+        reports = [e["report"] for meta in batch_meta for e in meta["entries"]]
+        if not items:
+            raise OhlcvError(
+                f"every selected symbol was quarantined ({len(reports)}); see the reasons with `ohlcv build` "
+                "without --quiet, or relax data.cleaning"
+            )
+        norm = self._normalization(items)
+        staging = work / "final"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        content_hash = write_hf_dataset(
+            staging / HF_SUBDIR,
+            _rows(markers, items, self.variates, norm, self.freq.canonical),
+            variates=self.variates,
+            cache_dir=work / "cache",
+        )
+        report = build_report(reports, skipped, started, resumed, batch_count)
+        manifest = {
+            "format": FORMAT,
+            "name": str(self.cfg.name),
+            "freq": self.freq.canonical,
+            "layout": self.data.layout.value,
+            "variates": self.variates.names,
+            "targets": self.variates.targets,
+            "covariates": self.variates.covariates,
+            "context_length": int(self.data.context_length),
+            "prediction_length": int(self.data.prediction_length),
+            "series": len(items),
+            "bars": int(sum(e["length"] for e in items)),
+            "split": {"method": self.data.split.method.value, "train": float(self.data.split.train),
+                      "validation": float(self.data.split.validation),
+                      "train_end": self.data.split.train_end, "validation_end": self.data.split.validation_end},
+            "items": [
+                {k: e[k] for k in ("item_id", "asset_class", "symbol", "start", "length", "train_end",
+                                   "validation_end", "train_end_ts", "validation_end_ts")}
+                for e in items
+            ],
+            "normalization": norm,
+            "quarantined": report["quarantined"],
+            "profile_hash": profile_hash(self.cfg),
+            "fingerprint": fingerprint,
+            "shard": str(self.shard) if self.shard else None,
+            "plugins": self.plugins.versions(),
+            "content_hash": content_hash,
+            "ohlcv_version": __version__,
+        }
+        _atomic_json(staging / "manifest.json", manifest)
+        _atomic_json(staging / "report.json", report)
+        atomic_write_text(staging / "profile.yaml", "# resolved profile of this build\n" + to_yaml(self.cfg))
+        _swap_into_place(staging, self.out, work)
+        shutil.rmtree(work, ignore_errors=True)
+        return manifest, report
+
+    def _normalization(self, items: list[dict]) -> dict[str, Any]:
+        names = self.variates.names
+        result: dict[str, Any] = {"scaler": self.scaler, "scope": self.scope, "variates": names, "groups": {}}
+        if self.scaler == "none":
+            return result
+        groups: dict[str, list[dict]] = {}
+        for item in items:
+            key = item["item_id"] if self.scope == "symbol" else item["asset_class"]
+            groups.setdefault(key, []).append(item["stats"])
+        for key, stats in sorted(groups.items()):
+            merged = stats[0] if self.scope == "symbol" else normalize.merge_stats(stats, self.scaler)
+            center, scale = normalize.center_scale(merged, self.scaler, len(names))
+            result["groups"][key] = {"center": center.tolist(), "scale": scale.tolist(), "fit": merged}
+        return result
+
+
+def _utc(text):
+    if text is None:
+        return None
+    from datetime import datetime, timezone
+
+    value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _rows(markers: list[Path], items: list[dict], variates: _Variates, norm: dict, freq: str) -> Iterator[dict]:
+    """Dataset rows, one batch file in memory at a time, in build order."""
+    import polars as pl
+
+    by_id = {e["item_id"]: e for e in items}
+    target_idx = [variates.names.index(n) for n in variates.targets]
+    cov_idx = [variates.names.index(n) for n in variates.covariates]
+    for marker in markers:
+        data_file = marker.with_suffix(".parquet")
+        meta = json.loads(marker.read_text())
+        if not meta.get("has_data"):
+            continue
+        frame = pl.read_parquet(data_file)
+        for item_id, part in frame.group_by("item_id", maintain_order=True):
+            item_id = item_id[0] if isinstance(item_id, tuple) else item_id
+            entry = by_id[item_id]
+            values = part.select(variates.names).to_numpy().T.astype(np.float64)  # (variates, time)
+            key = item_id if norm["scope"] == "symbol" else entry["asset_class"]
+            group = norm["groups"].get(key)
+            if group is not None:
+                values = normalize.apply(values, np.array(group["center"]), np.array(group["scale"]))
+            row = {
+                "item_id": item_id,
+                "start": np.datetime64(entry["start"][:19], "s"),
+                "freq": freq,
+                "target": values[target_idx].astype(np.float32),
+            }
+            if cov_idx:
+                row["past_feat_dynamic_real"] = values[cov_idx].astype(np.float32)
+            yield row
+        del frame
+
+
+def _nested(values: np.ndarray, arrow_type):
+    """A (variates, time) float32 array as one Arrow value of ``arrow_type`` (list of lists)."""
+    import pyarrow as pa
+
+    variates, steps = values.shape
+    offsets = pa.array(np.arange(0, variates * steps + 1, steps, dtype=np.int32))
+    inner = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(values, dtype=np.float32).ravel()))
+    if pa.types.is_fixed_size_list(arrow_type):
+        outer = pa.FixedSizeListArray.from_arrays(inner, variates)
+    else:
+        outer = pa.ListArray.from_arrays(pa.array([0, variates], type=pa.int32()), inner)
+    return outer.cast(arrow_type)
+
+
+def write_hf_dataset(path: Path, rows: Iterator[dict], *, variates: _Variates, cache_dir: Path) -> str:
+    """Write rows as a ``datasets`` dataset in uni2ts's schema; return the hash of the content written.
+
+    Rows are streamed into an Arrow file one at a time (memory stays at one
+    series), which ``datasets`` then memory-maps and saves.
+    """
+    import datasets
+    import pyarrow as pa
+    from datasets import Features, Sequence, Value
+
+    datasets.disable_progress_bars()
+    spec = {
+        "item_id": Value("string"),
+        "start": Value("timestamp[s]"),
+        "freq": Value("string"),
+        "target": Sequence(Sequence(Value("float32")), length=len(variates.targets)),
+    }
+    if variates.covariates:
+        spec["past_feat_dynamic_real"] = Sequence(Sequence(Value("float32")), length=len(variates.covariates))
+    features = Features(spec)
+    schema = features.arrow_schema
+    digest = hashlib.sha256()
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    cache_dir.mkdir(parents=True)
+    arrow_file = cache_dir / "rows.arrow"
+    with pa.OSFile(str(arrow_file), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for row in rows:
+            target = np.ascontiguousarray(row["target"], dtype=np.float32)
+            columns = {
+                "item_id": pa.array([row["item_id"]], pa.string()),
+                "start": pa.array([row["start"]], pa.timestamp("s")),
+                "freq": pa.array([row["freq"]], pa.string()),
+                "target": _nested(target, schema.field("target").type),
+            }
+            digest.update(row["item_id"].encode())
+            digest.update(str(row["start"]).encode())
+            digest.update(row["freq"].encode())
+            digest.update(target.tobytes())
+            if "past_feat_dynamic_real" in spec:
+                covariates = np.ascontiguousarray(row["past_feat_dynamic_real"], dtype=np.float32)
+                columns["past_feat_dynamic_real"] = _nested(covariates, schema.field("past_feat_dynamic_real").type)
+                digest.update(covariates.tobytes())
+            writer.write_table(pa.table(columns, schema=schema))
+    dataset = datasets.Dataset.from_file(str(arrow_file))
+    dataset.save_to_disk(str(path))
+    del dataset
+    return digest.hexdigest()
+
+
+def _swap_into_place(staging: Path, out: Path, work: Path) -> None:
+    """Replace ``out`` by ``staging`` with renames only (same filesystem)."""
+    if out.exists():
+        old = work / "previous"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+    os.replace(staging, out)
+
+
+def build_report(reports: list[dict], skipped: list[str], started: float, resumed: int, batches: int) -> dict:
+    totals: dict[str, int] = {}
+    for report in reports:
+        for rule, count in report["counts"].items():
+            totals[rule] = totals.get(rule, 0) + count
+    seconds = time.perf_counter() - started
+    rows = sum(r["rows_read"] for r in reports)
+    return {
+        "symbols": len(reports),
+        "built": sum(1 for r in reports if not r["quarantined"]),
+        "quarantined": [{"item_id": r["item_id"], "reason": r["quarantined"]} for r in reports if r["quarantined"]],
+        "totals": dict(sorted(totals.items())),
+        "rules": {rule: {"outcome": outcome, "meaning": meaning} for rule, (outcome, meaning) in RULES.items()},
+        "per_symbol": {r["item_id"]: r for r in reports},
+        "skipped_paths": skipped,
+        "batches": batches,
+        "resumed_batches": resumed,
+        "rows_read": rows,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rows / seconds, 1) if seconds > 0 else None,
+    }

@@ -1,0 +1,125 @@
+"""Verify a built dataset the way uni2ts will read it, before any GPU time is spent.
+
+Loads the dataset through ``uni2ts.data.indexer.HuggingFaceDatasetIndexer``,
+runs every series through the pre-training transform (with the profile's
+patch-size constraint), and reports what pre-training needs to know.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ohlcv.errors import OhlcvError
+
+
+@dataclass
+class CheckReport:
+    dataset: str
+    series: int = 0
+    variates: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    covariates: list[str] = field(default_factory=list)
+    lengths: dict[str, float] = field(default_factory=dict)
+    missing_share: dict[str, float] = field(default_factory=dict)
+    too_short: list[str] = field(default_factory=list)
+    patch_sizes_drawn: dict[int, int] = field(default_factory=dict)
+    max_tokens: int = 0
+    budget: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # hard: exit non-zero
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()} | {"ok": self.ok}
+
+
+def check_dataset(dataset: Path, cfg, *, max_series: int | None = None, seed: int = 0) -> CheckReport:
+    """Load ``dataset`` through uni2ts, push every series through the pre-training transform, report."""
+    from ohlcv.budget import inputs_from_profile, plan
+
+    dataset = Path(dataset).expanduser()
+    manifest_file = dataset / "manifest.json"
+    if not manifest_file.is_file():
+        raise OhlcvError(f"{dataset}: no manifest.json; build it with `ohlcv build` first")
+    manifest = json.loads(manifest_file.read_text())
+    report = CheckReport(
+        dataset=str(dataset),
+        variates=list(manifest["variates"]),
+        targets=list(manifest["targets"]),
+        covariates=list(manifest["covariates"]),
+    )
+    budget = plan(inputs_from_profile(cfg, dataset=dataset))
+    report.budget = json.loads(budget.to_json())
+    if not budget.ok:
+        report.problems.append("the token budget does not fit: run `ohlcv budget` for what to change")
+
+    import datasets
+    import torch
+    from uni2ts.data.dataset import TimeSeriesDataset
+    from uni2ts.data.indexer import HuggingFaceDatasetIndexer
+
+    from ohlcv.uni2ts_compat import pretrain_transform
+
+    datasets.disable_progress_bars()
+    try:
+        hf = datasets.load_from_disk(str(dataset / "hf"))
+        indexer = HuggingFaceDatasetIndexer(hf)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the answer
+        report.problems.append(f"uni2ts cannot load the dataset: {type(exc).__name__}: {exc}")
+        return report
+    report.series = len(indexer)
+    transform_map, _ = pretrain_transform(cfg, tiny=True)
+    series = TimeSeriesDataset(indexer, transform=transform_map["ohlcv"]())
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    need = int(cfg.data.context_length) + int(cfg.data.prediction_length)
+    items = {item["item_id"]: item for item in manifest.get("items", [])}
+    lengths, missing, observed_total = [], np.zeros(len(report.variates)), 0
+    count = report.series if max_series is None else min(report.series, max_series)
+    for index in range(count):
+        raw = indexer[index]
+        item_id = str(raw["item_id"])
+        parts = [np.asarray(raw["target"], dtype=np.float64).reshape(len(report.targets), -1)]
+        if report.covariates:
+            parts.append(np.asarray(raw["past_feat_dynamic_real"], dtype=np.float64).reshape(len(report.covariates), -1))
+        values = np.concatenate(parts)
+        lengths.append(values.shape[1])
+        missing += np.isnan(values).sum(axis=1)
+        observed_total += values.shape[1]
+        train_end = items.get(item_id, {}).get("train_end", values.shape[1])
+        if train_end < need:
+            report.too_short.append(f"{item_id}: training span {train_end} bars < context + horizon {need}")
+        try:
+            sample = series[index]
+        except Exception as exc:  # noqa: BLE001 - report which series breaks uni2ts
+            report.problems.append(f"{item_id}: uni2ts's pre-training transform failed: {type(exc).__name__}: {exc}")
+            continue
+        for size in np.unique(np.asarray(sample["patch_size"])):
+            if size > 0:
+                report.patch_sizes_drawn[int(size)] = report.patch_sizes_drawn.get(int(size), 0) + 1
+        report.max_tokens = max(report.max_tokens, int(np.asarray(sample["target"]).shape[0]))
+    if lengths:
+        arr = np.array(lengths)
+        report.lengths = {"min": int(arr.min()), "median": float(np.median(arr)), "max": int(arr.max()), "total": int(arr.sum())}
+        report.missing_share = {name: round(float(m) / observed_total, 4) for name, m in zip(report.variates, missing)}
+    for name, share in report.missing_share.items():
+        if share >= 0.999:
+            report.problems.append(f"variate '{name}' is missing everywhere")
+        elif share > 0.5:
+            report.warnings.append(f"variate '{name}' is missing in {share:.0%} of bars")
+    if report.too_short:
+        report.problems.append(
+            f"{len(report.too_short)} series have a training span shorter than context + horizon ({need}): "
+            "raise data.cleaning.min_length or shorten data.context_length"
+        )
+    if report.max_tokens > int(cfg.model.max_seq_len):
+        report.problems.append(f"a sample has {report.max_tokens} tokens > model.max_seq_len {cfg.model.max_seq_len}")
+    return report

@@ -1,0 +1,125 @@
+"""``ohlcv build merge``: combine the outputs of ``ohlcv build --shard K/N`` jobs.
+
+Each shard is a complete dataset over a deterministic 1/N of the symbols.
+Merging checks that the shards come from the same profile and lake settings,
+that all N are present, then streams their series, in item-id order, into one
+dataset — the same content (and content hash) as a single unsharded build.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ohlcv.build.builder import HF_SUBDIR, _atomic_json, _swap_into_place, _Variates, write_hf_dataset
+from ohlcv.config.loader import atomic_write_text
+from ohlcv.errors import ConfigError, OhlcvError
+
+_SAME = ("format", "freq", "layout", "variates", "targets", "covariates", "profile_hash")
+
+
+def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
+    import datasets
+
+    if not shards:
+        raise ConfigError("name the shard folders to merge", key="ohlcv build merge")
+    manifests = []
+    for shard in shards:
+        path = Path(shard).expanduser() / "manifest.json"
+        if not path.is_file():
+            raise OhlcvError(f"{shard}: no manifest.json; is this the output of `ohlcv build --shard K/N`?")
+        manifests.append(json.loads(path.read_text()))
+    first = manifests[0]
+    for shard, manifest in zip(shards[1:], manifests[1:]):
+        for key in _SAME:
+            if manifest.get(key) != first.get(key):
+                raise OhlcvError(f"{shard}: '{key}' differs from {shards[0]}; shards must come from the same profile")
+    labels = [m.get("shard") for m in manifests]
+    if any(label is None for label in labels):
+        raise OhlcvError("every folder must be a shard output (built with --shard K/N)")
+    counts = {int(label.split("/")[1]) for label in labels}
+    if len(counts) != 1:
+        raise OhlcvError(f"shards of different N: {sorted(labels)}")
+    total = counts.pop()
+    present = sorted(int(label.split("/")[0]) for label in labels)
+    if present != list(range(1, total + 1)):
+        missing = sorted(set(range(1, total + 1)) - set(present))
+        duplicate = sorted({k for k in present if present.count(k) > 1})
+        raise OhlcvError(f"shards incomplete: missing {missing}, duplicated {duplicate} (of {total})")
+    norm = first["normalization"]
+    if norm["scaler"] != "none" and norm["scope"] == "asset_class":
+        raise OhlcvError(
+            "shards normalized per asset class cannot be merged (each shard saw part of a class); "
+            "build shards with data.normalization.scope=symbol or scaler none"
+        )
+
+    out = Path(out).expanduser()
+    work = out.parent / f".{out.name}.merging"
+    shutil.rmtree(work, ignore_errors=True)
+    staging = work / "final"
+    staging.mkdir(parents=True)
+    datasets.disable_progress_bars()
+    loaded = [datasets.load_from_disk(str(Path(s).expanduser() / HF_SUBDIR)).with_format("numpy") for s in shards]
+    order = sorted((str(ds[i]["item_id"]), k, i) for k, ds in enumerate(loaded) for i in range(len(ds)))
+    has_covariates = bool(first["covariates"])
+
+    def rows():
+        for item_id, k, i in order:
+            row = loaded[k][i]
+            out_row = {
+                "item_id": item_id,
+                "start": np.datetime64(row["start"], "s"),
+                "freq": str(row["freq"]),
+                "target": np.stack(row["target"]).astype(np.float32),
+            }
+            if has_covariates:
+                out_row["past_feat_dynamic_real"] = np.stack(row["past_feat_dynamic_real"]).astype(np.float32)
+            yield out_row
+
+    variates = _Variates(names=first["variates"], targets=first["targets"], covariates=first["covariates"])
+    content_hash = write_hf_dataset(staging / HF_SUBDIR, rows(), variates=variates, cache_dir=work / "cache")
+    del loaded
+    items = sorted((item for m in manifests for item in m["items"]), key=lambda item: item["item_id"])
+    groups: dict[str, Any] = {}
+    for manifest in manifests:
+        groups.update(manifest["normalization"]["groups"])
+    manifest = dict(first)
+    manifest.update(
+        items=items,
+        series=len(items),
+        bars=int(sum(item["length"] for item in items)),
+        normalization={**norm, "groups": dict(sorted(groups.items()))},
+        quarantined=sorted((q for m in manifests for q in m["quarantined"]), key=lambda q: q["item_id"]),
+        shard=None,
+        merged_from=[str(s) for s in shards],
+        fingerprint=None,
+        content_hash=content_hash,
+    )
+    _atomic_json(staging / "manifest.json", manifest)
+    reports = [json.loads((Path(s).expanduser() / "report.json").read_text()) for s in shards]
+    totals: dict[str, int] = {}
+    for report in reports:
+        for rule, count in report["totals"].items():
+            totals[rule] = totals.get(rule, 0) + count
+    merged_report = {
+        "symbols": sum(r["symbols"] for r in reports),
+        "built": sum(r["built"] for r in reports),
+        "quarantined": manifest["quarantined"],
+        "totals": dict(sorted(totals.items())),
+        "rules": reports[0]["rules"],
+        "per_symbol": {k: v for r in reports for k, v in r["per_symbol"].items()},
+        "skipped_paths": sorted({p for r in reports for p in r["skipped_paths"]}),
+        "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _atomic_json(staging / "report.json", merged_report)
+    profile = Path(shards[0]).expanduser() / "profile.yaml"
+    if profile.is_file():
+        atomic_write_text(staging / "profile.yaml", profile.read_text())
+    _swap_into_place(staging, out, work)
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest

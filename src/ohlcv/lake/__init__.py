@@ -1,0 +1,1 @@
+"""The hive-partitioned Parquet lake: discovery, a sample generator, and ingest."""

@@ -1,0 +1,136 @@
+"""``ohlcv lake ingest``: per-symbol vendor files (CSV or Parquet) into the lake layout.
+
+Each file holds one symbol (named after the file, unless ``symbol`` is
+given): a timestamp column plus OHLCV, names matched case-insensitively
+(``Date``/``Timestamp``/``time``…, ``Open``…, ``Vol``…). Rows are normalised
+to UTC and written into ``asset_class=X/freq=Y/symbol=Z/year=YYYY/month=MM/part.parquet``.
+Ingesting again appends without duplicating bars: where a timestamp is
+already stored, the incoming bar replaces it. Every month file is written
+atomically. Symbol names are percent-encoded the way hive partitions are, so
+no name (``..``, ``a/b``) can place a file outside the lake.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from ohlcv.build.clean import SymbolReport, to_utc_timestamps
+from ohlcv.errors import ConfigError, OhlcvError
+from ohlcv.freq import parse_freq
+from ohlcv.lake.layout import REQUIRED_COLUMNS
+
+_ALIASES = {
+    "ts": ("ts", "timestamp", "time", "date", "datetime", "date_time", "open_time", "time_utc", "timestamp_utc"),
+    "open": ("open", "o", "open_price"),
+    "high": ("high", "h", "high_price"),
+    "low": ("low", "l", "low_price"),
+    "close": ("close", "c", "close_price", "last"),
+    "volume": ("volume", "v", "vol", "base_volume", "qty"),
+}
+SUFFIXES = (".csv", ".parquet", ".pq", ".csv.gz")
+
+
+@dataclass
+class IngestResult:
+    symbols: dict[str, dict[str, int]] = field(default_factory=dict)  # symbol -> {rows, added, replaced, files}
+    problems: list[str] = field(default_factory=list)
+
+
+def partition_value(value: str, *, key: str) -> str:
+    """Encode a partition value so that it is one safe path component."""
+    text = str(value).strip()
+    encoded = quote(text, safe="-_.^+@ ")
+    if not text or set(encoded) <= {"."} or "\x00" in text:
+        raise ConfigError(f"'{value}' cannot name a partition", key=key)
+    return encoded.replace(" ", "%20")
+
+
+def _standardise(frame, path: Path):
+    lower = {c.lower().strip(): c for c in frame.columns}
+    rename = {}
+    for target, options in _ALIASES.items():
+        match = next((lower[o] for o in options if o in lower), None)
+        if match is None:
+            raise OhlcvError(f"{path}: no '{target}' column (looked for {', '.join(options)})")
+        rename[match] = target
+    return frame.rename(rename).select(REQUIRED_COLUMNS)
+
+
+def _read(path: Path):
+    import polars as pl
+
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return pl.read_parquet(path)
+    return pl.read_csv(path, try_parse_dates=True, infer_schema_length=10_000)
+
+
+def _symbol_of(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def ingest(source: Path, lake: Path, *, asset_class: str, freq: str, symbol: str | None = None) -> IngestResult:
+    import polars as pl
+
+    source, lake = Path(source).expanduser(), Path(lake).expanduser()
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES))
+    elif source.is_file():
+        files = [source]
+    else:
+        raise OhlcvError(f"{source}: no such file or folder")
+    if not files:
+        raise OhlcvError(f"{source}: no .csv or .parquet files here")
+    if symbol is not None and len(files) > 1:
+        raise ConfigError("--symbol names a single file's symbol; point SOURCE at one file", key="--symbol")
+    canonical = parse_freq(freq, key="--freq").canonical
+    class_dir = lake / f"asset_class={partition_value(asset_class, key='--asset-class')}" / f"freq={canonical}"
+    result = IngestResult()
+    for path in files:
+        name = symbol or _symbol_of(path)
+        try:
+            sym_dir = class_dir / f"symbol={partition_value(name, key='symbol')}"
+            frame = _standardise(_read(path), path)
+            frame, _ = to_utc_timestamps(frame, SymbolReport(name))
+            frame = frame.filter(pl.col("ts").is_not_null())
+        except (OhlcvError, ConfigError) as exc:
+            result.problems.append(str(exc))
+            continue
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops an ingest
+            result.problems.append(f"{path}: unreadable ({type(exc).__name__}: {exc})")
+            continue
+        if not sym_dir.resolve().is_relative_to(lake.resolve()):
+            result.problems.append(f"{path}: symbol '{name}' would leave the lake; skipped")
+            continue
+        stats = {"rows": frame.height, "added": 0, "replaced": 0, "files": 0}
+        months = frame.with_columns(
+            pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m")
+        ).partition_by(["_y", "_m"], as_dict=True)
+        for (year, month), part in sorted(months.items()):
+            part = part.drop("_y", "_m").unique(subset="ts", keep="last").sort("ts")
+            target = sym_dir / f"year={year:04d}" / f"month={month:02d}" / "part.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_file():
+                existing = pl.read_parquet(target)
+                existing, _ = to_utc_timestamps(existing.select(REQUIRED_COLUMNS), SymbolReport(name))
+                existing = existing.with_columns([pl.col(c).cast(pl.Float64) for c in REQUIRED_COLUMNS[1:]])
+                overlap = existing.join(part.select("ts"), on="ts", how="semi").height
+                stats["replaced"] += overlap
+                stats["added"] += part.height - overlap
+                kept = existing.join(part.select("ts"), on="ts", how="anti")
+                part = pl.concat([kept, part.with_columns([pl.col(c).cast(pl.Float64) for c in REQUIRED_COLUMNS[1:]])]).sort("ts")
+            else:
+                stats["added"] += part.height
+            tmp = target.with_name(f".{target.name}.tmp")
+            part.write_parquet(tmp)
+            os.replace(tmp, target)
+            stats["files"] += 1
+        result.symbols[f"{asset_class}/{name}"] = stats
+    return result

@@ -1,0 +1,157 @@
+"""Discover symbols in a hive-partitioned lake without reading any data.
+
+Layout: ``asset_class=X/freq=Y/symbol=Z/year=YYYY/month=MM/part.parquet``.
+Selection (asset classes, frequency, symbols, date range) prunes partitions
+by their names alone. Folders that do not follow the layout are reported,
+never fatal.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+from urllib.parse import unquote
+
+from ohlcv.errors import ConfigError, OhlcvError
+from ohlcv.freq import Frequency, parse_freq
+
+REQUIRED_COLUMNS = ("ts", "open", "high", "low", "close", "volume")
+LEVELS = ("asset_class", "freq", "symbol", "year", "month")
+
+
+@dataclass(frozen=True)
+class SymbolSource:
+    """One symbol of the lake: its partition values and its (selected) month files."""
+
+    asset_class: str
+    freq: Frequency
+    symbol: str
+    files: tuple[Path, ...]
+
+    @property
+    def item_id(self) -> str:
+        return f"{self.asset_class}/{self.symbol}"
+
+
+@dataclass
+class Discovery:
+    sources: list[SymbolSource]
+    skipped: list[str] = field(default_factory=list)  # folders/files outside the layout
+    freq_spellings: dict[str, str] = field(default_factory=dict)  # on disk -> canonical
+
+
+def _partition(name: str, level: str) -> str | None:
+    prefix = f"{level}="
+    if not name.startswith(prefix):
+        return None
+    return unquote(name[len(prefix):])
+
+
+def _subdirs(path: Path) -> list[os.DirEntry]:
+    try:
+        return sorted((e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)), key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _parse_instant(text: str | None, key: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"'{text}' is not an ISO date or timestamp (e.g. 2024-01-31)", key=key) from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _month_overlaps(year: int, month: int, start: datetime | None, end: datetime | None) -> bool:
+    first = datetime(year, month, 1, tzinfo=timezone.utc)
+    last_day = calendar.monthrange(year, month)[1]
+    last = datetime(year, month, last_day, 23, 59, 59, 999999, tzinfo=timezone.utc)
+    if start is not None and last < start:
+        return False
+    if end is not None and first > end:
+        return False
+    return True
+
+
+def _matches(values: Sequence[str], *candidates: str) -> bool:
+    return not values or any(c in values for c in candidates)
+
+
+def discover(
+    lake: Path,
+    *,
+    freq: str | None = None,
+    asset_classes: Iterable[str] = (),
+    symbols: Iterable[str] = (),
+    start: str | None = None,
+    end: str | None = None,
+) -> Discovery:
+    """Every selected symbol of the lake, sorted by item id; reads directory names only."""
+    lake = Path(lake).expanduser()
+    if not lake.is_dir():
+        raise OhlcvError(f"{lake}: lake folder not found; pass --lake DIR or set data.lake (try `ohlcv lake sample DIR`)")
+    wanted_freq = parse_freq(freq) if freq else None
+    classes, wanted_symbols = list(asset_classes), list(symbols)
+    t0, t1 = _parse_instant(start, "data.start"), _parse_instant(end, "data.end")
+    found: dict[tuple[str, str], list[Path]] = {}
+    freqs: dict[tuple[str, str], Frequency] = {}
+    discovery = Discovery(sources=[])
+
+    for ac_entry in _subdirs(lake):
+        asset_class = _partition(ac_entry.name, "asset_class")
+        if asset_class is None:
+            discovery.skipped.append(f"{ac_entry.path}: not an asset_class=X folder")
+            continue
+        if not _matches(classes, asset_class):
+            continue
+        for freq_entry in _subdirs(Path(ac_entry.path)):
+            spelled = _partition(freq_entry.name, "freq")
+            if spelled is None:
+                discovery.skipped.append(f"{freq_entry.path}: not a freq=Y folder")
+                continue
+            try:
+                parsed = parse_freq(spelled)
+            except ConfigError:
+                discovery.skipped.append(f"{freq_entry.path}: unknown frequency '{spelled}'")
+                continue
+            discovery.freq_spellings[spelled] = parsed.canonical
+            if wanted_freq is not None and parsed != wanted_freq:
+                continue
+            for sym_entry in _subdirs(Path(freq_entry.path)):
+                symbol = _partition(sym_entry.name, "symbol")
+                if symbol is None or not symbol.strip():
+                    discovery.skipped.append(f"{sym_entry.path}: not a symbol=Z folder")
+                    continue
+                if not _matches(wanted_symbols, symbol, f"{asset_class}/{symbol}"):
+                    continue
+                key = (asset_class, symbol)
+                files = found.setdefault(key, [])
+                freqs[key] = parsed
+                for year_entry in _subdirs(Path(sym_entry.path)):
+                    year_text = _partition(year_entry.name, "year")
+                    if year_text is None or not year_text.isdigit():
+                        discovery.skipped.append(f"{year_entry.path}: not a year=YYYY folder")
+                        continue
+                    for month_entry in _subdirs(Path(year_entry.path)):
+                        month_text = _partition(month_entry.name, "month")
+                        if month_text is None or not month_text.isdigit() or not 1 <= int(month_text) <= 12:
+                            discovery.skipped.append(f"{month_entry.path}: not a month=MM folder")
+                            continue
+                        if not _month_overlaps(int(year_text), int(month_text), t0, t1):
+                            continue
+                        files.extend(
+                            sorted(
+                                Path(month_entry.path) / e.name
+                                for e in os.scandir(month_entry.path)
+                                if e.name.endswith(".parquet") and e.is_file()
+                            )
+                        )
+    for (asset_class, symbol), files in sorted(found.items(), key=lambda kv: f"{kv[0][0]}/{kv[0][1]}"):
+        discovery.sources.append(SymbolSource(asset_class, freqs[(asset_class, symbol)], symbol, tuple(files)))
+    return discovery

@@ -1,0 +1,279 @@
+"""A realistic synthetic lake, in exactly the lake layout.
+
+Prices follow a geometric random walk with stochastic volatility (a log-AR(1)
+variance), regime switches (a two-state Markov chain between calm and
+turbulent markets with different drift and volatility), and a common factor
+per asset class, so that symbols of one class are correlated. Volume is
+log-normal with an intraday U-shape and rises with the size of the move.
+
+``dirt`` injects each kind of defect the builder must handle, one kind per
+symbol, and :func:`generate_sample_lake` returns exactly what it injected so
+that tests can check the build report rule by rule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ohlcv.errors import ConfigError
+from ohlcv.freq import parse_freq
+
+DIRT_KINDS = (
+    "duplicates",
+    "unsorted",
+    "non_finite",
+    "non_positive",
+    "high_below_low",
+    "open_close_outside",
+    "negative_volume",
+    "outliers",
+    "short_gaps",
+    "long_gaps",
+    "timezones",
+    "dtypes",
+    "missing_columns",
+    "unreadable",
+    "too_short",
+)
+
+# (start price, annual-ish volatility scale, typical volume) per asset class
+_CLASS_STYLE = {
+    "crypto": (30_000.0, 0.012, 500.0),
+    "equity": (150.0, 0.006, 200_000.0),
+    "fx": (1.1, 0.0015, 1_000_000.0),
+    "commodity": (80.0, 0.008, 50_000.0),
+}
+DEFAULT_CLASSES = ("crypto", "equity", "fx")
+
+
+@dataclass
+class SampleLake:
+    root: Path
+    symbols: list[str]  # item ids
+    bars: int
+    injected: dict[str, dict[str, int]] = field(default_factory=dict)  # item id -> {kind: count}
+
+
+def _simulate_class(rng: np.random.Generator, n_symbols: int, bars: int, vol: float) -> np.ndarray:
+    """Log returns, shape (n_symbols, bars): common factor + idiosyncratic, stochastic vol, regimes."""
+    # regime chain: 0 calm, 1 turbulent
+    stay = np.array([0.995, 0.97])
+    regime = np.zeros(bars, dtype=np.int8)
+    draws = rng.random(bars)
+    for t in range(1, bars):
+        prev = regime[t - 1]
+        regime[t] = prev if draws[t] < stay[prev] else 1 - prev
+    regime_vol = np.where(regime == 1, 2.5, 1.0)
+    regime_drift = np.where(regime == 1, -0.3, 0.05) * vol
+    common = rng.standard_normal(bars)
+    out = np.empty((n_symbols, bars))
+    for i in range(n_symbols):
+        rho = rng.uniform(0.3, 0.7)
+        log_var = np.empty(bars)
+        log_var[0] = 0.0
+        shocks = rng.standard_normal(bars) * 0.15
+        for t in range(1, bars):
+            log_var[t] = 0.97 * log_var[t - 1] + shocks[t]
+        sigma = vol * np.exp(log_var / 2) * regime_vol * rng.uniform(0.7, 1.4)
+        z = rho * common + math.sqrt(1 - rho * rho) * rng.standard_normal(bars)
+        out[i] = regime_drift + sigma * z
+    return out
+
+
+def _bars(rng, log_returns: np.ndarray, start_price: float, base_volume: float, hours: np.ndarray):
+    close = start_price * np.exp(np.cumsum(log_returns))
+    open_ = np.concatenate([[start_price], close[:-1]]) * np.exp(rng.normal(0, 1e-4, close.size))
+    spread = np.abs(log_returns) + np.abs(rng.normal(0, 0.3, close.size)) * np.std(log_returns)
+    high = np.maximum(open_, close) * np.exp(spread * rng.uniform(0.1, 0.6, close.size))
+    low = np.minimum(open_, close) * np.exp(-spread * rng.uniform(0.1, 0.6, close.size))
+    seasonal = 1.0 + 0.6 * np.cos(2 * np.pi * (hours - 14) / 24) ** 2
+    move = 1.0 + 20 * np.abs(log_returns)
+    volume = base_volume * seasonal * move * rng.lognormal(0, 0.4, close.size)
+    return open_, high, low, close, volume
+
+
+def _write_months(frame, symbol_dir: Path, *, transform=None) -> None:
+    import polars as pl
+
+    months = frame.with_columns(
+        pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m")
+    ).partition_by(["_y", "_m"], as_dict=True, maintain_order=True)
+    for (year, month), part in months.items():
+        folder = symbol_dir / f"year={year:04d}" / f"month={month:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        part = part.drop("_y", "_m")
+        if transform is not None:
+            part = transform(part, year, month)
+        if isinstance(part, bytes):  # a deliberately corrupt file
+            (folder / "part.parquet").write_bytes(part)
+        else:
+            part.write_parquet(folder / "part.parquet")
+
+
+def generate_sample_lake(
+    root: Path,
+    *,
+    symbols_per_class: int = 4,
+    asset_classes: Iterable[str] = DEFAULT_CLASSES,
+    freq: str = "1h",
+    bars: int = 2000,
+    start: str = "2023-01-01",
+    seed: int = 0,
+    dirt: Iterable[str] = (),
+) -> SampleLake:
+    """Write a synthetic lake under ``root`` and say exactly what was injected."""
+    import polars as pl
+
+    root = Path(root).expanduser()
+    classes = list(asset_classes)
+    unknown_dirt = sorted(set(dirt) - set(DIRT_KINDS))
+    if unknown_dirt:
+        raise ConfigError(f"unknown dirt kinds {unknown_dirt}; choose from {', '.join(DIRT_KINDS)}", key="--dirt")
+    if symbols_per_class <= 0 or bars <= 10:
+        raise ConfigError("need at least one symbol per class and more than 10 bars", key="--symbols/--bars")
+    frequency = parse_freq(freq)
+    if frequency.seconds is None:
+        raise ConfigError(f"sample lakes use fixed-length bars (s, min, h, D), not '{freq}'", key="--freq")
+    rng = np.random.default_rng(seed)
+    t0 = datetime.fromisoformat(start).replace(tzinfo=timezone.utc)
+    step = np.timedelta64(frequency.seconds, "s")
+    ts = np.datetime64(t0.replace(tzinfo=None), "s") + step * np.arange(bars)
+    hours = ((ts - ts.astype("datetime64[D]")).astype("timedelta64[h]").astype(int)) % 24
+    lake = SampleLake(root=root, symbols=[], bars=bars)
+    dirt_queue = [kind for kind in DIRT_KINDS if kind in set(dirt)]
+
+    for asset_class in classes:
+        price, vol, volume = _CLASS_STYLE.get(asset_class, (100.0, 0.008, 10_000.0))
+        returns = _simulate_class(rng, symbols_per_class, bars, vol)
+        for i in range(symbols_per_class):
+            symbol = f"{asset_class[:3].upper()}{i:03d}"
+            item_id = f"{asset_class}/{symbol}"
+            o, h, l, c, v = _bars(rng, returns[i], price * rng.uniform(0.5, 2.0), volume, hours)
+            frame = pl.DataFrame(
+                {"ts": ts.astype("datetime64[us]"), "open": o, "high": h, "low": l, "close": c, "volume": v}
+            ).with_columns(pl.col("ts").dt.cast_time_unit("us").dt.replace_time_zone("UTC"))
+            symbol_dir = root / f"asset_class={asset_class}" / f"freq={frequency.canonical}" / f"symbol={symbol}"
+            kind = dirt_queue.pop(0) if dirt_queue else None
+            frame, counts, transform = _inject(kind, frame, rng) if kind else (frame, {}, None)
+            _write_months(frame, symbol_dir, transform=transform)
+            lake.symbols.append(item_id)
+            if counts:
+                lake.injected[item_id] = counts
+    if dirt_queue:
+        raise ConfigError(
+            f"{len(dirt_queue)} dirt kinds did not find a symbol: raise --symbols to at least "
+            f"{math.ceil(len(set(dirt)) / len(classes))}",
+            key="--symbols",
+        )
+    return lake
+
+
+def _spaced_rows(rng, height: int, count: int, margin: int = 300) -> list[int]:
+    """``count`` row indices well apart from each other and from the ends."""
+    slots = np.linspace(margin, height - 50, count + 2)[1:-1]
+    return sorted(int(s) + int(rng.integers(-5, 5)) for s in slots)
+
+
+def _inject(kind: str, frame, rng):
+    """Apply one kind of dirt; return (frame, {report rule: expected count}, month-file transform)."""
+    import polars as pl
+
+    n = frame.height
+    rows = _spaced_rows(rng, n, 5)
+
+    def set_rows(df, column, values):
+        mask = pl.int_range(0, pl.len()).is_in(rows)
+        return df.with_columns(pl.when(mask).then(values).otherwise(pl.col(column)).alias(column))
+
+    if kind == "duplicates":
+        extra = frame[rows]
+        return pl.concat([frame, extra]).sort("ts"), {"duplicate_ts": len(rows)}, None
+    if kind == "unsorted":
+        # reverse every month file: each reversed file has height-1 descending steps
+        def reverse(part, year, month):
+            return part.reverse()
+
+        months = frame.group_by(pl.col("ts").dt.strftime("%Y-%m")).len()
+        expected = int((months["len"] - 1).sum())
+        return frame, {"rows_unsorted": expected}, reverse
+    if kind == "non_finite":
+        frame = set_rows(frame, "close", pl.lit(float("nan")))
+        frame = frame.with_columns(
+            pl.when(pl.int_range(0, pl.len()) == rows[0] + 40).then(float("inf")).otherwise(pl.col("high")).alias("high")
+        )
+        return frame, {"non_finite": len(rows) + 1}, None
+    if kind == "non_positive":
+        frame = set_rows(frame, "low", pl.lit(0.0))
+        return frame, {"non_positive_price": len(rows)}, None
+    if kind == "high_below_low":
+        mask = pl.int_range(0, pl.len()).is_in(rows)
+        frame = frame.with_columns(
+            pl.when(mask).then(pl.col("low")).otherwise(pl.col("high")).alias("high"),
+            pl.when(mask).then(pl.col("high")).otherwise(pl.col("low")).alias("low"),
+        )
+        return frame, {"high_below_low": len(rows)}, None
+    if kind == "open_close_outside":
+        frame = set_rows(frame, "open", pl.col("high") * 1.01)
+        return frame, {"open_close_outside": len(rows)}, None
+    if kind == "negative_volume":
+        frame = set_rows(frame, "volume", -pl.col("volume"))
+        return frame, {"negative_volume": len(rows)}, None
+    if kind == "outliers":
+        mask = pl.int_range(0, pl.len()).is_in(rows)
+        frame = frame.with_columns(
+            [pl.when(mask).then(pl.col(c) * 50).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close")]
+        )
+        return frame, {"outliers": len(rows)}, None
+    if kind == "short_gaps":
+        drop = [r + k for r in rows for k in range(2)]
+        frame = frame.filter(~pl.int_range(0, pl.len()).is_in(drop))
+        return frame, {"gap_bars_filled": len(drop)}, None
+    if kind == "long_gaps":
+        drop = [r + k for r in rows[:2] for k in range(30)]
+        frame = frame.filter(~pl.int_range(0, pl.len()).is_in(drop))
+        return frame, {"gap_bars_missing": len(drop)}, None
+    if kind == "timezones":
+        # odd months: naive timestamps (meant as UTC); even months: New York local time
+        def retime(part, year, month):
+            if month % 2:
+                return part.with_columns(pl.col("ts").dt.replace_time_zone(None))
+            return part.with_columns(pl.col("ts").dt.convert_time_zone("America/New_York"))
+
+        years_months = frame.select(pl.col("ts").dt.strftime("%Y-%m").unique()).to_series().to_list()
+        naive = sum(1 for ym in years_months if int(ym[5:]) % 2)
+        return frame, {"files_tz_naive": naive, "files_tz_converted": len(years_months) - naive}, retime
+    if kind == "dtypes":
+        def stringly(part, year, month):
+            return part.with_columns(
+                pl.col("close").cast(pl.Utf8), pl.col("volume").round(0).cast(pl.Int64), pl.col("open").cast(pl.Float32)
+            )
+
+        files = frame.select(pl.col("ts").dt.strftime("%Y-%m").n_unique()).item()
+        return frame, {"files_dtype_repaired": files}, stringly
+    if kind == "missing_columns":
+        first = frame["ts"].dt.strftime("%Y-%m")[0]
+        dropped_rows = frame.filter(pl.col("ts").dt.strftime("%Y-%m") == first).height
+
+        def drop_volume(part, year, month):
+            return part.drop("volume") if f"{year:04d}-{month:02d}" == first else part
+
+        return frame, {"files_missing_columns": 1, "_rows_lost": dropped_rows}, drop_volume
+    if kind == "unreadable":
+        last = frame["ts"].dt.strftime("%Y-%m")[-1]
+        lost = frame.filter(pl.col("ts").dt.strftime("%Y-%m") == last).height
+
+        def corrupt(part, year, month):
+            if f"{year:04d}-{month:02d}" == last:
+                return b"PAR1 this is not a parquet file \x00\x01\x02"
+            return part
+
+        return frame, {"files_unreadable": 1, "_rows_lost": lost}, corrupt
+    if kind == "too_short":
+        return frame.head(120), {"quarantined": 1}, None
+    raise AssertionError(kind)

@@ -1,0 +1,124 @@
+"""Everything that touches uni2ts directly, and the fixes that let it run on both stacks.
+
+Imported only by commands that need torch/uni2ts, never at CLI start-up.
+
+Fix 1 (patch sizes): uni2ts's ``GetPatchSize`` uses ``DefaultPatchSizeConstraints``,
+which allows only 32-64 for hourly data and raises ``KeyError: 'h'`` under
+pandas >= 2.2 (which spells hourly ``h``). :func:`apply_patch_constraints`
+replaces the constraint of every ``GetPatchSize`` in a transform chain by a
+fixed range: the profile's ``model.patch_size_constraint``, or uni2ts's own
+default range for the frequency, looked up by ohlcv's frequency parser.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ohlcv.freq import Frequency, parse_freq
+
+DISTRIBUTIONS = {
+    "student_t": "StudentTOutput",
+    "normal_fixed_scale": "NormalFixedScaleOutput",
+    "normal": "NormalOutput",
+    "negative_binomial": "NegativeBinomialOutput",
+    "log_normal": "LogNormalOutput",
+    "laplace": "LaplaceOutput",
+}
+
+
+def distribution_output(names: list[str]):
+    """A uni2ts ``MixtureOutput`` of the profile's components (a single component stands alone)."""
+    import uni2ts.distribution as distributions
+
+    components = [getattr(distributions, DISTRIBUTIONS[str(getattr(n, "value", n))])() for n in names]
+    return components[0] if len(components) == 1 else distributions.MixtureOutput(components=components)
+
+
+def patch_range(cfg, freq: Frequency | None = None) -> tuple[int, int]:
+    freq = freq or parse_freq(cfg.data.freq)
+    constraint = cfg.model.patch_size_constraint
+    if constraint is not None:
+        return int(constraint[0]), int(constraint[1])
+    return freq.uni2ts_patch_range
+
+
+def apply_patch_constraints(transform, low: int, high: int) -> int:
+    """Give every ``GetPatchSize`` in ``transform`` the fixed range [low, high]; return how many."""
+    from uni2ts.transform import GetPatchSize
+    from uni2ts.transform.patch import FixedPatchSizeConstraints
+
+    steps = getattr(transform, "transformations", [transform])
+    replaced = 0
+    for step in steps:
+        if isinstance(step, GetPatchSize):
+            step.patch_size_constraints = FixedPatchSizeConstraints(low, high)
+            replaced += 1
+    return replaced
+
+
+def fixed_transform_map(transform_map, low: int, high: int) -> dict[str, Callable[[], Any]]:
+    """Wrap a uni2ts transform map so that every transform it makes uses [low, high] patch sizes."""
+    from collections import defaultdict
+
+    def wrap(factory):
+        def make():
+            transform = factory()
+            apply_patch_constraints(transform, low, high)
+            return transform
+
+        return make
+
+    # uni2ts's maps are defaultdicts whose default_factory returns a transform *factory*
+    fixed: dict[str, Callable[[], Any]]
+    if isinstance(transform_map, defaultdict) and transform_map.default_factory is not None:
+        fallback = transform_map.default_factory
+        fixed = defaultdict(lambda: wrap(fallback()))
+    else:
+        fixed = {}
+    for key, factory in transform_map.items():
+        fixed[key] = wrap(factory)
+    return fixed
+
+
+def module_kwargs(cfg, *, d_model: int | None = None, num_layers: int | None = None) -> dict[str, Any]:
+    from ohlcv.config.schema import MODEL_SIZES
+
+    model = cfg.model
+    size = model.size.value
+    if size == "custom":
+        layers, width = int(model.num_layers), int(model.d_model)
+    else:
+        layers, width = MODEL_SIZES[size]
+    return {
+        "distr_output": distribution_output(list(model.distribution)),
+        "d_model": d_model or width,
+        "num_layers": num_layers or layers,
+        "patch_sizes": tuple(int(p) for p in model.patch_sizes),
+        "max_seq_len": int(model.max_seq_len),
+        "attn_dropout_p": float(model.attn_dropout),
+        "dropout_p": float(model.dropout),
+        "scaling": bool(model.scaling),
+    }
+
+
+def pretrain_transform(cfg, *, tiny: bool = False):
+    """uni2ts's pre-training transform for this profile, with the patch-size fix applied.
+
+    ``tiny`` builds a 1-layer, 64-wide module: the transform depends only on
+    the patch sizes, the sequence length and the pre-training settings.
+    """
+    from uni2ts.model.moirai import MoiraiPretrain
+
+    p = cfg.pretrain
+    kwargs = module_kwargs(cfg, d_model=64 if tiny else None, num_layers=1 if tiny else None)
+    model = MoiraiPretrain(
+        min_patches=int(p.min_patches),
+        min_mask_ratio=float(p.mask_ratio_min),
+        max_mask_ratio=float(p.mask_ratio_max),
+        max_dim=int(p.max_dim),
+        num_training_steps=int(p.max_steps),
+        num_warmup_steps=int(p.warmup_steps),
+        module_kwargs=kwargs,
+    )
+    low, high = patch_range(cfg)
+    return fixed_transform_map(model.train_transform_map, low, high), model
