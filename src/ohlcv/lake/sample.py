@@ -137,6 +137,8 @@ def generate_sample_lake(
         raise ConfigError(f"unknown dirt kinds {unknown_dirt}; choose from {', '.join(DIRT_KINDS)}", key="--dirt")
     if symbols_per_class <= 0 or bars <= 10:
         raise ConfigError("need at least one symbol per class and more than 10 bars", key="--symbols/--bars")
+    if dirt and bars < 400:
+        raise ConfigError(f"injecting dirt needs at least 400 bars per symbol, got {bars}", key="--bars")
     frequency = parse_freq(freq)
     if frequency.seconds is None:
         raise ConfigError(f"sample lakes use fixed-length bars (s, min, h, D), not '{freq}'", key="--freq")

@@ -1,0 +1,313 @@
+"""`ohlcv build`: the dirty lake, the report, the dataset, resume after kill -9, shards, safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ohlcv.build.builder import IterativeFinancialDatasetBuilder, Shard
+from ohlcv.build.clean import RULES
+from ohlcv.config import load_profile
+from ohlcv.errors import ConfigError
+from ohlcv.lake.sample import DIRT_KINDS, generate_sample_lake
+
+# A bar the cleaner drops leaves a one-bar hole that the gap filler then fills.
+DROPPED_RULES = {"duplicate_ts": 0, "non_finite": 1, "non_positive_price": 1, "outliers": 1}
+
+
+def _cfg(lake: Path, out: Path, *extra: str):
+    return load_profile("hourly", [f"data.lake={lake}", f"data.dataset={out}", "data.batch_size=4", *extra]).cfg
+
+
+def _build(lake: Path, out: Path, *extra: str, **kwargs):
+    return IterativeFinancialDatasetBuilder(_cfg(lake, out, *extra), **kwargs).run()
+
+
+@pytest.fixture(scope="module")
+def dirty(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dirty")
+    lake = generate_sample_lake(root / "lake", symbols_per_class=5, bars=1500, dirt=DIRT_KINDS, seed=3)
+    result = _build(lake.root, root / "ds")
+    return lake, result
+
+
+def test_every_injected_defect_is_counted_by_its_rule(dirty):
+    lake, result = dirty
+    per_symbol = result.report["per_symbol"]
+    assert set(per_symbol) == set(lake.symbols)
+    for item_id, injected in lake.injected.items():
+        counts = per_symbol[item_id]["counts"]
+        expected = {rule: n for rule, n in injected.items() if not rule.startswith("_") and rule != "quarantined"}
+        for rule, n in injected.items():
+            if DROPPED_RULES.get(rule):
+                expected["gap_bars_filled"] = expected.get("gap_bars_filled", 0) + n
+        assert counts == expected, item_id
+
+
+def test_clean_symbols_have_no_false_alarms(dirty):
+    lake, result = dirty
+    for item_id, report in result.report["per_symbol"].items():
+        if item_id not in lake.injected:
+            assert report["counts"] == {}, item_id
+            assert report["quarantined"] is None
+
+
+def test_report_lists_every_rule_with_its_outcome(dirty):
+    _, result = dirty
+    assert set(result.report["rules"]) == set(RULES)
+    assert set(result.report["totals"]) <= set(RULES)
+    assert result.report["quarantined"] == [
+        {"item_id": "fx/FX004", "reason": "only 120 clean bars (< data.cleaning.min_length=720)"}
+    ]
+    unreadable = result.report["per_symbol"]["fx/FX003"]["file_problems"]
+    assert len(unreadable) == 1 and "unreadable" in unreadable[0]
+
+
+def test_every_clean_symbol_is_in_the_dataset_in_uni2ts_schema(dirty):
+    import datasets
+
+    lake, result = dirty
+    manifest = result.manifest
+    hf = datasets.load_from_disk(str(result.out / "hf"))
+    ids = list(hf["item_id"])
+    assert ids == sorted(set(lake.symbols) - {"fx/FX004"})
+    assert manifest["series"] == len(ids) and manifest["variates"] == ["open", "high", "low", "close", "volume", "log_return_1"]
+    row = hf.with_format("numpy")[0]
+    target = np.stack(row["target"])
+    assert target.dtype == np.float32 and target.shape == (6, 1500)
+    assert str(row["freq"]) == "1h"
+    assert set(hf.features) == {"item_id", "start", "freq", "target"}
+    # long gaps stay missing (NaN) for the observed mask; short gaps are filled
+    gappy = ids.index("equity/EQU004")
+    values = np.stack(hf.with_format("numpy")[gappy]["target"])
+    assert np.isnan(values[3]).sum() == 60
+    for name in ("manifest.json", "report.json", "profile.yaml"):
+        assert (result.out / name).is_file()
+    assert load_profile(str(result.out / "profile.yaml")).cfg.data.dataset == str(result.out)
+
+
+def test_dataset_loads_through_uni2ts_and_its_pretraining_transform(dirty):
+    from ohlcv.build.check import check_dataset
+
+    _, result = dirty
+    cfg = _cfg(Path("unused"), result.out)
+    report = check_dataset(result.out, cfg)
+    assert report.ok, report.problems
+    assert report.series == result.manifest["series"]
+    assert 16 in report.patch_sizes_drawn  # the hourly profile's widened constraint is applied
+    assert set(report.patch_sizes_drawn) <= {16, 32, 64}
+    assert report.max_tokens <= 512
+
+
+def test_check_fails_when_series_are_too_short_for_the_windows(dirty):
+    from ohlcv.build.check import check_dataset
+
+    _, result = dirty
+    cfg = _cfg(Path("unused"), result.out, "data.context_length=1500", "data.prediction_length=48", "model.patch_sizes=[64]")
+    report = check_dataset(result.out, cfg)
+    assert not report.ok
+    assert any("training span shorter than context + horizon" in p for p in report.problems)
+
+
+def test_rebuild_is_up_to_date_and_identical(dirty, tmp_path):
+    lake, result = dirty
+    again = _build(lake.root, result.out)
+    assert again.up_to_date
+    fresh = _build(lake.root, tmp_path / "copy")
+    assert fresh.manifest["content_hash"] == result.manifest["content_hash"]
+
+
+def _content_hash_of(path: Path) -> str:
+    import hashlib
+
+    import datasets
+
+    digest = hashlib.sha256()
+    for row in datasets.load_from_disk(str(path / "hf")).with_format("numpy"):
+        digest.update(str(row["item_id"]).encode())
+        digest.update(np.ascontiguousarray(np.stack(row["target"]), dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def test_kill_9_mid_build_then_resume_gives_the_same_dataset(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=4, bars=900, seed=11)
+    reference = _build(lake.root, tmp_path / "reference", "data.batch_size=2")
+    out = tmp_path / "out"
+    work = tmp_path / ".out.building"
+    command = [sys.executable, "-m", "ohlcv", "build", "--profile", "hourly", "--lake", str(lake.root),
+               "--out", str(out), "--quiet", "data.batch_size=2"]
+    env = {**os.environ, "OHLCV_BUILD_PAUSE_AT_BATCH": "2", "OHLCV_BUILD_PAUSE_SECONDS": "120"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (work / "batches" / "batch-00001.json").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "the build never finished its second batch"
+        time.sleep(0.05)
+    time.sleep(0.3)  # now inside batch 2 (paused half-way)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert not out.exists(), "a killed build must not leave a (partial) dataset"
+    assert sorted(p.name for p in (work / "batches").glob("*.json")) == ["batch-00000.json", "batch-00001.json"]
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed after 2 finished batches" in rerun.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["content_hash"] == reference.manifest["content_hash"]
+    assert _content_hash_of(out) == _content_hash_of(reference.out)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_normalization_is_fitted_on_the_training_span_only(tmp_path):
+    import polars as pl
+
+    from ohlcv.build import normalize
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto"], bars=1200, seed=5)
+    extra = ("data.normalization.scaler=standard",)
+    before = _build(lake.root, tmp_path / "a", *extra)
+    # rewrite every bar after the training span (80% of 1,200 = 960) with wild values
+    for item in before.manifest["items"]:
+        cut = np.datetime64(item["train_end_ts"][:19])
+        symbol_dir = lake.root / f"asset_class={item['asset_class']}" / "freq=1h" / f"symbol={item['symbol']}"
+        for path in symbol_dir.rglob("part.parquet"):
+            frame = pl.read_parquet(path)
+            late = pl.col("ts") >= pl.lit(cut).dt.replace_time_zone("UTC")
+            frame = frame.with_columns([pl.when(late).then(pl.col(c) * 7.5 + 3).otherwise(pl.col(c)).alias(c)
+                                        for c in ("open", "high", "low", "close", "volume")])
+            frame.write_parquet(path)
+    after = _build(lake.root, tmp_path / "b", *extra)
+    assert after.manifest["content_hash"] != before.manifest["content_hash"]  # the data did change
+    assert after.manifest["normalization"]["groups"] == before.manifest["normalization"]["groups"]
+    # the saved statistics invert the normalization back to prices
+    import datasets
+
+    group = after.manifest["normalization"]["groups"]["crypto/CRY000"]
+    row = datasets.load_from_disk(str(after.out / "hf")).with_format("numpy")[0]
+    prices = normalize.invert(np.stack(row["target"]).astype(np.float64), np.array(group["center"]), np.array(group["scale"]))
+    raw = pl.read_parquet(next((lake.root / "asset_class=crypto" / "freq=1h" / "symbol=CRY000").rglob("part.parquet")))
+    assert prices[3, 0] == pytest.approx(raw["close"][0], rel=1e-5)
+    train = np.stack(row["target"])[:, : after.manifest["items"][0]["train_end"]]
+    assert np.nanmean(train[3]) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_asset_class_scope_merges_statistics_exactly(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=3, asset_classes=["fx"], bars=900, seed=2)
+    result = _build(lake.root, tmp_path / "ds", "data.normalization.scaler=standard", "data.normalization.scope=asset_class")
+    import datasets
+
+    hf = datasets.load_from_disk(str(result.out / "hf")).with_format("numpy")
+    group = result.manifest["normalization"]["groups"]["fx"]
+    ends = {item["item_id"]: item["train_end"] for item in result.manifest["items"]}
+    pooled = np.concatenate([np.stack(r["target"])[:, : ends[str(r["item_id"])]] for r in hf], axis=1)
+    assert np.nanmean(pooled, axis=1) == pytest.approx(np.zeros(6), abs=1e-4)
+    assert np.nanstd(pooled, axis=1) == pytest.approx(np.ones(6), abs=1e-3)
+    with pytest.raises(ConfigError, match="robust scaler"):
+        _build(lake.root, tmp_path / "x", "data.normalization.scaler=robust", "data.normalization.scope=asset_class")
+
+
+def test_covariates_layout_splits_targets_from_past_covariates(tmp_path):
+    import datasets
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["equity"], bars=900)
+    result = _build(lake.root, tmp_path / "ds", "data.layout=covariates", "data.targets=[close]")
+    assert result.manifest["targets"] == ["close"]
+    assert result.manifest["covariates"] == ["open", "high", "low", "volume", "log_return_1"]
+    row = datasets.load_from_disk(str(result.out / "hf")).with_format("numpy")[0]
+    assert np.stack(row["target"]).shape == (1, 900)
+    assert np.stack(row["past_feat_dynamic_real"]).shape == (5, 900)
+    with pytest.raises(ConfigError, match="data.targets"):
+        _build(lake.root, tmp_path / "bad", "data.layout=covariates", "data.targets=[sentiment]")
+
+
+def test_shards_merge_into_the_same_dataset(tmp_path):
+    from ohlcv.build.merge import merge_shards
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=4, bars=800, seed=8)
+    full = _build(lake.root, tmp_path / "full")
+    parts = []
+    for k in (1, 2, 3):
+        part = _build(lake.root, tmp_path / f"shard{k}", shard=Shard(k, 3))
+        parts.append(part.out)
+    owned = [set(json.loads((p / "manifest.json").read_text())["items"][i]["item_id"]
+                 for i in range(json.loads((p / "manifest.json").read_text())["series"])) for p in parts]
+    assert sum(len(o) for o in owned) == 12 and not (owned[0] & owned[1])
+    merged = merge_shards(parts, tmp_path / "merged")
+    assert merged["content_hash"] == full.manifest["content_hash"]
+    assert merged["series"] == full.manifest["series"]
+    with pytest.raises(Exception, match="incomplete"):
+        merge_shards(parts[:2], tmp_path / "partial")
+
+
+def test_path_tricks_in_symbol_names_cannot_escape_the_output(tmp_path):
+    import polars as pl
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["crypto"], bars=800)
+    source = next((lake.root / "asset_class=crypto" / "freq=1h" / "symbol=CRY000").rglob("part.parquet"))
+    frame = pl.read_parquet(source)
+    for name in ("symbol=..", "symbol=a%2F..%2F..%2Fescape", "symbol=with space", "symbol=..%2F..%2Fup"):
+        target = lake.root / "asset_class=crypto" / "freq=1h" / name / "year=2023" / "month=01" / "part.parquet"
+        target.parent.mkdir(parents=True)
+        frame.head(800).write_parquet(target)
+    before = {p for p in tmp_path.rglob("*")}
+    out = tmp_path / "data" / "ds"
+    result = _build(lake.root, out, "data.cleaning.min_length=100")
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert all(out == p or out in p.parents or p == out.parent for p in created), sorted(map(str, created))
+    ids = [item["item_id"] for item in result.manifest["items"]]
+    assert "crypto/.." in ids and "crypto/with space" in ids and "crypto/a/../../escape" in ids
+
+
+def test_one_symbol_failing_inside_a_plugin_is_quarantined_not_fatal(tmp_path):
+    import types
+
+    import polars as pl
+
+    from ohlcv.features import Feature
+    from ohlcv.hookspecs import hookimpl
+    from ohlcv.plugins import load_plugins
+
+    def explode(frame, params):
+        if frame["close"][0] > 1000:  # crypto prices only
+            raise RuntimeError("plugin bug")
+        return frame.select(pl.col("close").alias("same_close"))
+
+    module = types.ModuleType("fragile")
+
+    @hookimpl
+    def ohlcv_register_features(register):
+        register(Feature(name="same_close", family="indicator", inputs=("close",), outputs=["same_close"], warmup=0, frame=explode))
+
+    module.ohlcv_register_features = ohlcv_register_features
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["crypto", "fx"], bars=800)
+    cfg = _cfg(lake.root, tmp_path / "ds", "features.enabled=[log_return,same_close]")
+    result = IterativeFinancialDatasetBuilder(cfg, plugins=load_plugins(extra=[("fragile", module)])).run()
+    assert [q["item_id"] for q in result.report["quarantined"]] == ["crypto/CRY000"]
+    assert "plugin bug" in result.report["quarantined"][0]["reason"]
+    assert result.manifest["series"] == 1
+
+
+def test_build_cli_prints_the_report_and_writes_the_profile(tmp_path, cli):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=3, bars=800, dirt=["duplicates", "too_short"])
+    result = cli("build", "--lake", str(lake.root), "--out", str(tmp_path / "ds"), "data.batch_size=2")
+    assert result.exit_code == 0, result.stderr
+    assert "duplicate_ts" in result.stdout and "quarantined" in result.stdout
+    assert (tmp_path / "ds" / "profile.yaml").is_file()
+    missing = cli("build", "--lake", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
+    assert missing.exit_code == 1 and "lake folder not found" in missing.stderr
+    not_ours = tmp_path / "precious"
+    not_ours.mkdir()
+    (not_ours / "thesis.txt").write_text("keep me")
+    refused = cli("build", "--lake", str(lake.root), "--out", str(not_ours))
+    assert refused.exit_code == 2 and "not an ohlcv dataset" in refused.stderr
+    assert (not_ours / "thesis.txt").read_text() == "keep me"
