@@ -33,7 +33,7 @@ import numpy as np
 
 from ohlcv import __version__
 from ohlcv.build import normalize
-from ohlcv.build.clean import RULES, CleaningSettings, SymbolReport, clean_symbol, read_symbol_files
+from ohlcv.build.clean import RULES, CleaningSettings, SymbolReport, clean_batch, read_batch
 from ohlcv.config.loader import atomic_write_text, to_yaml
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.features import OHLCV_COLUMNS
@@ -285,39 +285,43 @@ class IterativeFinancialDatasetBuilder:
         if not os.access(out.parent, os.W_OK):
             raise ConfigError(f"{out.parent} is not writable", key="data.dataset")
 
-    def process_symbol(self, source: SymbolSource):
-        """Clean + features for one symbol: (frame or None, report)."""
+    def process_batch(self, batch: list[SymbolSource]):
+        """Read, clean and add features to a batch of symbols in a few columnar queries.
+
+        Returns (frame with item_id, ts and the variates — or None —, reports in batch order).
+        If anything fails for the batch as a whole, each symbol is retried on its own,
+        so one bad symbol is quarantined with the reason and the rest go on.
+        """
         import polars as pl
 
-        report = SymbolReport(source.item_id)
+        reports = {source.item_id: SymbolReport(source.item_id) for source in batch}
         try:
-            frame = read_symbol_files(source.files, report)
-            if frame is None:
-                report.quarantined = report.quarantined or (
-                    "no readable files with the required columns" if source.files else "no files in the selected date range"
-                )
-                return None, report
-            start = _utc(self.data.start)
-            end = _utc(self.data.end)
-            frame = clean_symbol(frame, self.freq, self.settings, report, start=start, end=end)
-            if frame is None:
-                return None, report
-            frame = self._add_features(frame)
-            frame = frame.select(["ts", *self.variates.names]).with_columns(
-                [pl.col(c).cast(pl.Float64) for c in self.variates.names]
+            raw = read_batch(batch, reports)
+            cleaned = clean_batch(
+                raw, self.freq, self.settings, reports, start=_utc(self.data.start), end=_utc(self.data.end)
             )
+            featured = self._add_features(cleaned)
             # features may produce NaN/inf (e.g. a division by a zero range): missing, not numbers
-            frame = frame.with_columns(
-                [pl.when(pl.col(c).is_finite()).then(pl.col(c)).otherwise(None).alias(c) for c in self.variates.names]
+            as_float = [pl.col(c).cast(pl.Float64) for c in self.variates.names]
+            frame = featured.select(
+                "item_id",
+                "ts",
+                *[pl.when(e.is_finite()).then(e).otherwise(None).alias(n) for e, n in zip(as_float, self.variates.names)],
             )
-            return frame, report
+            return (frame if frame.height else None), [reports[s.item_id] for s in batch]
         except Exception as exc:  # noqa: BLE001 - one bad symbol never stops the build
             if os.environ.get("OHLCV_DEBUG"):
                 raise
+            if len(batch) > 1:
+                parts = [self.process_batch([source]) for source in batch]
+                frames = [frame for frame, _ in parts if frame is not None]
+                return (pl.concat(frames) if frames else None), [r for _, rs in parts for r in rs]
+            report = SymbolReport(batch[0].item_id)
             report.quarantined = f"failed while processing: {type(exc).__name__}: {exc}"
-            return None, report
+            return None, [report]
 
     def _add_features(self, frame):
+        """Every expression feature in one Polars query, then the frame features."""
         import polars as pl
 
         exprs, frame_features = [], []
@@ -327,9 +331,13 @@ class IterativeFinancialDatasetBuilder:
             else:
                 frame_features.append((feature, params))
         if exprs:
-            frame = frame.with_columns(exprs)
-        for feature, params in frame_features:
-            frame = pl.concat([frame, feature.compute(frame.select("ts", *OHLCV_COLUMNS), params)], how="horizontal")
+            frame = frame.lazy().with_columns([e.over("item_id") for e in exprs]).collect()
+        if frame_features:
+            parts = []
+            for _, part in frame.group_by("item_id", maintain_order=True):
+                inputs = part.select("ts", *OHLCV_COLUMNS)
+                parts.append(pl.concat([part, *(f.compute(inputs, p) for f, p in frame_features)], how="horizontal"))
+            frame = pl.concat(parts) if parts else frame
         return frame
 
     def _split(self, ts) -> tuple[int, int]:
@@ -341,39 +349,41 @@ class IterativeFinancialDatasetBuilder:
         return int((ts < train_end).sum()), int((ts < validation_end).sum())
 
     def _build_batch(self, index: int, batch: list[SymbolSource], marker: Path) -> None:
-        import polars as pl
-
-        frames, entries = [], []
-        for position, source in enumerate(batch):
-            frame, report = self.process_symbol(source)
+        frame, reports = self.process_batch(batch)
+        entries: list[dict[str, Any]] = []
+        parts = dict(frame.partition_by("item_id", as_dict=True, maintain_order=True)) if frame is not None else {}
+        parts = {(k[0] if isinstance(k, tuple) else k): v for k, v in parts.items()}
+        for position, (source, report) in enumerate(zip(batch, reports)):
             entry: dict[str, Any] = {"report": report.to_dict()}
-            if frame is not None:
-                ts = frame["ts"]
+            part = parts.get(source.item_id)
+            if part is not None:
+                ts = part["ts"]
                 train_end, validation_end = self._split(ts)
-                values = frame.select(self.variates.names).to_numpy()
+                stats = {}
+                if self.scaler != "none":
+                    stats = normalize.fit_stats(part.select(self.variates.names).to_numpy()[:train_end], self.scaler)
                 entry.update(
                     item_id=source.item_id,
                     asset_class=source.asset_class,
                     symbol=source.symbol,
                     start=ts[0].isoformat(),
-                    length=frame.height,
+                    length=part.height,
                     train_end=train_end,
                     validation_end=validation_end,
-                    train_end_ts=ts[train_end].isoformat() if train_end < frame.height else None,
-                    validation_end_ts=ts[validation_end].isoformat() if validation_end < frame.height else None,
-                    stats=normalize.fit_stats(values[:train_end], self.scaler),
+                    train_end_ts=ts[train_end].isoformat() if train_end < part.height else None,
+                    validation_end_ts=ts[validation_end].isoformat() if validation_end < part.height else None,
+                    stats=stats,
                 )
-                frames.append(frame.with_columns(pl.lit(source.item_id).alias("item_id")))
             entries.append(entry)
             self.progress.on_symbol(source.item_id, report.rows_read)
             if position == len(batch) // 2:
                 _debug_pause(index)
         data_file = marker.with_suffix(".parquet")
-        if frames:
+        if frame is not None:
             tmp = data_file.with_name(f".{data_file.name}.tmp")
-            pl.concat(frames, how="vertical").write_parquet(tmp)
+            frame.write_parquet(tmp)
             os.replace(tmp, data_file)
-        _atomic_json(marker, {"index": index, "entries": entries, "has_data": bool(frames)})
+        _atomic_json(marker, {"index": index, "entries": entries, "has_data": frame is not None})
 
     # -- merge ----------------------------------------------------------------------------
     def _merge(self, batch_count: int, fingerprint: str, skipped: list[str], started: float, resumed: int):

@@ -1,4 +1,4 @@
-"""Cleaning one symbol: every rule has a defined outcome and is counted.
+"""Cleaning: every rule has a defined outcome and is counted per symbol.
 
 Outcomes: a *file* is skipped (unreadable, missing columns), a *bar* is
 dropped, a value is *repaired*, a gap is *left missing* (so uni2ts's observed
@@ -8,6 +8,11 @@ build report, with its outcome.
 
 All rules are causal: the outlier filter compares a bar with a rolling
 median and MAD of *earlier* bars only.
+
+The work is columnar: a batch of symbols is one Polars frame with an
+``item_id`` column, and every rule is a masked expression evaluated per
+symbol with ``.over("item_id")``, so the cost per batch is a handful of
+queries, not a handful per symbol.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ RULES: dict[str, tuple[str, str]] = {
     "files_tz_converted": ("repaired", "timestamps in another time zone were converted to UTC"),
     "bad_timestamp": ("bar dropped", "the timestamp could not be parsed"),
     "out_of_range": ("bar dropped", "outside data.start / data.end"),
+    "non_trading_day": ("bar dropped", "a weekend bar on a business-day (B) grid"),
     "rows_unsorted": ("repaired", "rows out of time order were sorted"),
     "off_grid": ("repaired", "timestamps between grid points were aligned down to the bar grid"),
     "duplicate_ts": ("bar dropped", "a repeated timestamp; the last bar is kept"),
@@ -122,8 +128,17 @@ def to_utc_timestamps(frame: "pl.DataFrame", report: SymbolReport) -> tuple["pl.
     return frame, repaired
 
 
+def _schema_is_clean(schema) -> bool:
+    import polars as pl
+
+    ts = schema.get("ts")
+    if not isinstance(ts, pl.Datetime) or ts.time_zone != "UTC":
+        return False
+    return all(schema.get(c) == pl.Float64 for c in REQUIRED_COLUMNS[1:])
+
+
 def read_symbol_files(files: list[Path] | tuple[Path, ...], report: SymbolReport) -> "pl.DataFrame | None":
-    """Read and normalise every file of one symbol; skip (and count) the bad ones."""
+    """Read and normalise every file of one symbol, one by one; skip (and count) the bad ones."""
     import polars as pl
 
     frames = []
@@ -148,7 +163,9 @@ def read_symbol_files(files: list[Path] | tuple[Path, ...], report: SymbolReport
         if wrong:
             frame = frame.with_columns(
                 [
-                    (pl.col(c).cast(pl.Utf8).str.strip_chars().cast(pl.Float64, strict=False) if frame.schema[c] == pl.Utf8 else pl.col(c).cast(pl.Float64, strict=False))
+                    pl.col(c).str.strip_chars().cast(pl.Float64, strict=False)
+                    if frame.schema[c] == pl.Utf8
+                    else pl.col(c).cast(pl.Float64, strict=False)
                     for c in wrong
                 ]
             )
@@ -161,96 +178,183 @@ def read_symbol_files(files: list[Path] | tuple[Path, ...], report: SymbolReport
     return pl.concat(frames, how="vertical")
 
 
-def clean_symbol(
+def read_batch(sources, reports: dict[str, SymbolReport]) -> "pl.DataFrame":
+    """Every file of a batch of symbols as one frame with an ``item_id`` column.
+
+    Symbols whose files all have the lake's clean schema are read in a single
+    multi-file read; the others file by file, so that one bad file costs only
+    itself.
+    """
+    import polars as pl
+
+    fast_files: list[Path] = []
+    owner: dict[str, str] = {}
+    frames = []
+    for source in sources:
+        report = reports[source.item_id]
+        try:
+            clean = bool(source.files) and all(_schema_is_clean(pl.read_parquet_schema(f)) for f in source.files)
+        except Exception:  # noqa: BLE001 - the careful path will say which file is bad
+            clean = False
+        if clean:
+            fast_files.extend(source.files)
+            owner.update({str(f): source.item_id for f in source.files})
+            report.files += len(source.files)
+            continue
+        frame = read_symbol_files(source.files, report)
+        if frame is not None:
+            frames.append(frame.select(pl.lit(source.item_id).alias("item_id"), *REQUIRED_COLUMNS))
+    if fast_files:
+        fast = (
+            pl.scan_parquet(fast_files, include_file_paths="_path")
+            .select(
+                pl.col("_path").replace_strict(owner, return_dtype=pl.Utf8).alias("item_id"),
+                pl.col("ts").dt.cast_time_unit("us"),
+                *REQUIRED_COLUMNS[1:],
+            )
+            .collect()
+        )
+        for item_id, rows in fast.group_by("item_id").len().iter_rows():
+            reports[item_id].rows_read += rows
+        frames.insert(0, fast)
+    if not frames:
+        return pl.DataFrame(schema={"item_id": pl.Utf8, "ts": pl.Datetime("us", "UTC"), **{c: pl.Float64 for c in REQUIRED_COLUMNS[1:]}})
+    return pl.concat(frames, how="vertical")
+
+
+def _tally(counts: "pl.DataFrame", reports: dict[str, SymbolReport]) -> None:
+    for row in counts.iter_rows(named=True):
+        item_id = row.pop("item_id")
+        for rule, value in row.items():
+            reports[item_id].add(rule, int(value or 0))
+
+
+def clean_batch(
     frame: "pl.DataFrame",
     freq: Frequency,
     settings: CleaningSettings,
-    report: SymbolReport,
+    reports: dict[str, SymbolReport],
     *,
     start=None,
     end=None,
-) -> "pl.DataFrame | None":
-    """Clean one symbol's bars onto the regular grid of ``freq``; None if quarantined."""
+) -> "pl.DataFrame":
+    """Clean a batch of symbols onto the regular grid of ``freq``.
+
+    ``frame`` has ``item_id`` plus the lake columns, rows of each symbol in
+    file order. Returns the cleaned bars of every symbol that was not
+    quarantined (its report says why), sorted by item id and time.
+
+    Precedence: a bar dropped by one rule is not counted by a later one
+    (duplicates first, then non-finite prices, then non-positive prices);
+    repairs are counted on the bars that are kept.
+    """
     import polars as pl
 
-    bad_ts = frame["ts"].null_count()
-    report.add("bad_timestamp", bad_ts)
-    frame = frame.filter(pl.col("ts").is_not_null())
-    if start is not None or end is not None:
-        keep = pl.lit(True)
-        if start is not None:
-            keep = keep & (pl.col("ts") >= start)
-        if end is not None:
-            keep = keep & (pl.col("ts") <= end)
-        before = frame.height
-        frame = frame.filter(keep)
-        report.add("out_of_range", before - frame.height)
+    by = "item_id"
+    ts = pl.col("ts")
+    in_range = ts.is_not_null()
+    if start is not None:
+        in_range = in_range & (ts >= start)
+    if end is not None:
+        in_range = in_range & (ts <= end)
+    prices_finite = pl.all_horizontal([pl.col(c).is_finite().fill_null(False) for c in PRICES])
+    prices_positive = pl.all_horizontal([(pl.col(c) > 0).fill_null(False) for c in PRICES])
 
-    # order: count the steps that go back in time, then sort (stable: later rows stay later)
-    backwards = frame.select((pl.col("ts").diff().dt.total_microseconds() < 0).sum()).item()
-    report.add("rows_unsorted", int(backwards or 0))
-    frame = frame.sort("ts", maintain_order=True)
-
-    every = polars_every(freq)
-    aligned = frame["ts"].dt.truncate(every)
-    report.add("off_grid", int((aligned != frame["ts"]).sum()))
-    frame = frame.with_columns(aligned.alias("ts"))
-    if freq.unit == "B":
-        frame = frame.filter(pl.col("ts").dt.weekday() <= 5)
-
-    before = frame.height
-    frame = frame.unique(subset="ts", keep="last", maintain_order=True)
-    report.add("duplicate_ts", before - frame.height)
-
-    finite_prices = pl.all_horizontal([pl.col(c).is_finite().fill_null(False) for c in PRICES])
-    before = frame.height
-    frame = frame.filter(finite_prices)
-    report.add("non_finite", before - frame.height)
-
-    bad_volume = ~pl.col("volume").is_finite().fill_null(True)
-    report.add("non_finite_volume", int(frame.select(bad_volume.sum()).item()))
-    frame = frame.with_columns(pl.when(bad_volume).then(None).otherwise(pl.col("volume")).alias("volume"))
-
-    positive = pl.all_horizontal([pl.col(c) > 0 for c in PRICES])
-    before = frame.height
-    frame = frame.filter(positive)
-    report.add("non_positive_price", before - frame.height)
-
-    swapped = pl.col("high") < pl.col("low")
-    report.add("high_below_low", int(frame.select(swapped.sum()).item()))
-    frame = frame.with_columns(
-        pl.when(swapped).then(pl.col("low")).otherwise(pl.col("high")).alias("high"),
-        pl.when(swapped).then(pl.col("high")).otherwise(pl.col("low")).alias("low"),
-    )
-    outside = (pl.max_horizontal("open", "close") > pl.col("high")) | (pl.min_horizontal("open", "close") < pl.col("low"))
-    report.add("open_close_outside", int(frame.select(outside.sum()).item()))
-    frame = frame.with_columns(
-        pl.max_horizontal("open", "high", "close").alias("high"),
-        pl.min_horizontal("open", "low", "close").alias("low"),
-    )
-    negative = pl.col("volume") < 0
-    report.add("negative_volume", int(frame.select(negative.sum().fill_null(0)).item()))
-    frame = frame.with_columns(pl.when(negative).then(None).otherwise(pl.col("volume")).alias("volume"))
-
-    flagged = outlier_mask(frame["close"], settings.outlier_window, settings.outlier_threshold)
-    report.add("outliers", int(flagged.sum()))
-    frame = frame.filter(~flagged)
-
-    if frame.height == 0:
-        report.quarantined = "no valid bars left after cleaning"
-        return None
-    frame = to_grid(frame, freq, settings.max_ffill_gap, report)
-    report.bars = frame.height
-    report.observed = frame.height - frame["close"].null_count()
-    if report.observed < settings.min_length:
-        report.quarantined = (
-            f"only {report.observed} clean bars (< data.cleaning.min_length={settings.min_length})"
+    staged = (
+        frame.lazy()
+        .with_columns(ts.is_null().alias("_bad_ts"), (ts.is_not_null() & ~in_range).alias("_out"))
+        .with_columns(
+            (pl.col("ts").diff().dt.total_microseconds() < 0).fill_null(False).over(by).alias("_back")
         )
-        return None
-    return frame
+        .sort([by, "ts"], maintain_order=True, nulls_last=True)
+        .with_columns(ts.dt.truncate(polars_every(freq)).alias("_aligned"))
+        .with_columns((pl.col("_aligned") != ts).fill_null(False).alias("_off"), pl.col("_aligned").alias("ts"))
+        .with_columns((in_range & ((ts.dt.weekday() > 5) if freq.unit == "B" else pl.lit(False))).alias("_weekend"))
+        .with_columns((~in_range | pl.col("_weekend")).alias("_gone"))
+        .with_columns((~pl.col("_gone") & ~ts.is_last_distinct().over(by)).alias("_dup"))
+        .with_columns((~pl.col("_gone") & ~pl.col("_dup") & ~prices_finite).alias("_nonfinite"))
+        .with_columns(
+            (~pl.col("_gone") & ~pl.col("_dup") & ~pl.col("_nonfinite") & ~prices_positive).alias("_nonpos")
+        )
+        .collect()
+    )
+    _tally(
+        staged.group_by(by).agg(
+            pl.col("_bad_ts").sum().alias("bad_timestamp"),
+            pl.col("_out").sum().alias("out_of_range"),
+            pl.col("_weekend").sum().alias("non_trading_day"),
+            pl.col("_back").sum().alias("rows_unsorted"),
+            (pl.col("_off") & ~pl.col("_gone")).sum().alias("off_grid"),
+            pl.col("_dup").sum().alias("duplicate_ts"),
+            pl.col("_nonfinite").sum().alias("non_finite"),
+            pl.col("_nonpos").sum().alias("non_positive_price"),
+        ),
+        reports,
+    )
+
+    volume = pl.col("volume")
+    swapped = pl.col("high") < pl.col("low")
+    high = pl.when(swapped).then(pl.col("low")).otherwise(pl.col("high"))
+    low = pl.when(swapped).then(pl.col("high")).otherwise(pl.col("low"))
+    outside = (pl.max_horizontal("open", "close") > high) | (pl.min_horizontal("open", "close") < low)
+    kept = (
+        staged.lazy()
+        .filter(~pl.col("_gone") & ~pl.col("_dup") & ~pl.col("_nonfinite") & ~pl.col("_nonpos"))
+        .select(
+            by,
+            "ts",
+            "open",
+            "close",
+            swapped.alias("_swapped"),
+            outside.alias("_outside"),
+            pl.max_horizontal(pl.col("open"), high, pl.col("close")).alias("high"),
+            pl.min_horizontal(pl.col("open"), low, pl.col("close")).alias("low"),
+            (~volume.is_finite().fill_null(True)).alias("_badvol"),
+            (volume < 0).fill_null(False).alias("_negvol"),
+            pl.when(volume.is_finite() & (volume >= 0)).then(volume).otherwise(None).alias("volume"),
+        )
+        .with_columns(_outlier_expr(settings.outlier_window, settings.outlier_threshold).over(by).alias("_outlier"))
+        .collect()
+    )
+    _tally(
+        kept.group_by(by).agg(
+            pl.col("_swapped").sum().alias("high_below_low"),
+            pl.col("_outside").sum().alias("open_close_outside"),
+            pl.col("_badvol").sum().alias("non_finite_volume"),
+            pl.col("_negvol").sum().alias("negative_volume"),
+            pl.col("_outlier").sum().alias("outliers"),
+        ),
+        reports,
+    )
+    bars = kept.lazy().filter(~pl.col("_outlier")).select(by, "ts", *PRICES, "volume")
+    gridded = _to_grid(bars, freq, settings.max_ffill_gap).collect()
+    summary = gridded.group_by(by).agg(
+        pl.col("_fill").sum().alias("gap_bars_filled"),
+        (pl.col("_missing") & ~pl.col("_fill")).sum().alias("gap_bars_missing"),
+        pl.len().alias("_bars"),
+        pl.col("close").is_not_null().sum().alias("_observed"),
+    )
+    keep: list[str] = []
+    for row in summary.iter_rows(named=True):
+        report = reports[row["item_id"]]
+        report.add("gap_bars_filled", int(row["gap_bars_filled"]))
+        report.add("gap_bars_missing", int(row["gap_bars_missing"]))
+        report.bars, report.observed = int(row["_bars"]), int(row["_observed"])
+        if report.observed < settings.min_length:
+            report.quarantined = (
+                f"only {report.observed} clean bars (< data.cleaning.min_length={settings.min_length})"
+            )
+        else:
+            keep.append(row["item_id"])
+    for item_id, report in reports.items():
+        if report.quarantined is None and item_id not in set(summary["item_id"].to_list()):
+            report.quarantined = "no valid bars left after cleaning" if report.rows_read else (
+                "no readable files with the required columns" if report.files else "no files in the selected date range"
+            )
+    return gridded.filter(pl.col(by).is_in(keep)).drop("_fill", "_missing")
 
 
-def outlier_mask(close: "pl.Series", window: int, threshold: float) -> "pl.Series":
+def _outlier_expr(window: int, threshold: float) -> "pl.Expr":
     """True where log(close) is more than ``threshold`` robust deviations from its past median.
 
     Causal: the median and the scale use the ``window`` bars *before* each
@@ -261,36 +365,40 @@ def outlier_mask(close: "pl.Series", window: int, threshold: float) -> "pl.Serie
     import polars as pl
 
     min_samples = max(10, window // 4)
-    frame = pl.DataFrame({"lc": close.log()})
-    past = pl.col("lc").shift(1)
-    level = past.rolling_median(window_size=window, min_samples=min_samples)
-    step = (pl.col("lc") - pl.col("lc").shift(1)).abs().shift(1)
+    lc = pl.col("close").log()
+    level = lc.shift(1).rolling_median(window_size=window, min_samples=min_samples)
+    step = (lc - lc.shift(1)).abs().shift(1)
     scale = step.rolling_median(window_size=window, min_samples=min_samples) * 1.4826 * ((window / 2) ** 0.5)
-    z = ((pl.col("lc") - level).abs() / (scale + 1e-12)).fill_null(0.0)
-    return frame.select((z > threshold).alias("outlier")).to_series()
+    return (((lc - level).abs() / (scale + 1e-12)).fill_null(0.0) > threshold)
 
 
-def to_grid(frame: "pl.DataFrame", freq: Frequency, max_ffill_gap: int, report: SymbolReport) -> "pl.DataFrame":
-    """Reindex onto the full bar grid: short gaps carried forward (volume 0), long gaps left missing."""
+def _to_grid(bars: "pl.LazyFrame", freq: Frequency, max_ffill_gap: int) -> "pl.LazyFrame":
+    """Reindex each symbol onto its full bar grid; mark short gaps (``_fill``) and every gap (``_missing``).
+
+    Short gaps are carried forward (price = the last close, volume 0); long gaps stay missing.
+    """
     import polars as pl
 
-    first, last = frame["ts"][0], frame["ts"][-1]
-    grid = pl.datetime_range(first, last, interval=polars_every(freq), time_unit="us", time_zone="UTC", eager=True)
-    grid_frame = pl.DataFrame({"ts": grid})
-    if freq.unit == "B":
-        grid_frame = grid_frame.filter(pl.col("ts").dt.weekday() <= 5)
-    full = grid_frame.join(frame, on="ts", how="left", maintain_order="left")
-    missing = pl.col("close").is_null()
-    run_id = (missing != missing.shift(1)).fill_null(True).cum_sum()
-    full = full.with_columns(run_id.alias("_run"))
-    full = full.with_columns(pl.len().over("_run").alias("_run_len"))
-    fill = missing & (pl.col("_run_len") <= max_ffill_gap)
-    filled = int(full.select(fill.sum()).item())
-    report.add("gap_bars_filled", filled)
-    report.add("gap_bars_missing", int(full.select(missing.sum()).item()) - filled)
-    carried = pl.col("close").forward_fill()
-    full = full.with_columns(
-        [pl.when(fill).then(carried).otherwise(pl.col(c)).alias(c) for c in PRICES]
-        + [pl.when(fill).then(0.0).otherwise(pl.col("volume")).alias("volume")]
+    by = "item_id"
+    every = polars_every(freq)
+    grid = (
+        bars.group_by(by, maintain_order=True)
+        .agg(pl.datetime_ranges(pl.col("ts").min(), pl.col("ts").max(), interval=every, time_unit="us").alias("ts"))
+        .explode("ts")
     )
-    return full.drop("_run", "_run_len")
+    if freq.unit == "B":
+        grid = grid.filter(pl.col("ts").dt.weekday() <= 5)
+    missing = pl.col("close").is_null()
+    run_id = (missing != missing.shift(1)).fill_null(True).cum_sum().over(by)
+    carried = pl.col("close").forward_fill().over(by)
+    return (
+        grid.join(bars, on=[by, "ts"], how="left", maintain_order="left")
+        .with_columns(run_id.alias("_run"))
+        .with_columns((missing & (pl.len().over(by, "_run") <= max_ffill_gap)).alias("_fill"), missing.alias("_missing"))
+        .with_columns(
+            [pl.when(pl.col("_fill")).then(carried).otherwise(pl.col(c)).alias(c) for c in PRICES]
+            + [pl.when(pl.col("_fill")).then(0.0).otherwise(pl.col("volume")).alias("volume")]
+        )
+        .drop("_run")
+        .sort([by, "ts"])
+    )

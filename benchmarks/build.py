@@ -1,0 +1,179 @@
+"""Benchmark `ohlcv build` against baselines measured in the same run.
+
+Prints ratios, never asserts. Three questions:
+
+1. Speed against a naive builder in the style of uni2ts's own
+   ``SimpleDatasetBuilder`` long-format path: one pandas frame holding every
+   symbol, a ``DataFrame.query`` per item, ``Dataset.from_generator``. Measured
+   at 100 and at 1,000 symbols so the growth is visible. Target: >= 20x at 1,000.
+2. Peak RSS of a build at 1x and 10x the lake size with the same batch size
+   (each in a fresh process). Target: 10x <= 1.3 x 1x.
+3. Distance to the I/O limit: the build's time against a bare Polars read of
+   the same files plus an Arrow write of the same rows. Target: <= 3x.
+
+Usage: python benchmarks/build.py [--bars 2000] [--symbols 100,1000] [--rss 50] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLASSES = ["crypto", "equity", "fx", "commodity"]
+
+
+def make_lake(root: Path, symbols: int, bars: int) -> Path:
+    from ohlcv.lake.sample import generate_sample_lake
+
+    per_class = -(-symbols // len(CLASSES))
+    generate_sample_lake(root, symbols_per_class=per_class, asset_classes=CLASSES, bars=bars, seed=1)
+    return root
+
+
+def ohlcv_build(lake: Path, out: Path, batch_size: int = 10) -> float:
+    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.config import load_profile
+
+    cfg = load_profile(
+        "hourly",
+        [f"data.lake={lake}", f"data.dataset={out}", f"data.batch_size={batch_size}", "data.cleaning.min_length=100"],
+    ).cfg
+    start = time.perf_counter()
+    IterativeFinancialDatasetBuilder(cfg).run(force=True)
+    return time.perf_counter() - start
+
+
+def naive_build(lake: Path, out: Path) -> float:
+    """The long-format approach: everything in one pandas frame, one query per item."""
+    import datasets
+    import numpy as np
+    import pandas as pd
+
+    start = time.perf_counter()
+    frames = []
+    for path in sorted(lake.rglob("*.parquet")):
+        parts = {p.split("=", 1)[0]: p.split("=", 1)[1] for p in path.parts if "=" in p}
+        frame = pd.read_parquet(path)
+        frame["item_id"] = f"{parts['asset_class']}/{parts['symbol']}"
+        frames.append(frame)
+    df = pd.concat(frames).set_index("ts").sort_index()
+    items = df.item_id.unique()
+
+    def rows():
+        for item_id in items:
+            item = df.query(f'item_id == "{item_id}"').drop("item_id", axis=1)
+            yield {
+                "item_id": item_id,
+                "start": item.index[0].tz_localize(None),
+                "freq": "h",
+                "target": item.to_numpy(dtype=np.float32).T,
+            }
+
+    features = datasets.Features(
+        {
+            "item_id": datasets.Value("string"),
+            "start": datasets.Value("timestamp[s]"),
+            "freq": datasets.Value("string"),
+            "target": datasets.Sequence(datasets.Sequence(datasets.Value("float32")), length=5),
+        }
+    )
+    dataset = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(out / "cache"))
+    dataset.save_to_disk(str(out / "hf"))
+    return time.perf_counter() - start
+
+
+def bare_read_write(lake: Path, out: Path) -> tuple[float, float]:
+    """The I/O floor: Polars reads every file (per symbol, and as one scan) and Arrow writes the rows."""
+    import polars as pl
+    import pyarrow as pa
+
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    symbols = sorted({p.parent.parent.parent for p in lake.rglob("*.parquet")})
+    with pa.OSFile(str(out / "per_symbol.arrow"), "wb") as sink:
+        writer = None
+        for symbol in symbols:
+            table = pl.read_parquet(sorted(symbol.rglob("*.parquet"))).to_arrow()
+            writer = writer or pa.ipc.new_stream(sink, table.schema)
+            writer.write_table(table)
+        writer.close()
+    per_symbol = time.perf_counter() - start
+    start = time.perf_counter()
+    table = pl.scan_parquet(str(lake / "**" / "*.parquet"), hive_partitioning=False).collect().to_arrow()
+    with pa.OSFile(str(out / "one_scan.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return per_symbol, time.perf_counter() - start
+
+
+def peak_rss_of_build(lake: Path, out: Path, batch_size: int) -> tuple[float, float]:
+    """Peak RSS (MiB) and peak anonymous memory of a build in a fresh process."""
+    code = (
+        "import resource, sys, re\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import build as b\n"
+        "from pathlib import Path\n"
+        "b.ohlcv_build(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))\n"
+        "status = open('/proc/self/status').read()\n"
+        "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) / 1024\n"
+        "print(hwm)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(lake), str(out), str(batch_size)],
+        capture_output=True, text=True, check=True,
+    )
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bars", type=int, default=2000)
+    parser.add_argument("--symbols", default="100,1000")
+    parser.add_argument("--rss", type=int, default=50, help="symbols in the 1x lake of the memory test")
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="ohlcv-bench-"))
+    import datasets  # noqa: F401 - warm imports so that neither side pays for them
+
+    import polars  # noqa: F401
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"bars per symbol: {args.bars}")
+    results: dict[str, object] = {"bars": args.bars}
+    for count in [int(s) for s in args.symbols.split(",")]:
+        lake = make_lake(work / f"lake{count}", count, args.bars)
+        rows = count * args.bars
+        ours = ohlcv_build(lake, work / f"ours{count}", args.batch_size)
+        naive = naive_build(lake, work / f"naive{count}")
+        per_symbol, one_scan = bare_read_write(lake, work / f"bare{count}")
+        print(
+            f"{count:>5} symbols, {rows:,} rows: ohlcv build {ours:.2f} s ({rows / ours:,.0f} rows/s); "
+            f"naive {naive:.2f} s -> {naive / ours:.1f}x faster; "
+            f"bare Polars read + Arrow write {per_symbol:.2f} s per symbol / {one_scan:.2f} s one scan "
+            f"-> build is {ours / per_symbol:.1f}x / {ours / one_scan:.1f}x the I/O floor"
+        )
+        results[str(count)] = {"rows": rows, "ohlcv_s": ours, "naive_s": naive, "bare_per_symbol_s": per_symbol,
+                               "bare_one_scan_s": one_scan}
+        shutil.rmtree(work / f"naive{count}", ignore_errors=True)
+    small = make_lake(work / "rss1", args.rss, args.bars)
+    large = make_lake(work / "rss10", args.rss * 10, args.bars)
+    rss1 = peak_rss_of_build(small, work / "rss1-out", args.batch_size)
+    rss10 = peak_rss_of_build(large, work / "rss10-out", args.batch_size)
+    print(f"peak RSS, batch {args.batch_size}: {args.rss} symbols {rss1:.0f} MiB; {args.rss * 10} symbols {rss10:.0f} MiB "
+          f"-> {rss10 / rss1:.2f}x for 10x the lake")
+    results["rss"] = {"1x_mib": rss1, "10x_mib": rss10}
+    print(json.dumps(results))
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
