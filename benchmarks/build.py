@@ -52,7 +52,12 @@ def ohlcv_build(lake: Path, out: Path, batch_size: int = 10) -> float:
 
 
 def naive_build(lake: Path, out: Path) -> float:
-    """The long-format approach: everything in one pandas frame, one query per item."""
+    """uni2ts's long-format approach: everything in one pandas frame, one query per item.
+
+    Like uni2ts's ``_from_long_dataframe``, it infers the frequency from the
+    whole frame's index for every item. It does no cleaning at all, which
+    favours it.
+    """
     import datasets
     import numpy as np
     import pandas as pd
@@ -70,10 +75,12 @@ def naive_build(lake: Path, out: Path) -> float:
     def rows():
         for item_id in items:
             item = df.query(f'item_id == "{item_id}"').drop("item_id", axis=1)
+            # as uni2ts's long-format path does: the frequency is inferred from the whole frame's index, per item
+            inferred = pd.infer_freq(df.index) if pd.infer_freq(df.index) is not None else "h"
             yield {
                 "item_id": item_id,
                 "start": item.index[0].tz_localize(None),
-                "freq": "h",
+                "freq": inferred,
                 "target": item.to_numpy(dtype=np.float32).T,
             }
 

@@ -311,3 +311,39 @@ def test_build_cli_prints_the_report_and_writes_the_profile(tmp_path, cli):
     refused = cli("build", "--lake", str(lake.root), "--out", str(not_ours))
     assert refused.exit_code == 2 and "not an ohlcv dataset" in refused.stderr
     assert (not_ours / "thesis.txt").read_text() == "keep me"
+
+
+def test_build_docs_list_every_cleaning_rule():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "build.md").read_text()
+    for rule in RULES:
+        assert f"`{rule}`" in doc, rule
+
+
+def test_check_and_merge_commands(tmp_path, cli):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["fx"], bars=800)
+    for k in (1, 2):
+        shard = cli("build", "--lake", str(lake.root), "--out", str(tmp_path / f"s{k}"), "--shard", f"{k}/2", "-q")
+        assert shard.exit_code == 0, shard.stderr
+    merged = cli("build", "merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(tmp_path / "all"))
+    assert merged.exit_code == 0, merged.stderr
+    assert "merged 2 shards: 2 series" in merged.stdout
+    ok = cli("check", str(tmp_path / "all"), "--json")
+    assert ok.exit_code == 0, ok.stderr
+    assert json.loads(ok.stdout)["ok"] is True
+    too_long = cli("check", str(tmp_path / "all"), "data.context_length=2000", "model.patch_sizes=[64]",
+                   "data.prediction_length=64")
+    assert too_long.exit_code == 1 and "not ready" in too_long.stdout
+    bad_shard = cli("build", "--lake", str(lake.root), "--out", str(tmp_path / "x"), "--shard", "3/2")
+    assert bad_shard.exit_code == 2 and "--shard" in bad_shard.stderr
+
+
+def test_split_by_date_records_the_boundaries(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["crypto"], bars=1000,
+                                start="2023-01-01")
+    result = _build(lake.root, tmp_path / "ds", "data.split.method=date",
+                    "data.split.train_end=2023-02-01", "data.split.validation_end=2023-02-10T12:00:00")
+    (item,) = result.manifest["items"]
+    assert item["train_end"] == 31 * 24  # hourly bars in January
+    assert item["validation_end"] == (31 + 9) * 24 + 12
+    assert item["train_end_ts"].startswith("2023-02-01T00:00:00")
+    assert result.manifest["split"]["method"] == "date"

@@ -220,7 +220,7 @@ class IterativeFinancialDatasetBuilder:
         self._check_output_location()
         started = time.perf_counter()
         sources, skipped = self.discover()
-        if not sources:
+        if not sources and self.shard is None:
             raise OhlcvError(
                 f"{self.lake}: no symbols match (freq {self.freq.canonical}, asset classes "
                 f"{list(self.data.asset_classes) or 'all'}, symbols {list(self.data.symbols) or 'all'}"
@@ -392,7 +392,7 @@ class IterativeFinancialDatasetBuilder:
         batch_meta = [json.loads(m.read_text()) for m in markers]
         items = [e for meta in batch_meta for e in meta["entries"] if "item_id" in e]
         reports = [e["report"] for meta in batch_meta for e in meta["entries"]]
-        if not items:
+        if not items and reports:
             raise OhlcvError(
                 f"every selected symbol was quarantined ({len(reports)}); see the reasons with `ohlcv build` "
                 "without --quiet, or relax data.cleaning"
@@ -543,7 +543,9 @@ def write_hf_dataset(path: Path, rows: Iterator[dict], *, variates: _Variates, c
     cache_dir.mkdir(parents=True)
     arrow_file = cache_dir / "rows.arrow"
     with pa.OSFile(str(arrow_file), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        written = 0
         for row in rows:
+            written += 1
             target = np.ascontiguousarray(row["target"], dtype=np.float32)
             columns = {
                 "item_id": pa.array([row["item_id"]], pa.string()),
@@ -560,6 +562,8 @@ def write_hf_dataset(path: Path, rows: Iterator[dict], *, variates: _Variates, c
                 columns["past_feat_dynamic_real"] = _nested(covariates, schema.field("past_feat_dynamic_real").type)
                 digest.update(covariates.tobytes())
             writer.write_table(pa.table(columns, schema=schema))
+        if not written:  # an empty shard: datasets needs one (empty) record batch
+            writer.write_table(schema.empty_table())
     dataset = datasets.Dataset.from_file(str(arrow_file))
     dataset.save_to_disk(str(path))
     del dataset

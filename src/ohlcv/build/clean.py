@@ -178,45 +178,58 @@ def read_symbol_files(files: list[Path] | tuple[Path, ...], report: SymbolReport
     return pl.concat(frames, how="vertical")
 
 
+def _read_clean_files(sources) -> "pl.DataFrame | None":
+    """One multi-file scan of a batch, if every file has the lake's clean schema; else None."""
+    import polars as pl
+
+    files = [f for source in sources for f in source.files]
+    if not files:
+        return None
+    owner = {str(f): source.item_id for source in sources for f in source.files}
+    try:
+        scan = pl.scan_parquet(files, include_file_paths="_path")
+        if not _schema_is_clean(scan.collect_schema()):
+            return None
+        return scan.select(
+            pl.col("_path").replace_strict(owner, return_dtype=pl.Utf8).alias("item_id"),
+            pl.col("ts").dt.cast_time_unit("us"),
+            *REQUIRED_COLUMNS[1:],
+        ).collect()
+    except Exception:  # noqa: BLE001 - differing schemas, a corrupt file...: the careful path sorts it out
+        return None
+
+
 def read_batch(sources, reports: dict[str, SymbolReport]) -> "pl.DataFrame":
     """Every file of a batch of symbols as one frame with an ``item_id`` column.
 
-    Symbols whose files all have the lake's clean schema are read in a single
-    multi-file read; the others file by file, so that one bad file costs only
-    itself.
+    A batch whose files all have the lake's clean schema is read in one
+    multi-file scan. Otherwise each symbol is tried the same way, and a
+    symbol with a defective file is read file by file, so that one bad file
+    costs only itself.
     """
     import polars as pl
 
-    fast_files: list[Path] = []
-    owner: dict[str, str] = {}
-    frames = []
-    for source in sources:
-        report = reports[source.item_id]
-        try:
-            clean = bool(source.files) and all(_schema_is_clean(pl.read_parquet_schema(f)) for f in source.files)
-        except Exception:  # noqa: BLE001 - the careful path will say which file is bad
-            clean = False
-        if clean:
-            fast_files.extend(source.files)
-            owner.update({str(f): source.item_id for f in source.files})
-            report.files += len(source.files)
-            continue
-        frame = read_symbol_files(source.files, report)
-        if frame is not None:
-            frames.append(frame.select(pl.lit(source.item_id).alias("item_id"), *REQUIRED_COLUMNS))
-    if fast_files:
-        fast = (
-            pl.scan_parquet(fast_files, include_file_paths="_path")
-            .select(
-                pl.col("_path").replace_strict(owner, return_dtype=pl.Utf8).alias("item_id"),
-                pl.col("ts").dt.cast_time_unit("us"),
-                *REQUIRED_COLUMNS[1:],
-            )
-            .collect()
-        )
-        for item_id, rows in fast.group_by("item_id").len().iter_rows():
+    scanned, careful = [], []
+    whole = _read_clean_files(sources)
+    if whole is not None:
+        scanned.append(whole)
+        for source in sources:
+            reports[source.item_id].files += len(source.files)
+    else:
+        for source in sources:
+            report = reports[source.item_id]
+            frame = _read_clean_files([source])
+            if frame is not None:
+                report.files += len(source.files)
+                scanned.append(frame)
+                continue
+            frame = read_symbol_files(source.files, report)  # counts its own rows and problems
+            if frame is not None:
+                careful.append(frame.select(pl.lit(source.item_id).alias("item_id"), *REQUIRED_COLUMNS))
+    for frame in scanned:
+        for item_id, rows in frame.group_by("item_id").len().iter_rows():
             reports[item_id].rows_read += rows
-        frames.insert(0, fast)
+    frames = scanned + careful
     if not frames:
         return pl.DataFrame(schema={"item_id": pl.Utf8, "ts": pl.Datetime("us", "UTC"), **{c: pl.Float64 for c in REQUIRED_COLUMNS[1:]}})
     return pl.concat(frames, how="vertical")

@@ -64,7 +64,12 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
     staging = work / "final"
     staging.mkdir(parents=True)
     datasets.disable_progress_bars()
-    loaded = [datasets.load_from_disk(str(Path(s).expanduser() / HF_SUBDIR)).with_format("numpy") for s in shards]
+    # an empty shard (no symbol hashed to it) has no data files: datasets cannot load it, nothing to take
+    loaded = [
+        datasets.load_from_disk(str(Path(s).expanduser() / HF_SUBDIR)).with_format("numpy")
+        for s, m in zip(shards, manifests)
+        if m["series"] > 0
+    ]
     order = sorted((str(ds[i]["item_id"]), k, i) for k, ds in enumerate(loaded) for i in range(len(ds)))
     has_covariates = bool(first["covariates"])
 
