@@ -91,8 +91,8 @@ def test_hourly_profile_plan():
     report = plan(inputs_from_profile(load_profile("hourly").cfg))
     assert report.ok
     rows = {row.patch_size: row for row in report.rows}
-    assert report.inputs["variates"] == 6  # OHLCV + log_return_1
-    assert (rows[16].patches, rows[16].tokens) == (12, 72)
+    assert report.inputs["variates"] == 32  # OHLCV + the default features of all three families
+    assert (rows[16].patches, rows[16].tokens) == (12, 384)
     assert rows[16].allowed and not rows[16].uni2ts_default_allows
     assert report.constraint["source"] == "profile"
 

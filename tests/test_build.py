@@ -24,7 +24,10 @@ DROPPED_RULES = {"duplicate_ts": 0, "non_finite": 1, "non_positive_price": 1, "o
 
 
 def _cfg(lake: Path, out: Path, *extra: str):
-    return load_profile("hourly", [f"data.lake={lake}", f"data.dataset={out}", "data.batch_size=4", *extra]).cfg
+    """The hourly profile with one feature: these tests are about the builder, not the features."""
+    overrides = [f"data.lake={lake}", f"data.dataset={out}", "data.batch_size=4", "features.enabled=[log_return]",
+                 "features.params.log_return.horizons=[1]"]
+    return load_profile("hourly", [*overrides, *extra]).cfg
 
 
 def _build(lake: Path, out: Path, *extra: str, **kwargs):
@@ -143,7 +146,8 @@ def test_kill_9_mid_build_then_resume_gives_the_same_dataset(tmp_path):
     out = tmp_path / "out"
     work = tmp_path / ".out.building"
     command = [sys.executable, "-m", "ohlcv", "build", "--profile", "hourly", "--lake", str(lake.root),
-               "--out", str(out), "--quiet", "data.batch_size=2"]
+               "--out", str(out), "--quiet", "data.batch_size=2", "features.enabled=[log_return]",
+               "features.params.log_return.horizons=[1]"]
     env = {**os.environ, "OHLCV_BUILD_PAUSE_AT_BATCH": "2", "OHLCV_BUILD_PAUSE_SECONDS": "120"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -234,11 +238,14 @@ def test_shards_merge_into_the_same_dataset(tmp_path):
     from ohlcv.build.merge import merge_shards
 
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=4, bars=800, seed=8)
-    full = _build(lake.root, tmp_path / "full")
+    # cross-asset features: every shard must see the whole asset class, not only its own symbols
+    extra = ("features.enabled=[log_return,class_return,relative_strength]",)
+    full = _build(lake.root, tmp_path / "full", *extra)
     parts = []
     for k in (1, 2, 3):
-        part = _build(lake.root, tmp_path / f"shard{k}", shard=Shard(k, 3))
+        part = _build(lake.root, tmp_path / f"shard{k}", *extra, shard=Shard(k, 3))
         parts.append(part.out)
+    assert len(list(tmp_path.glob(".ohlcv-reference-*.parquet"))) == 1  # computed once, shared by the shards
     owned = [set(json.loads((p / "manifest.json").read_text())["items"][i]["item_id"]
                  for i in range(json.loads((p / "manifest.json").read_text())["series"])) for p in parts]
     assert sum(len(o) for o in owned) == 12 and not (owned[0] & owned[1])

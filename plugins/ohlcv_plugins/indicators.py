@@ -281,7 +281,7 @@ def _volume_z(p):
     volume = pl.col("volume").log1p()
     mean = volume.rolling_mean(window_size=w)
     std = volume.rolling_std(window_size=w)
-    return [pl.when(std > 0).then((volume - mean) / std).otherwise(0.0).alias("volume_z")]
+    return [pl.when(std > 0).then((volume - mean) / std).when(std == 0).then(0.0).otherwise(None).alias("volume_z")]
 
 
 def _vwap_distance(p):

@@ -316,6 +316,52 @@ def lake_ingest(
         raise typer.Exit(1)
 
 
+@plugins_app.command("check")
+def plugins_check(
+    names: Optional[List[str]] = typer.Argument(None, help="Feature names (default: every registered feature)."),
+) -> None:
+    """Check features for look-ahead: change every bar after t, recompute, and compare bars <= t.
+
+    Also checks that outputs are missing (not zero) inside each feature's declared warm-up.
+    Exit 1 if any feature fails.
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ohlcv.errors import ConfigError
+    from ohlcv.lookahead import check_feature, check_warmup
+    from ohlcv.plugins import load_plugins
+
+    plugins = load_plugins()
+    entries = list(plugins.features)
+    if names:
+        unknown = sorted(set(names) - {e.feature.name for e in entries})
+        if unknown:
+            raise ConfigError(f"no registered feature named {unknown}; see `ohlcv plugins list`", key="NAME")
+        entries = [e for e in entries if e.feature.name in names]
+    table = Table(title="Look-ahead check", title_justify="left")
+    for column in ("feature", "family", "plugin", "result", "first offending bar", "detail"):
+        table.add_column(column, overflow="fold")
+    failed = 0
+    for entry in entries:
+        result = check_feature(entry.feature)
+        warmup_problem = check_warmup(entry.feature) if result.ok else None
+        ok = result.ok and warmup_problem is None
+        failed += not ok
+        table.add_row(
+            escape(entry.feature.name),
+            entry.feature.family.value,
+            escape(entry.plugin.name),
+            "[green]pass[/]" if ok else "[bold red]FAIL[/]",
+            "" if result.first_bad_bar is None else str(result.first_bad_bar),
+            escape(warmup_problem or result.detail),
+        )
+    _console().print(table)
+    _console().print(f"{len(entries) - failed} passed, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
 def _debug() -> bool:
     return os.environ.get("OHLCV_DEBUG", "").strip() not in ("", "0", "false", "no")
 

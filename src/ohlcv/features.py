@@ -53,6 +53,14 @@ class Feature:
     frame: FrameFn | None = None
     params: Params = field(default_factory=dict)
     description: str = ""
+    # Cross-asset features: per-bar contributions (Polars expressions over the lake's columns, each
+    # with an alias X). The builder streams the lake once and aggregates them per asset class and
+    # timestamp, then joins ``ref_X__n``, ``ref_X__sum`` and ``ref_X__sumsq`` (the count, sum and sum
+    # of squares over the symbol's asset class at that bar) onto the frame before computing.
+    reference: Callable[[Params], "Sequence[pl.Expr]"] | None = None
+    # Fitted features: ``fit(train_frame, params) -> state`` sees the training span only; the state
+    # reaches ``frame``/``exprs`` as ``params["fitted"]``.
+    fit: Callable[["pl.DataFrame", Params], Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -69,6 +77,9 @@ class Feature:
     def resolve_params(self, overrides: Params | None = None) -> dict[str, Any]:
         merged = dict(self.params)
         for key, value in (overrides or {}).items():
+            if key == "fitted":
+                merged[key] = value
+                continue
             if key not in merged:
                 known = ", ".join(sorted(merged)) or "none"
                 raise PluginError(
@@ -88,7 +99,11 @@ class Feature:
         return int(self.warmup(params) if callable(self.warmup) else self.warmup)
 
     def compute(self, frame: "pl.DataFrame", overrides: Params | None = None) -> "pl.DataFrame":
-        """The feature's output columns for ``frame`` (same height, same row order)."""
+        """The feature's output columns for one series ``frame`` (same height, same row order).
+
+        For a fitted feature, pass the state as ``overrides["fitted"]``; for a
+        cross-asset feature, ``frame`` must carry the ``ref_…`` columns.
+        """
         params = self.resolve_params(overrides)
         names = self.output_names(overrides)
         if self.exprs is not None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from ohlcv import __version__
 from ohlcv.build import normalize
+from ohlcv.build.pipeline import FeaturePipeline
 from ohlcv.build.clean import RULES, CleaningSettings, SymbolReport, clean_batch, read_batch
 from ohlcv.config.loader import atomic_write_text, to_yaml
 from ohlcv.errors import ConfigError, OhlcvError
@@ -195,15 +196,12 @@ class IterativeFinancialDatasetBuilder:
             start=self.data.start,
             end=self.data.end,
         )
-        sources = found.sources
-        if self.shard is not None:
-            sources = [s for s in sources if self.shard.owns(s.item_id)]
-        return sources, found.skipped
+        return found.sources, found.skipped
 
-    def fingerprint(self, sources: list[SymbolSource]) -> str:
+    def fingerprint(self, sources: list[SymbolSource], *, shard: bool = True) -> str:
         digest = hashlib.sha256()
         digest.update(json.dumps({"profile": profile_hash(self.cfg), "batch": int(self.data.batch_size),
-                                  "shard": str(self.shard), "ohlcv": __version__,
+                                  "shard": str(self.shard) if shard else None, "ohlcv": __version__,
                                   "plugins": self.plugins.versions()}, sort_keys=True).encode())
         for source in sources:
             digest.update(source.item_id.encode())
@@ -219,14 +217,16 @@ class IterativeFinancialDatasetBuilder:
     def run(self, *, force: bool = False) -> BuildResult:
         self._check_output_location()
         started = time.perf_counter()
-        sources, skipped = self.discover()
+        all_sources, skipped = self.discover()
+        sources = [s for s in all_sources if self.shard is None or self.shard.owns(s.item_id)]
         if not sources and self.shard is None:
             raise OhlcvError(
                 f"{self.lake}: no symbols match (freq {self.freq.canonical}, asset classes "
                 f"{list(self.data.asset_classes) or 'all'}, symbols {list(self.data.symbols) or 'all'}"
                 f"{', shard ' + str(self.shard) if self.shard else ''}); check data.freq and the lake layout"
             )
-        fingerprint = self.fingerprint(sources)
+        # cross-asset features depend on every symbol of the lake, not only on this shard's
+        fingerprint = self.fingerprint(all_sources if self.pipeline.needs_reference else sources)
         existing = self.out / "manifest.json"
         if existing.is_file() and not force:
             try:
@@ -252,6 +252,9 @@ class IterativeFinancialDatasetBuilder:
             _atomic_json(plan_file, {"fingerprint": fingerprint, "batches": len(batches), "symbols": len(sources)})
 
         self.progress.on_start(len(sources))
+        reference = None
+        if self.pipeline.needs_reference:
+            reference = self._reference_pass(batches) if self.shard is None else self._shared_reference(all_sources)
         resumed = 0
         for index, batch in enumerate(batches):
             marker = work / "batches" / f"batch-{index:05d}.json"
@@ -260,7 +263,7 @@ class IterativeFinancialDatasetBuilder:
                 for source in batch:
                     self.progress.on_symbol(source.item_id, 0)
                 continue
-            self._build_batch(index, batch, marker)
+            self._build_batch(index, batch, marker, reference)
 
         self.progress.on_merge()
         manifest, report = self._merge(len(batches), fingerprint, skipped, started, resumed)
@@ -285,22 +288,47 @@ class IterativeFinancialDatasetBuilder:
         if not os.access(out.parent, os.W_OK):
             raise ConfigError(f"{out.parent} is not writable", key="data.dataset")
 
-    def process_batch(self, batch: list[SymbolSource]):
-        """Read, clean and add features to a batch of symbols in a few columnar queries.
+    @property
+    def pipeline(self) -> FeaturePipeline:
+        return FeaturePipeline(self.variates.feature_specs)
 
-        Returns (frame with item_id, ts and the variates — or None —, reports in batch order).
-        If anything fails for the batch as a whole, each symbol is retried on its own,
-        so one bad symbol is quarantined with the reason and the rest go on.
+    def clean_batch(self, batch: list[SymbolSource]):
+        """Read and clean a batch of symbols in a few columnar queries: (frame or None, reports).
+
+        If the batch fails as a whole, each symbol is retried on its own, so one
+        bad symbol is quarantined with the reason and the rest go on.
         """
-        import polars as pl
-
         reports = {source.item_id: SymbolReport(source.item_id) for source in batch}
         try:
             raw = read_batch(batch, reports)
             cleaned = clean_batch(
                 raw, self.freq, self.settings, reports, start=_utc(self.data.start), end=_utc(self.data.end)
             )
-            featured = self._add_features(cleaned)
+            return (cleaned if cleaned.height else None), [reports[s.item_id] for s in batch]
+        except Exception as exc:  # noqa: BLE001 - one bad symbol never stops the build
+            return self._isolate(batch, exc)
+
+    def _isolate(self, batch: list[SymbolSource], exc: Exception):
+        import polars as pl
+
+        if os.environ.get("OHLCV_DEBUG"):
+            raise exc
+        if len(batch) > 1:
+            parts = [self.clean_batch([source]) for source in batch]
+            frames = [frame for frame, _ in parts if frame is not None]
+            return (pl.concat(frames) if frames else None), [r for _, rs in parts for r in rs]
+        report = SymbolReport(batch[0].item_id)
+        report.quarantined = f"failed while processing: {type(exc).__name__}: {exc}"
+        return None, [report]
+
+    def featurize(self, cleaned, reports: list[SymbolReport], reference=None):
+        """Add every enabled feature to cleaned bars; a symbol whose features fail is quarantined."""
+        import polars as pl
+
+        if cleaned is None:
+            return None, reports
+        try:
+            featured = self.pipeline.apply(cleaned, reference=reference, train_end=self._train_ends(cleaned))
             # features may produce NaN/inf (e.g. a division by a zero range): missing, not numbers
             as_float = [pl.col(c).cast(pl.Float64) for c in self.variates.names]
             frame = featured.select(
@@ -308,37 +336,105 @@ class IterativeFinancialDatasetBuilder:
                 "ts",
                 *[pl.when(e.is_finite()).then(e).otherwise(None).alias(n) for e, n in zip(as_float, self.variates.names)],
             )
-            return (frame if frame.height else None), [reports[s.item_id] for s in batch]
+            return frame, reports
         except Exception as exc:  # noqa: BLE001 - one bad symbol never stops the build
             if os.environ.get("OHLCV_DEBUG"):
                 raise
-            if len(batch) > 1:
-                parts = [self.process_batch([source]) for source in batch]
-                frames = [frame for frame, _ in parts if frame is not None]
-                return (pl.concat(frames) if frames else None), [r for _, rs in parts for r in rs]
-            report = SymbolReport(batch[0].item_id)
-            report.quarantined = f"failed while processing: {type(exc).__name__}: {exc}"
-            return None, [report]
+            by_id = {r.item_id: r for r in reports}
+            present = cleaned["item_id"].unique(maintain_order=True).to_list()
+            if len(present) <= 1:
+                for item_id in present:
+                    by_id[item_id].quarantined = f"failed while adding features: {type(exc).__name__}: {exc}"
+                return None, reports
+            frames = []
+            for item_id in present:
+                frame, _ = self.featurize(cleaned.filter(pl.col("item_id") == item_id), [by_id[item_id]], reference)
+                if frame is not None:
+                    frames.append(frame)
+            return (pl.concat(frames) if frames else None), reports
 
-    def _add_features(self, frame):
-        """Every expression feature in one Polars query, then the frame features."""
+    def process_batch(self, batch: list[SymbolSource]):
+        """Clean + features of one batch, for a build without cross-asset features."""
+        cleaned, reports = self.clean_batch(batch)
+        return self.featurize(cleaned, reports)
+
+    def _train_ends(self, cleaned) -> dict[str, int] | None:
+        if not self.pipeline.needs_split:
+            return None
+        ends = {}
+        for key, part in cleaned.group_by("item_id", maintain_order=True):
+            ends[key[0] if isinstance(key, tuple) else key] = self._split(part["ts"])[0]
+        return ends
+
+    def _reference_pass(self, batches: list[list[SymbolSource]]):
+        """Pass 1 for cross-asset features: clean every batch once, keep the cleaned bars, and add
+        up the per-(asset class, bar) contributions into the reference series (small: one row per
+        asset class and bar, whatever the number of symbols)."""
         import polars as pl
 
-        exprs, frame_features = [], []
-        for feature, params in self.variates.feature_specs:
-            if feature.exprs is not None:
-                exprs.extend(feature.exprs(params))
-            else:
-                frame_features.append((feature, params))
-        if exprs:
-            frame = frame.lazy().with_columns([e.over("item_id") for e in exprs]).collect()
-        if frame_features:
-            parts = []
-            for _, part in frame.group_by("item_id", maintain_order=True):
-                inputs = part.select("ts", *OHLCV_COLUMNS)
-                parts.append(pl.concat([part, *(f.compute(inputs, p) for f, p in frame_features)], how="horizontal"))
-            frame = pl.concat(parts) if parts else frame
-        return frame
+        folder = self.work / "reference"
+        folder.mkdir(parents=True, exist_ok=True)
+        combined = folder / "reference.parquet"
+        parts = []
+        for index, batch in enumerate(batches):
+            marker = folder / f"clean-{index:05d}.json"
+            if not marker.is_file():
+                cleaned, reports = self.clean_batch(batch)
+                contribution = self.pipeline.contributions(cleaned) if cleaned is not None else None
+                for name, frame in (("clean", cleaned), ("contrib", contribution)):
+                    if frame is not None:
+                        tmp = folder / f".{name}-{index:05d}.parquet.tmp"
+                        frame.write_parquet(tmp)
+                        os.replace(tmp, folder / f"{name}-{index:05d}.parquet")
+                _atomic_json(marker, {"reports": [r.to_dict() for r in reports]})
+            if not combined.is_file():
+                part = folder / f"contrib-{index:05d}.parquet"
+                if part.is_file():
+                    parts.append(pl.read_parquet(part))
+        if combined.is_file():
+            return pl.read_parquet(combined)
+        reference = FeaturePipeline.combine(parts)
+        if reference is not None:
+            tmp = folder / ".reference.parquet.tmp"
+            reference.write_parquet(tmp)
+            os.replace(tmp, combined)
+        return reference
+
+    def _shared_reference(self, all_sources: list[SymbolSource]):
+        """The reference series of the whole selection, for a shard build.
+
+        Every shard needs the same reference (computed over all symbols, not only
+        its own), so it is cached beside the outputs under a name derived from
+        the selection's fingerprint: shards writing to sibling folders compute it
+        once. Delete ``.ohlcv-reference-*.parquet`` after merging.
+        """
+        import polars as pl
+
+        key = self.fingerprint(all_sources, shard=False)[:20]
+        cache = self.out.parent / f".ohlcv-reference-{key}.parquet"
+        if cache.is_file():
+            return pl.read_parquet(cache)
+        size = int(self.data.batch_size)
+        parts = []
+        for start in range(0, len(all_sources), size):
+            cleaned, _ = self.clean_batch(all_sources[start : start + size])
+            if cleaned is not None:
+                parts.append(self.pipeline.contributions(cleaned))
+        reference = FeaturePipeline.combine(parts)
+        if reference is not None:
+            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            reference.write_parquet(tmp)
+            os.replace(tmp, cache)
+        return reference
+
+    def _cleaned_from_reference_pass(self, index: int):
+        import polars as pl
+
+        folder = self.work / "reference"
+        meta = json.loads((folder / f"clean-{index:05d}.json").read_text())
+        reports = [SymbolReport.from_dict(r) for r in meta["reports"]]
+        path = folder / f"clean-{index:05d}.parquet"
+        return (pl.read_parquet(path) if path.is_file() else None), reports
 
     def _split(self, ts) -> tuple[int, int]:
         n = len(ts)
@@ -348,8 +444,12 @@ class IterativeFinancialDatasetBuilder:
         train_end, validation_end = _utc(split.train_end), _utc(split.validation_end)
         return int((ts < train_end).sum()), int((ts < validation_end).sum())
 
-    def _build_batch(self, index: int, batch: list[SymbolSource], marker: Path) -> None:
-        frame, reports = self.process_batch(batch)
+    def _build_batch(self, index: int, batch: list[SymbolSource], marker: Path, reference=None) -> None:
+        if self.pipeline.needs_reference and self.shard is None:
+            cleaned, reports = self._cleaned_from_reference_pass(index)
+        else:
+            cleaned, reports = self.clean_batch(batch)
+        frame, reports = self.featurize(cleaned, reports, reference)
         entries: list[dict[str, Any]] = []
         parts = dict(frame.partition_by("item_id", as_dict=True, maintain_order=True)) if frame is not None else {}
         parts = {(k[0] if isinstance(k, tuple) else k): v for k, v in parts.items()}

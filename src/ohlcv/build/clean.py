@@ -68,6 +68,15 @@ class SymbolReport:
         if count:
             self.counts[rule] = self.counts.get(rule, 0) + int(count)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SymbolReport":
+        report = cls(data["item_id"])
+        for key in ("files", "rows_read", "bars", "observed", "quarantined"):
+            setattr(report, key, data[key])
+        report.counts = dict(data["counts"])
+        report.file_problems = list(data["file_problems"])
+        return report
+
     def to_dict(self) -> dict:
         return {
             "item_id": self.item_id,

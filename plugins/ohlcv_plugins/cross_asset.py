@@ -1,0 +1,118 @@
+"""Cross-asset features: an asset against the rest of its asset class.
+
+All of them rest on one reference series per asset class, built by the
+builder's first pass over the lake: at every bar, the count, sum and sum of
+squares of the one-bar log returns of the class's symbols (``ref_r1__n``,
+``ref_r1__sum``, ``ref_r1__sumsq``). Memory is bounded by that series — one
+row per asset class and bar — not by the lake.
+
+At bar t everything uses returns of bar t and earlier; other assets' bar t
+is known at the close of bar t, as is the asset's own.
+"""
+
+from __future__ import annotations
+
+from ohlcv.features import Feature
+from ohlcv.hookspecs import hookimpl
+
+
+def _r1():
+    import polars as pl
+
+    close = pl.col("close")
+    return (close.log() - close.shift(1).log()).alias("r1")
+
+
+def _reference(params):
+    return [_r1()]
+
+
+def _leave_one_out():
+    """(class mean return without this asset, class count without it)."""
+    import polars as pl
+
+    own = _r1()
+    has_own = own.is_not_null() & own.is_not_nan()
+    n = pl.col("ref_r1__n") - has_own.cast(pl.Float64)
+    total = pl.col("ref_r1__sum") - pl.when(has_own).then(own).otherwise(0.0)
+    return pl.when(n > 0).then(total / n).otherwise(None), n
+
+
+def _own_known(value):
+    """Missing wherever the asset's own return is missing (its first bar, long gaps)."""
+    import polars as pl
+
+    own = _r1()
+    return pl.when(own.is_null() | own.is_nan()).then(None).otherwise(value)
+
+
+def _class_return(params):
+    mean, _ = _leave_one_out()
+    return [_own_known(mean).alias("class_return")]
+
+
+def _beta_corr(params):
+    import polars as pl
+
+    w = int(params["window"])
+    market, _ = _leave_one_out()
+    own = _r1()
+    mean_xy = (own * market).rolling_mean(window_size=w)
+    mean_x = own.rolling_mean(window_size=w)
+    mean_y = market.rolling_mean(window_size=w)
+    cov = mean_xy - mean_x * mean_y
+    var_x = (own * own).rolling_mean(window_size=w) - mean_x**2
+    var_y = (market * market).rolling_mean(window_size=w) - mean_y**2
+    beta = pl.when(var_y > 1e-18).then(cov / var_y).otherwise(None)
+    corr = pl.when((var_x > 1e-18) & (var_y > 1e-18)).then(cov / (var_x * var_y).sqrt()).otherwise(None)
+    return [beta.alias(f"class_beta_{w}"), corr.clip(-1, 1).alias(f"class_corr_{w}")]
+
+
+def _dispersion_expr():
+    import polars as pl
+
+    n = pl.col("ref_r1__n")
+    mean = pl.col("ref_r1__sum") / n
+    var = pl.col("ref_r1__sumsq") / n - mean**2
+    return pl.when(n > 1).then(var.clip(lower_bound=0).sqrt()).otherwise(None)
+
+
+def _dispersion(params):
+    return [_own_known(_dispersion_expr()).alias("class_dispersion")]
+
+
+def _relative_strength(params):
+    """The asset's return standardised within its class at each bar, mapped to (0, 1).
+
+    A streaming stand-in for the cross-sectional rank: (r - leave-one-out mean) /
+    class dispersion, through a logistic approximation of the normal CDF.
+    """
+    import polars as pl
+
+    mean, n = _leave_one_out()
+    spread = _dispersion_expr()
+    z = (_r1() - mean) / spread
+    value = 1 / (1 + (-1.702 * z).exp())
+    return [pl.when((n > 0) & (spread > 1e-12)).then(value).otherwise(None).alias("relative_strength")]
+
+
+FEATURES = [
+    Feature(name="class_return", family="cross_asset", inputs=("close",), outputs=["class_return"], warmup=1,
+            exprs=_class_return, reference=_reference,
+            description="equal-weighted one-bar log return of the asset's class, leaving the asset out"),
+    Feature(name="class_beta", family="cross_asset", inputs=("close",),
+            outputs=lambda p: [f"class_beta_{int(p['window'])}", f"class_corr_{int(p['window'])}"],
+            warmup=lambda p: int(p["window"]), exprs=_beta_corr, reference=_reference, params={"window": 168},
+            description="rolling beta and correlation of the asset's returns to its class (leave-one-out)"),
+    Feature(name="relative_strength", family="cross_asset", inputs=("close",), outputs=["relative_strength"],
+            warmup=1, exprs=_relative_strength, reference=_reference,
+            description="the asset's return standardised within its class, 0 (weakest) to 1 (strongest)"),
+    Feature(name="class_dispersion", family="cross_asset", inputs=("close",), outputs=["class_dispersion"],
+            warmup=1, exprs=_dispersion, reference=_reference,
+            description="cross-sectional standard deviation of one-bar log returns in the class"),
+]
+
+
+@hookimpl
+def ohlcv_register_features(register):
+    register(*FEATURES)

@@ -1,0 +1,133 @@
+"""Market-regime features: volatility and trend regimes, drawdown, and a learned regime.
+
+Every output is numeric: one-hot columns or probabilities. All are causal:
+quantiles and maxima are taken over past bars only, and the learned regime
+(a Gaussian mixture on volatility and trend) is fitted on the training span
+only and then applied bar by bar.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ohlcv.features import Feature
+from ohlcv.hookspecs import hookimpl
+
+
+def _r1():
+    import polars as pl
+
+    close = pl.col("close")
+    return close.log() - close.shift(1).log()
+
+
+def _vol(window: int):
+    return _r1().rolling_std(window_size=window)
+
+
+def _vol_regime(params):
+    """One-hot low / mid / high volatility against the volatility's own trailing quantiles."""
+    import polars as pl
+
+    vol = _vol(int(params["window"]))
+    history = int(params["history"])
+    low_q = vol.rolling_quantile(quantile=1 / 3, window_size=history, min_samples=history // 4)
+    high_q = vol.rolling_quantile(quantile=2 / 3, window_size=history, min_samples=history // 4)
+    known = vol.is_not_null() & low_q.is_not_null()
+    low = vol <= low_q
+    high = vol > high_q
+    return [
+        pl.when(known).then(low.cast(pl.Float64)).otherwise(None).alias("vol_regime_low"),
+        pl.when(known).then((~low & ~high).cast(pl.Float64)).otherwise(None).alias("vol_regime_mid"),
+        pl.when(known).then(high.cast(pl.Float64)).otherwise(None).alias("vol_regime_high"),
+    ]
+
+
+def _trend(params):
+    """Slope of the long moving average (log change over ``lag`` bars) and its sign."""
+    import polars as pl
+
+    window, lag = int(params["window"]), int(params["lag"])
+    average = pl.col("close").rolling_mean(window_size=window)
+    slope = average.log() - average.shift(lag).log()
+    return [
+        slope.alias("trend_slope"),
+        pl.when(slope.is_null()).then(None).otherwise((slope > 0).cast(pl.Float64)).alias("trend_up"),
+    ]
+
+
+def _drawdown(params):
+    import polars as pl
+
+    close = pl.col("close")
+    return [(close / close.cum_max() - 1).alias("drawdown")]
+
+
+# -- the learned regime --------------------------------------------------------------------------------
+def _gmm_inputs(frame, params):
+    import polars as pl
+
+    window, lag = int(params["vol_window"]), int(params["trend_lag"])
+    average = pl.col("close").rolling_mean(window_size=int(params["trend_window"]))
+    return frame.select(
+        _vol(window).log().alias("log_vol"),
+        (average.log() - average.shift(lag).log()).alias("slope"),
+    ).to_numpy()
+
+
+def _gmm_fit(train, params):
+    """Fit a Gaussian mixture on the training span; components ordered from calm to turbulent."""
+    from sklearn.mixture import GaussianMixture
+
+    x = _gmm_inputs(train, params)
+    x = x[np.all(np.isfinite(x), axis=1)]
+    k = int(params["components"])
+    if len(x) < 10 * k:
+        return None
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-12
+    model = GaussianMixture(n_components=k, covariance_type="full", random_state=int(params["seed"]), n_init=1)
+    model.fit((x - mean) / std)
+    order = np.argsort(model.means_[:, 0])  # by volatility
+    return {"model": model, "mean": mean, "std": std, "order": order}
+
+
+def _gmm_frame(frame, params):
+    import polars as pl
+
+    k = int(params["components"])
+    names = [f"regime_p{i}" for i in range(k)]
+    state = params.get("fitted")
+    out = np.full((frame.height, k), np.nan)
+    if state is not None:
+        x = _gmm_inputs(frame, params)
+        ok = np.all(np.isfinite(x), axis=1)
+        if ok.any():
+            proba = state["model"].predict_proba((x[ok] - state["mean"]) / state["std"])
+            out[ok] = proba[:, state["order"]]
+    return pl.DataFrame({name: out[:, i] for i, name in enumerate(names)}).fill_nan(None)
+
+
+FEATURES = [
+    Feature(name="vol_regime", family="regime", inputs=("close",),
+            outputs=["vol_regime_low", "vol_regime_mid", "vol_regime_high"],
+            warmup=lambda p: int(p["window"]) + int(p["history"]) // 4 - 1, exprs=_vol_regime,
+            params={"window": 24, "history": 720},
+            description="one-hot low/mid/high realized volatility against its trailing terciles"),
+    Feature(name="trend_regime", family="regime", inputs=("close",), outputs=["trend_slope", "trend_up"],
+            warmup=lambda p: int(p["window"]) + int(p["lag"]) - 1, exprs=_trend, params={"window": 168, "lag": 24},
+            description="log slope of the long moving average over `lag` bars, and whether it is rising"),
+    Feature(name="drawdown", family="regime", inputs=("close",), outputs=["drawdown"], warmup=0, exprs=_drawdown,
+            description="close / running maximum - 1"),
+    Feature(name="gmm_regime", family="regime", inputs=("close",),
+            outputs=lambda p: [f"regime_p{i}" for i in range(int(p["components"]))],
+            warmup=lambda p: max(int(p["vol_window"]), int(p["trend_window"]) + int(p["trend_lag"]) - 1),
+            frame=_gmm_frame, fit=_gmm_fit,
+            params={"components": 3, "vol_window": 24, "trend_window": 168, "trend_lag": 24, "seed": 0},
+            description="regime probabilities of a Gaussian mixture on volatility and trend, fitted on the "
+                        "training span, components ordered calm to turbulent"),
+]
+
+
+@hookimpl
+def ohlcv_register_features(register):
+    register(*FEATURES)

@@ -1,0 +1,163 @@
+"""Applying features to a batch of symbols: plain, cross-asset (reference) and fitted features.
+
+The builder and the look-ahead check both go through :class:`FeaturePipeline`,
+so the check tests exactly what a build computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ohlcv.features import OHLCV_COLUMNS, Feature
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+@dataclass
+class FeaturePipeline:
+    specs: list[tuple[Feature, dict[str, Any]]]  # (feature, resolved params), in profile order
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(f.reference is not None for f, _ in self.specs)
+
+    @property
+    def needs_split(self) -> bool:
+        return any(f.fit is not None for f, _ in self.specs)
+
+    def contribution_exprs(self) -> "list[pl.Expr]":
+        exprs, seen = [], set()
+        for feature, params in self.specs:
+            if feature.reference is None:
+                continue
+            for expr in feature.reference(params):
+                name = expr.meta.output_name()
+                if name not in seen:
+                    seen.add(name)
+                    exprs.append(expr)
+        return exprs
+
+    def contributions(self, frame: "pl.DataFrame") -> "pl.DataFrame | None":
+        """Per (asset class, bar): count, sum and sum of squares of every reference contribution.
+
+        Summed with numpy over rows sorted by (asset class, bar, item), so that the
+        result does not depend on how many rows there are or on thread scheduling:
+        a bar's reference depends on that bar's values only, to the last bit.
+        """
+        import numpy as np
+        import polars as pl
+
+        exprs = self.contribution_exprs()
+        if not exprs or frame.height == 0:
+            return None
+        names = [e.meta.output_name() for e in exprs]
+        per_bar = (
+            frame.lazy()
+            .select(
+                pl.col("item_id").str.split("/").list.first().alias("asset_class"),
+                "ts",
+                "item_id",
+                *[e.over("item_id") for e in exprs],
+            )
+            .sort("asset_class", "ts", "item_id")
+            .collect()
+        )
+        keys = per_bar.select("asset_class", "ts")
+        new_group = keys.select(
+            (pl.col("asset_class") != pl.col("asset_class").shift(1)) | (pl.col("ts") != pl.col("ts").shift(1))
+        ).to_series().fill_null(True).to_numpy()
+        starts = np.flatnonzero(new_group)
+        out = {"asset_class": keys["asset_class"].gather(starts), "ts": keys["ts"].gather(starts)}
+        for name in names:
+            values = per_bar[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            known = np.isfinite(values)
+            clean = np.where(known, values, 0.0)
+            out[f"{name}__n"] = np.add.reduceat(known.astype(np.float64), starts)
+            out[f"{name}__sum"] = np.add.reduceat(clean, starts)
+            out[f"{name}__sumsq"] = np.add.reduceat(clean * clean, starts)
+        return pl.DataFrame(out)
+
+    @staticmethod
+    def combine(parts: "list[pl.DataFrame]") -> "pl.DataFrame | None":
+        """Add up per-batch contributions into the reference series."""
+        import polars as pl
+
+        parts = [p for p in parts if p is not None and p.height]
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        stacked = pl.concat(parts, how="vertical")
+        value_columns = [c for c in stacked.columns if c not in ("asset_class", "ts")]
+        # batches in build order, summed in that order within each bar: deterministic
+        return (
+            stacked.with_row_index("_order")
+            .sort("asset_class", "ts", "_order")
+            .group_by("asset_class", "ts", maintain_order=True)
+            .agg([pl.col(c).cum_sum().last() for c in value_columns])
+        )
+
+    def apply(
+        self,
+        frame: "pl.DataFrame",
+        *,
+        reference: "pl.DataFrame | None" = None,
+        train_end: Mapping[str, int] | None = None,
+    ) -> "pl.DataFrame":
+        """``frame`` (item_id, ts, OHLCV; sorted by item and time) plus every feature's outputs."""
+        import polars as pl
+
+        base_columns = list(frame.columns)
+        work = frame
+        if self.needs_reference:
+            work = work.with_columns(pl.col("item_id").str.split("/").list.first().alias("_asset_class"))
+            if reference is not None:
+                ref = reference.rename({c: f"ref_{c}" for c in reference.columns if c not in ("asset_class", "ts")})
+                work = work.join(ref.rename({"asset_class": "_asset_class"}), on=["_asset_class", "ts"], how="left",
+                                 maintain_order="left")
+            for expr in self.contribution_exprs():
+                name = expr.meta.output_name()
+                for suffix in ("n", "sum", "sumsq"):
+                    column = f"ref_{name}__{suffix}"
+                    if column not in work.columns:
+                        work = work.with_columns(pl.lit(None, dtype=pl.Float64).alias(column))
+        exprs, per_series = [], []
+        for feature, params in self.specs:
+            if feature.exprs is not None and feature.fit is None:
+                exprs.extend(e.over("item_id") for e in feature.exprs(params))
+            else:
+                per_series.append((feature, params))
+        if exprs:
+            work = work.lazy().with_columns(exprs).collect()
+        if per_series:
+            parts = []
+            for key, part in work.group_by("item_id", maintain_order=True):
+                item_id = key[0] if isinstance(key, tuple) else key
+                inputs = part.drop("item_id")
+                outputs = []
+                for feature, params in per_series:
+                    call = dict(params)
+                    if feature.fit is not None:
+                        end = (train_end or {}).get(item_id, part.height)
+                        call["fitted"] = feature.fit(inputs.head(end), params)
+                    if feature.exprs is not None:
+                        outputs.append(inputs.select(list(feature.exprs(call))))
+                    else:
+                        outputs.append(feature.compute(inputs, call))
+                parts.append(pl.concat([part, *outputs], how="horizontal"))
+            work = pl.concat(parts, how="vertical") if parts else work
+        # the warm-up contract: a feature's outputs are missing (never zeros) before its warm-up
+        position = pl.int_range(pl.len()).over("item_id")
+        masked = []
+        for feature, params in self.specs:
+            warmup = feature.warmup_bars(params)
+            for column in feature.output_names(params):
+                value = pl.col(column).cast(pl.Float64)
+                masked.append(pl.when(position < warmup).then(None).otherwise(value).alias(column) if warmup else value)
+        return work.select(*base_columns, *masked)
+
+
+def ohlcv_inputs(frame: "pl.DataFrame") -> "pl.DataFrame":
+    return frame.select("ts", *OHLCV_COLUMNS)

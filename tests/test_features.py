@@ -1,0 +1,200 @@
+"""Feature plugins: no look-ahead (every registered feature), warm-ups, parity, cross-asset, regimes."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import types
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ohlcv.build.pipeline import FeaturePipeline
+from ohlcv.features import Feature
+from ohlcv.hookspecs import hookimpl
+from ohlcv.lookahead import check_feature, check_warmup, synthetic_class
+from ohlcv.plugins import load_plugins
+from tests.conftest import run_ohlcv_subprocess
+
+REPO = Path(__file__).resolve().parents[1]
+REGISTERED = sorted(entry.feature.name for entry in load_plugins().features)
+
+
+@pytest.fixture(scope="module")
+def features():
+    return load_plugins().features
+
+
+def test_the_three_families_are_registered(features):
+    families = {entry.feature.family.value for entry in features}
+    assert families == {"indicator", "cross_asset", "regime"}
+    assert {"sma", "ema", "rsi", "macd", "atr", "bollinger", "adx", "stoch", "obv", "mfi", "cci", "roc"} <= set(REGISTERED)
+    assert {"realized_vol", "parkinson_vol", "garman_klass_vol", "hl_range", "close_location", "volume_z",
+            "vwap_distance", "log_return", "simple_return"} <= set(REGISTERED)
+    assert {"class_return", "class_beta", "relative_strength", "class_dispersion"} <= set(REGISTERED)
+    assert {"vol_regime", "trend_regime", "drawdown", "gmm_regime"} <= set(REGISTERED)
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_no_registered_feature_looks_ahead(features, name):
+    result = check_feature(features.get(name))
+    assert result.ok, result.detail
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_values_inside_the_warm_up_are_missing_not_zero(features, name):
+    assert check_warmup(features.get(name)) is None
+
+
+def _centered_average():
+    return Feature(
+        name="centered_ma",
+        family="indicator",
+        inputs=("close",),
+        outputs=["centered_ma"],
+        warmup=2,
+        exprs=lambda p: [pl.col("close").rolling_mean(window_size=5, center=True).alias("centered_ma")],
+    )
+
+
+def test_a_leaky_feature_is_caught_with_its_first_offending_bar():
+    result = check_feature(_centered_average())
+    assert not result.ok
+    # a centred 5-bar mean at bar t reads bars t+1 and t+2: the two bars before the cut change
+    assert result.first_bad_bar == result.cut - 1
+    assert "centered_ma" in result.detail
+
+
+def test_plugins_check_cli_catches_a_leaky_third_party_plugin(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "leaky_plugin.py").write_text(textwrap.dedent("""
+        import polars as pl
+        from ohlcv.features import Feature
+        from ohlcv.hookspecs import hookimpl
+
+        @hookimpl
+        def ohlcv_register_features(register):
+            register(Feature(name="centered_ma", family="indicator", inputs=("close",), outputs=["centered_ma"],
+                             warmup=2, exprs=lambda p: [pl.col("close").rolling_mean(5, center=True).alias("centered_ma")]))
+    """))
+    info = site / "leaky_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: leaky-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[ohlcv]\nleaky = leaky_plugin\n")
+    env = {"PYTHONPATH": str(site)}
+    result = run_ohlcv_subprocess("plugins", "check", "centered_ma", "log_return", env=env)
+    assert result.returncode == 1, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "centered_ma" in line)
+    assert "FAIL" in line
+    assert re.search(r"│\s+\d+\s+│", line), line  # the first offending bar is printed
+    assert "1 passed, 1 failed" in result.stdout
+    listed = run_ohlcv_subprocess("plugins", "list", env=env)
+    assert "leaky-plugin 0.1" in listed.stdout
+
+
+def _series(bars=1500, seed=4):
+    return synthetic_class(n_assets=1, bars=bars, seed=seed).filter(pl.col("item_id") == "test/A0")
+
+
+@pytest.mark.parametrize("name, columns, settle", [
+    ("sma", ["sma_10", "sma_20", "sma_50"], 60),
+    ("ema", ["ema_10", "ema_20", "ema_50"], 600),
+    ("rsi", ["rsi"], 300),
+    ("atr", ["atr", "natr"], 300),
+])
+def test_talib_and_polars_engines_agree_after_warm_up(features, name, columns, settle):
+    feature = features.get(name)
+    frame = _series().drop("item_id")
+    talib = feature.compute(frame, {"engine": "talib"})
+    polars = feature.compute(frame, {"engine": "polars"})
+    start = 212 + settle  # after the missing stretch (bars 200-211) and a settling period
+    for column in columns:
+        a = talib[column].to_numpy()[start:]
+        b = polars[column].to_numpy()[start:]
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9, err_msg=column)
+
+
+def test_talib_features_accept_float32_columns(features):
+    frame = _series().drop("item_id").with_columns([pl.col(c).cast(pl.Float32) for c in ("open", "high", "low", "close", "volume")])
+    out = features.get("macd").compute(frame)
+    assert out["macd"].dtype == pl.Float64 and out["macd"].drop_nulls().len() > 1000
+
+
+def test_missing_bars_stay_missing_and_do_not_poison_recursive_indicators(features):
+    frame = _series().drop("item_id")
+    out = features.get("ema").compute(frame)
+    ema = out["ema_20"].to_numpy()
+    assert np.isnan(ema[200:212]).all()  # the missing stretch
+    assert np.isfinite(ema[212:]).all()  # TA-Lib would otherwise return NaN for the rest of the series
+
+
+def test_leave_one_out_class_return_by_hand():
+    ts = pl.datetime_range(pl.datetime(2024, 1, 1), pl.datetime(2024, 1, 1, 3), "1h", eager=True, time_zone="UTC")
+    closes = {"c/A": [100.0, 110.0, 99.0, 99.0], "c/B": [50.0, 55.0, 60.5, 60.5], "c/C": [10.0, 9.0, 9.0, 9.9]}
+    frame = pl.concat([
+        pl.DataFrame({"item_id": k, "ts": ts, "open": v, "high": v, "low": v, "close": v, "volume": 1.0})
+        for k, v in closes.items()
+    ])
+    feature = load_plugins().features.get("class_return")
+    pipeline = FeaturePipeline([(feature, feature.resolve_params())])
+    reference = pipeline.contributions(frame)
+    assert reference.height == 4  # one row per (asset class, bar): bounded by bars, not by symbols
+    out = pipeline.apply(frame, reference=reference).filter(pl.col("item_id") == "c/A")["class_return"].to_list()
+    r = {k: np.diff(np.log(v)) for k, v in closes.items()}
+    expected = [None] + [(r["c/B"][i] + r["c/C"][i]) / 2 for i in range(3)]
+    assert out[0] is None
+    np.testing.assert_allclose(out[1:], expected[1:], rtol=1e-12)
+
+
+def test_gmm_regime_is_fitted_on_the_training_span_and_ordered_calm_to_turbulent(features):
+    feature = features.get("gmm_regime")
+    params = feature.resolve_params()
+    frame = _series(bars=2000).drop("item_id")
+    state = feature.fit(frame.head(1200), params)
+    changed = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) >= 1200).then(pl.col("close") * 3).otherwise(pl.col("close")).alias("close")
+    )
+    again = feature.fit(changed.head(1200), params)
+    assert np.allclose(state["model"].means_, again["model"].means_)
+    out = feature.compute(frame, {**params, "fitted": state}).to_numpy()
+    known = np.isfinite(out).all(axis=1)
+    np.testing.assert_allclose(out[known].sum(axis=1), 1.0, rtol=1e-9)
+    vol = frame.select((pl.col("close").log().diff()).rolling_std(24)).to_series().to_numpy()
+    calm, wild = out[:, 0] > 0.5, out[:, -1] > 0.5
+    assert np.nanmean(vol[calm & known]) < np.nanmean(vol[wild & known])
+
+
+def test_hourly_build_has_the_documented_variates_of_all_three_families(tmp_path):
+    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.budget import inputs_from_profile, plan
+    from ohlcv.config import load_profile
+    from ohlcv.lake.sample import generate_sample_lake
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto", "fx"], bars=1500)
+    cfg = load_profile("hourly", [f"data.lake={lake.root}", f"data.dataset={tmp_path / 'ds'}"]).cfg
+    result = IterativeFinancialDatasetBuilder(cfg).run()
+    variates = result.manifest["variates"]
+    documented = (REPO / "docs" / "features.md").read_text()
+    for name in variates[5:]:
+        assert f"`{name}`" in documented, name
+    assert {"rsi", "class_return", "relative_strength", "vol_regime_high", "regime_p0", "drawdown"} <= set(variates)
+    assert len(variates) == 32
+    report = plan(inputs_from_profile(cfg))
+    assert report.inputs["variates"] == 32 and report.ok
+    assert {row.patch_size: row.tokens for row in report.rows}[16] == 384
+
+
+def test_the_plugin_in_the_writing_plugins_guide_passes_the_check():
+    guide = (REPO / "docs" / "writing-plugins.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", guide, flags=re.S)
+    module = types.ModuleType("guide_plugin")
+    exec(compile(blocks[0], "writing-plugins.md", "exec"), module.__dict__)
+    plugins = load_plugins(extra=[("guide", module)])
+    registered = [e.feature for e in plugins.features if e.plugin.name == "guide"]
+    assert registered
+    for feature in registered:
+        assert check_feature(feature).ok
+        assert check_warmup(feature) is None
