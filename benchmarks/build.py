@@ -42,9 +42,12 @@ def ohlcv_build(lake: Path, out: Path, batch_size: int = 10) -> float:
     from ohlcv.build.builder import IterativeFinancialDatasetBuilder
     from ohlcv.config import load_profile
 
+    # one feature: this measures the builder (reading, cleaning, batching, writing);
+    # benchmarks/features.py measures the features
     cfg = load_profile(
         "hourly",
-        [f"data.lake={lake}", f"data.dataset={out}", f"data.batch_size={batch_size}", "data.cleaning.min_length=100"],
+        [f"data.lake={lake}", f"data.dataset={out}", f"data.batch_size={batch_size}", "data.cleaning.min_length=100",
+         "features.enabled=[log_return]", "features.params.log_return.horizons=[1]"],
     ).cfg
     start = time.perf_counter()
     IterativeFinancialDatasetBuilder(cfg).run(force=True)

@@ -52,11 +52,24 @@ def _class_return(params):
 
 
 def _beta_corr(params):
+    """Rolling beta and correlation; the two return series are materialised once, then rolled."""
     import polars as pl
 
     w = int(params["window"])
-    market, _ = _leave_one_out()
-    own = _r1()
+    market_expr, _ = _leave_one_out()
+    return _beta_corr_from(pl.col("_own_r1"), pl.col("_market_r1"), w), [_r1().alias("_own_r1"), market_expr.alias("_market_r1")]
+
+
+def _beta_corr_frame(frame, params):
+    import polars as pl
+
+    outputs, helpers = _beta_corr(params)
+    return frame.lazy().with_columns(helpers).select(outputs).collect()
+
+
+def _beta_corr_from(own, market, w):
+    import polars as pl
+
     mean_xy = (own * market).rolling_mean(window_size=w)
     mean_x = own.rolling_mean(window_size=w)
     mean_y = market.rolling_mean(window_size=w)
@@ -102,7 +115,7 @@ FEATURES = [
             description="equal-weighted one-bar log return of the asset's class, leaving the asset out"),
     Feature(name="class_beta", family="cross_asset", inputs=("close",),
             outputs=lambda p: [f"class_beta_{int(p['window'])}", f"class_corr_{int(p['window'])}"],
-            warmup=lambda p: int(p["window"]), exprs=_beta_corr, reference=_reference, params={"window": 168},
+            warmup=lambda p: int(p["window"]), frame=_beta_corr_frame, reference=_reference, params={"window": 168},
             description="rolling beta and correlation of the asset's returns to its class (leave-one-out)"),
     Feature(name="relative_strength", family="cross_asset", inputs=("close",), outputs=["relative_strength"],
             warmup=1, exprs=_relative_strength, reference=_reference,

@@ -26,13 +26,19 @@ Params = Mapping[str, Any]
 
 # -- TA-Lib plumbing -----------------------------------------------------------------------------
 def _talib_inputs(frame, columns: tuple[str, ...]):
-    """float64, forward-filled inputs and the mask of bars whose input was missing."""
+    """float64, forward-filled inputs and the mask of bars whose input was missing (None: none was)."""
     import polars as pl
 
-    data = frame.select([pl.col(c).cast(pl.Float64).fill_nan(None) for c in columns])
-    missing = data.select(pl.any_horizontal([pl.col(c).is_null() for c in columns])).to_series().to_numpy()
-    filled = data.select([pl.col(c).forward_fill() for c in columns])
-    return {c: filled[c].to_numpy().astype(np.float64, copy=False) for c in columns}, missing
+    series = [frame[c].cast(pl.Float64) for c in columns]
+    if not any(s.null_count() for s in series):
+        # the common case (the builder turns every NaN into a missing value): straight to TA-Lib
+        return {c: s.to_numpy() for c, s in zip(columns, series)}, None
+    arrays = {c: s.to_numpy() for c, s in zip(columns, series)}
+    missing = np.zeros(frame.height, dtype=bool)
+    for values in arrays.values():
+        missing |= ~np.isfinite(values)
+    data = frame.select([pl.col(c).cast(pl.Float64).fill_nan(None).forward_fill() for c in columns])
+    return {c: data[c].to_numpy() for c in columns}, missing
 
 
 def _talib_frame(columns: tuple[str, ...], compute: Callable[[dict, Params], dict], names: Callable[[Params], list[str]]):
@@ -46,8 +52,9 @@ def _talib_frame(columns: tuple[str, ...], compute: Callable[[dict, Params], dic
         result = {}
         for name in names(params):
             values = np.asarray(outputs[name], dtype=np.float64)
-            values = np.where(missing | ~np.isfinite(values), np.nan, values)
-            result[name] = pl.Series(name, values).fill_nan(None)
+            if missing is not None:
+                values = np.where(missing, np.nan, values)
+            result[name] = values  # NaN, not zeros: the builder turns NaN into missing
         return pl.DataFrame(result)
 
     return frame_fn

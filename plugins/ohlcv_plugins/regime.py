@@ -26,13 +26,21 @@ def _vol(window: int):
 
 
 def _vol_regime(params):
-    """One-hot low / mid / high volatility against the volatility's own trailing quantiles."""
+    """One-hot low / mid / high volatility against the volatility's own trailing terciles.
+
+    The terciles are taken over the volatility sampled every ``step`` bars
+    across the last ``history`` bars (an exact rolling quantile over every bar
+    costs O(bars x history)); at bar t they use samples at or before t only.
+    """
     import polars as pl
 
     vol = _vol(int(params["window"]))
-    history = int(params["history"])
-    low_q = vol.rolling_quantile(quantile=1 / 3, window_size=history, min_samples=history // 4)
-    high_q = vol.rolling_quantile(quantile=2 / 3, window_size=history, min_samples=history // 4)
+    history, step = int(params["history"]), int(params["step"])
+    samples = max(history // step, 3)
+    position = pl.int_range(pl.len()) // step
+    sampled = vol.gather_every(step)
+    low_q = sampled.rolling_quantile(quantile=1 / 3, window_size=samples, min_samples=max(samples // 4, 2)).gather(position)
+    high_q = sampled.rolling_quantile(quantile=2 / 3, window_size=samples, min_samples=max(samples // 4, 2)).gather(position)
     known = vol.is_not_null() & low_q.is_not_null()
     low = vol <= low_q
     high = vol > high_q
@@ -81,6 +89,9 @@ def _gmm_fit(train, params):
 
     x = _gmm_inputs(train, params)
     x = x[np.all(np.isfinite(x), axis=1)]
+    limit = int(params["max_fit_points"])
+    if len(x) > limit:  # evenly spaced, deterministic: EM on every bar of a long history buys nothing
+        x = x[np.linspace(0, len(x) - 1, limit).astype(int)]
     k = int(params["components"])
     if len(x) < 10 * k:
         return None
@@ -110,8 +121,8 @@ def _gmm_frame(frame, params):
 FEATURES = [
     Feature(name="vol_regime", family="regime", inputs=("close",),
             outputs=["vol_regime_low", "vol_regime_mid", "vol_regime_high"],
-            warmup=lambda p: int(p["window"]) + int(p["history"]) // 4 - 1, exprs=_vol_regime,
-            params={"window": 24, "history": 720},
+            warmup=lambda p: int(p["window"]) + int(p["history"]) // 4 + int(p["step"]) - 1, exprs=_vol_regime,
+            params={"window": 24, "history": 720, "step": 24},
             description="one-hot low/mid/high realized volatility against its trailing terciles"),
     Feature(name="trend_regime", family="regime", inputs=("close",), outputs=["trend_slope", "trend_up"],
             warmup=lambda p: int(p["window"]) + int(p["lag"]) - 1, exprs=_trend, params={"window": 168, "lag": 24},
@@ -122,7 +133,8 @@ FEATURES = [
             outputs=lambda p: [f"regime_p{i}" for i in range(int(p["components"]))],
             warmup=lambda p: max(int(p["vol_window"]), int(p["trend_window"]) + int(p["trend_lag"]) - 1),
             frame=_gmm_frame, fit=_gmm_fit,
-            params={"components": 3, "vol_window": 24, "trend_window": 168, "trend_lag": 24, "seed": 0},
+            params={"components": 3, "vol_window": 24, "trend_window": 168, "trend_lag": 24, "seed": 0,
+                    "max_fit_points": 20_000},
             description="regime probabilities of a Gaussian mixture on volatility and trend, fitted on the "
                         "training span, components ordered calm to turbulent"),
 ]

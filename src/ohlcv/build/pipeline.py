@@ -123,10 +123,11 @@ class FeaturePipeline:
                     column = f"ref_{name}__{suffix}"
                     if column not in work.columns:
                         work = work.with_columns(pl.lit(None, dtype=pl.Float64).alias(column))
+        single = work["item_id"].n_unique() <= 1  # one series: no need to evaluate per item
         exprs, per_series = [], []
         for feature, params in self.specs:
             if feature.exprs is not None and feature.fit is None:
-                exprs.extend(e.over("item_id") for e in feature.exprs(params))
+                exprs.extend(e if single else e.over("item_id") for e in feature.exprs(params))
             else:
                 per_series.append((feature, params))
         if exprs:
@@ -149,7 +150,8 @@ class FeaturePipeline:
                 parts.append(pl.concat([part, *outputs], how="horizontal"))
             work = pl.concat(parts, how="vertical") if parts else work
         # the warm-up contract: a feature's outputs are missing (never zeros) before its warm-up
-        position = pl.int_range(pl.len()).over("item_id")
+        work = work.with_columns((pl.int_range(pl.len()) if single else pl.int_range(pl.len()).over("item_id")).alias("_pos"))
+        position = pl.col("_pos")
         masked = []
         for feature, params in self.specs:
             warmup = feature.warmup_bars(params)
