@@ -199,9 +199,50 @@ def check(
 def pretrain(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
+    lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/NAME-pretrain-TIME)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoints/last.ckpt."),
 ) -> None:
-    """Pre-train a MOIRAI model on a built dataset."""
-    _not_yet("pretrain", "pretrain", _load(profile, overrides))
+    """Pre-train a MOIRAI model; builds the dataset first if it is missing or stale."""
+    from ohlcv.render import render_preflight, render_pretrain_result
+    from ohlcv.train.pretrain import run_pretrain
+
+    extra = []
+    if lake is not None:
+        extra.append(f"data.lake={lake}")
+    if dataset is not None:
+        extra.append(f"data.dataset={dataset}")
+    loaded = _load(profile, overrides, extra)
+    _ensure_sample_lake(loaded)
+
+    def build_first():
+        from ohlcv.render import render_build
+
+        _console().print(f"building the dataset {loaded.cfg.data.dataset} first")
+        render_build(_console(), _run_build(loaded, shard=None, force=False, quiet=False))
+
+    result = run_pretrain(
+        loaded,
+        dataset=Path(str(loaded.cfg.data.dataset)).expanduser(),
+        out=out,
+        resume=resume,
+        on_preflight=lambda check, run_dir: render_preflight(_console(), check, run_dir, loaded),
+        on_build=build_first,
+    )
+    render_pretrain_result(_console(), result)
+
+
+def _ensure_sample_lake(loaded) -> None:
+    """Profiles with data.sample_if_missing (the demo) generate their sample lake on first use."""
+    cfg = loaded.cfg
+    lake = Path(str(cfg.data.lake)).expanduser()
+    if not bool(cfg.data.sample_if_missing) or lake.exists():
+        return
+    from ohlcv.lake.sample import generate_sample_lake
+
+    _console().print(f"no lake at {lake}: generating the sample lake for profile '{loaded.name}'")
+    generate_sample_lake(lake, symbols_per_class=3, freq=str(cfg.data.freq), bars=1200, seed=int(cfg.trainer.seed))
 
 
 @app.command()

@@ -230,3 +230,37 @@ def render_check(console: "Console", report) -> None:
     for line in report.problems:
         console.print(f"[bold red]problem:[/] {escape(line)}")
     console.print("verdict: " + ("[bold green]ready for pre-training[/]" if report.ok else "[bold red]not ready[/]"))
+
+
+def render_preflight(console: "Console", check, run_dir, loaded) -> None:
+    hw = check.hardware
+    console.print(
+        f"[bold]pre-training[/] profile [bold]{escape(loaded.name)}[/] -> {escape(str(run_dir))}\n"
+        f"model {check.parameters:,} parameters; {check.variates} variates; up to {check.tokens_per_sample} tokens per sample; "
+        f"patch sizes usable {check.usable_patch_sizes}\n"
+        f"{check.steps:,} steps; device {escape(hw.device_name)}; precision {hw.precision}"
+        + ("; TF32 on" if hw.tf32 else "")
+    )
+    for warning in check.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+def render_pretrain_result(console: "Console", result) -> None:
+    s = result.summary
+    table = Table(title="Pre-training finished", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    rows = [
+        ("steps", f"{s['steps']:,}"),
+        ("final loss", f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-"),
+        ("best loss", f"{s['best_loss']:.4f}" if s.get("best_loss") is not None else "-"),
+        ("tokens seen", f"{s['tokens_seen']:,}"),
+        ("wall time", f"{s['wall_seconds']:.1f} s"),
+        ("throughput", f"{s['tokens_per_second']:,.0f} tokens/s" if s.get("tokens_per_second") else "-"),
+        ("patch sizes seen", ", ".join(map(str, s["patch_sizes_seen"]))),
+        ("run folder", escape(str(result.run_dir))),
+    ]
+    for what, value in rows:
+        table.add_row(what, value)
+    console.print(table)
+    console.print(f"saved model (Hugging Face format): [bold]{escape(str(result.model_dir))}[/]")

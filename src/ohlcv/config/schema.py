@@ -100,6 +100,7 @@ class NormalizationConfig:
 @dataclass
 class DataConfig:
     lake: str = "data/lake"
+    sample_if_missing: bool = False  # generate a sample lake at data.lake when there is none (demo)
     dataset: str = "data/datasets/${name}"
     freq: str = "1h"
     asset_classes: List[str] = field(default_factory=list)  # empty: all

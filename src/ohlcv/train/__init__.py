@@ -1,0 +1,1 @@
+"""Training: MOIRAI pre-training (and later fine-tuning) on built datasets, through Lightning."""

@@ -1,0 +1,366 @@
+"""``ohlcv pretrain``: MOIRAI pre-training on a built dataset, wrapped in Lightning.
+
+The model is uni2ts's ``MoiraiPretrain`` (no Hydra entry point, no copied
+uni2ts code); data is uni2ts's ``TimeSeriesDataset`` over the training span of
+every series, through uni2ts's ``DataLoader`` with ``PackCollate``; the
+profile's patch-size constraint replaces uni2ts's default in every
+``GetPatchSize`` (see :mod:`ohlcv.uni2ts_compat`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ohlcv.config.loader import atomic_write_text, to_yaml, write_resolved_profile
+from ohlcv.errors import ConfigError, OhlcvError
+from ohlcv.train.runtime import (
+    OWNER_MARK,
+    Hardware,
+    assert_own_run,
+    check_writable,
+    git_revision,
+    latest_run,
+    new_run_dir,
+    package_versions,
+    resolve_hardware,
+)
+
+
+class DivergenceError(OhlcvError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Preflight:
+    variates: int
+    usable_patch_sizes: list[int]
+    tokens_per_sample: int
+    parameters: int
+    hardware: Hardware
+    steps: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    model_dir: Path
+    summary: dict[str, Any]
+
+
+def manifest_hash(dataset: Path) -> str:
+    return hashlib.sha256((Path(dataset) / "manifest.json").read_bytes()).hexdigest()[:16]
+
+
+def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """The dataset's manifest; build it first if it is missing or was built from another data section."""
+    from ohlcv.build.builder import profile_hash
+
+    manifest_file = dataset / "manifest.json"
+    if manifest_file.is_file():
+        manifest = json.loads(manifest_file.read_text())
+        if manifest.get("profile_hash") == profile_hash(cfg):
+            return manifest
+    if on_build is None:
+        from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+
+        IterativeFinancialDatasetBuilder(cfg).run()
+    else:
+        on_build()
+    return json.loads(manifest_file.read_text())
+
+
+def build_model(cfg):
+    from uni2ts.model.moirai import MoiraiPretrain
+
+    from ohlcv.uni2ts_compat import module_kwargs
+
+    p = cfg.pretrain
+    return MoiraiPretrain(
+        module_kwargs=module_kwargs(cfg),
+        min_patches=int(p.min_patches),
+        min_mask_ratio=float(p.mask_ratio_min),
+        max_mask_ratio=float(p.mask_ratio_max),
+        max_dim=int(p.max_dim),
+        num_training_steps=int(p.max_steps),
+        num_warmup_steps=int(p.warmup_steps),
+        lr=float(p.lr),
+        weight_decay=float(p.weight_decay),
+        beta1=float(p.beta1),
+        beta2=float(p.beta2),
+    )
+
+
+def preflight(cfg, dataset: Path, manifest: dict[str, Any], run_dir: Path) -> Preflight:
+    """Everything that can be known before a model is built: refuse early, with what to change."""
+    from ohlcv.budget import inputs_from_profile, plan
+
+    report = plan(inputs_from_profile(cfg, dataset=dataset))
+    if not report.context_rule_ok:
+        raise ConfigError(report.suggestions[0], key="data.context_length")
+    usable = [row.patch_size for row in report.rows if row.usable]
+    allowed = [row for row in report.rows if row.allowed]
+    warnings = []
+    if not usable:
+        advice = "; ".join(report.suggestions) or "see `ohlcv budget`"
+        if not (bool(cfg.pretrain.allow_crop) and allowed):
+            raise ConfigError(
+                f"no patch size fits {report.inputs['variates']} variates in {report.inputs['max_seq_len']} tokens "
+                f"and pretrain.allow_crop is off: {advice}",
+                key="model.patch_sizes",
+            )
+        warnings.append(f"no patch size fits the whole window; uni2ts will crop samples ({advice})")
+    shortest = min((item["train_end"] for item in manifest["items"]), default=0)
+    smallest = min(usable or [row.patch_size for row in allowed] or [int(min(cfg.model.patch_sizes))])
+    need = int(cfg.pretrain.min_patches) * smallest
+    if shortest < need:
+        short = sum(1 for item in manifest["items"] if item["train_end"] < need)
+        raise ConfigError(
+            f"{short} series have a training span shorter than pretrain.min_patches x patch = {need} bars; "
+            "raise data.cleaning.min_length and rebuild",
+            key="data.cleaning.min_length",
+        )
+    check_writable(run_dir)
+    tokens = max((min(row.tokens, report.inputs["max_seq_len"]) for row in report.rows if row.allowed), default=0)
+    from ohlcv.uni2ts_compat import module_kwargs
+
+    parameters = count_parameters(module_kwargs(cfg))
+    return Preflight(
+        variates=report.inputs["variates"],
+        usable_patch_sizes=usable,
+        tokens_per_sample=tokens,
+        parameters=parameters,
+        hardware=resolve_hardware(cfg.trainer),
+        steps=int(cfg.pretrain.max_steps),
+        warnings=warnings,
+    )
+
+
+def count_parameters(kwargs: dict[str, Any]) -> int:
+    from uni2ts.model.moirai import MoiraiModule
+
+    return sum(p.numel() for p in MoiraiModule(**kwargs).parameters())
+
+
+def _callbacks(run_dir: Path, cfg, stats: dict[str, Any]):
+    import lightning as L
+    import torch
+
+    class Guard(L.Callback):
+        """Stops the run on a NaN/inf loss before the optimizer step, so no bad weights are saved."""
+
+        def on_before_backward(self, trainer, pl_module, loss):
+            if not torch.isfinite(loss.detach()).all():
+                raise DivergenceError(
+                    f"the loss became {loss.detach().float().item()} at step {trainer.global_step}; "
+                    f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}. "
+                    "Lower pretrain.lr, raise pretrain.warmup_steps, or check the data with `ohlcv check`"
+                )
+
+    class Meter(L.Callback):
+        """Tokens seen, losses and throughput for run.json."""
+
+        def on_train_start(self, trainer, pl_module):
+            stats["started"] = time.perf_counter()
+            stats.setdefault("tokens_seen", 0)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            value = float(loss.detach().float().item())
+            stats["final_loss"] = value
+            stats["best_loss"] = min(stats.get("best_loss", math.inf), value)
+            stats["tokens_seen"] += int((batch["sample_id"] > 0).sum().item())
+            stats["patch_sizes"].update(int(p) for p in torch.unique(batch["patch_size"][batch["sample_id"] > 0]).tolist())
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            checkpoint["ohlcv"] = {"kind": OWNER_MARK, "tokens_seen": stats["tokens_seen"],
+                                   "best_loss": stats.get("best_loss")}
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+            saved = checkpoint.get("ohlcv", {})
+            stats["tokens_seen"] = int(saved.get("tokens_seen", 0))
+            if saved.get("best_loss") is not None:
+                stats["best_loss"] = float(saved["best_loss"])
+
+    class ExportHF(L.Callback):
+        """The module in Hugging Face format (config.json + model.safetensors), next to every checkpoint."""
+
+        def __init__(self, every: int):
+            self.every = every
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self.every and trainer.global_step % self.every == 0 and trainer.is_global_zero:
+                export_hf(pl_module.module, run_dir / "model")
+
+    every = max(1, int(cfg.pretrain.checkpoint_every_n_steps))
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="step-{step}", every_n_train_steps=every, save_last=True,
+        save_top_k=1, monitor=None,
+    )
+    return [Guard(), Meter(), ExportHF(every), checkpoint, L.pytorch.callbacks.LearningRateMonitor("step")]
+
+
+def export_hf(module, target: Path) -> None:
+    """Save with ``save_pretrained`` into a temporary folder, then swap it into place."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    module.save_pretrained(str(tmp))
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
+    import lightning as L
+    from torch.utils.data import DistributedSampler
+    from uni2ts.data.dataset import TimeSeriesDataset
+    from uni2ts.data.loader import DataLoader, PackCollate
+
+    from ohlcv.train.data import train_span_indexer
+    from ohlcv.uni2ts_compat import fixed_transform_map, patch_range
+
+    low, high = patch_range(cfg)
+    transforms = fixed_transform_map(model.train_transform_map, low, high)
+    series = TimeSeriesDataset(train_span_indexer(dataset, manifest), transform=transforms["ohlcv"]())
+    p = cfg.pretrain
+
+    class PretrainData(L.LightningDataModule):
+        def train_dataloader(self):
+            world = self.trainer.world_size if self.trainer is not None else 1
+            sampler = DistributedSampler(series, shuffle=True, seed=int(cfg.trainer.seed)) if world > 1 else None
+            return DataLoader(
+                series,
+                batch_size=max(1, int(p.batch_size) // world),
+                batch_size_factor=2.0,
+                cycle=True,
+                num_batches_per_epoch=int(p.num_batches_per_epoch),
+                shuffle=sampler is None,
+                sampler=sampler,
+                num_workers=int(p.num_workers),
+                collate_fn=PackCollate(
+                    max_length=int(cfg.model.max_seq_len),
+                    seq_fields=model.seq_fields,
+                    pad_func_map=model.pad_func_map,
+                ),
+                pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ != "CPUAccelerator",
+                drop_last=True,
+                persistent_workers=int(p.num_workers) > 0,
+            )
+
+    return PretrainData()
+
+
+def run_pretrain(
+    loaded,
+    *,
+    dataset: Path,
+    out: Path | None = None,
+    resume: bool = False,
+    on_preflight: Callable[[Preflight, Path], None] | None = None,
+    on_build: Callable[[], Any] | None = None,
+) -> PretrainResult:
+    cfg = loaded.cfg
+    dataset = Path(dataset).expanduser()
+    if resume:
+        run_dir = Path(out).expanduser() if out is not None else latest_run(cfg, "pretrain")
+        if run_dir is None or not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise OhlcvError(f"nothing to resume: no checkpoints/last.ckpt in {run_dir or cfg.output.runs_dir}")
+        assert_own_run(run_dir)
+    else:
+        run_dir = new_run_dir(cfg, "pretrain", out)
+        if (run_dir / "checkpoints" / "last.ckpt").exists():
+            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or another --out", key="--out")
+    manifest = ensure_dataset(cfg, dataset, on_build=on_build)
+    check = preflight(cfg, dataset, manifest, run_dir)
+    if on_preflight is not None:
+        on_preflight(check, run_dir)
+
+    import lightning as L
+    import torch
+
+    L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model = build_model(cfg)
+    datamodule = make_datamodule(cfg, dataset, manifest, model)
+    stats: dict[str, Any] = {"patch_sizes": set()}
+    hardware = check.hardware
+    trainer = L.Trainer(
+        accelerator=hardware.accelerator,
+        devices=hardware.devices,
+        num_nodes=int(cfg.trainer.num_nodes),
+        strategy=str(cfg.trainer.strategy),
+        precision=hardware.precision,
+        max_steps=int(cfg.pretrain.max_steps),
+        max_epochs=-1,
+        gradient_clip_val=float(cfg.trainer.gradient_clip_val),
+        gradient_clip_algorithm="norm",
+        logger=L.pytorch.loggers.TensorBoardLogger(save_dir=str(run_dir), name="logs", version=""),
+        callbacks=_callbacks(run_dir, cfg, stats),
+        log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+    )
+    write_resolved_profile(loaded, run_dir)
+    _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="running")
+    started = time.perf_counter()
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
+    except DivergenceError:
+        _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="diverged", wall=time.perf_counter() - started)
+        raise
+    wall = time.perf_counter() - started
+    if trainer.is_global_zero:
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        export_hf(model.module, run_dir / "model")
+    summary = _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="finished", wall=wall,
+                              step=int(trainer.global_step))
+    return PretrainResult(run_dir=run_dir, model_dir=run_dir / "model", summary=summary)
+
+
+def _write_run_json(run_dir, cfg, dataset, manifest, check: Preflight, stats, *, status, wall=None, step=None):
+    from ohlcv.plugins import load_plugins
+
+    tokens = int(stats.get("tokens_seen", 0))
+    summary = {
+        "kind": OWNER_MARK,
+        "command": "pretrain",
+        "status": status,
+        "profile": str(cfg.name),
+        "steps": step,
+        "max_steps": int(cfg.pretrain.max_steps),
+        "final_loss": stats.get("final_loss"),
+        "best_loss": None if stats.get("best_loss") in (None, math.inf) else stats["best_loss"],
+        "tokens_seen": tokens,
+        "wall_seconds": None if wall is None else round(wall, 2),
+        "tokens_per_second": None if not wall else round(tokens / wall, 1),
+        "patch_sizes_seen": sorted(stats.get("patch_sizes", [])),
+        "parameters": check.parameters,
+        "variates": check.variates,
+        "tokens_per_sample": check.tokens_per_sample,
+        "precision": check.hardware.precision,
+        "device": check.hardware.device_name,
+        "dataset": str(dataset),
+        "dataset_manifest_hash": manifest_hash(dataset),
+        "dataset_content_hash": manifest.get("content_hash"),
+        "plugins": load_plugins().versions(),
+        "packages": package_versions(),
+        "git_revision": git_revision(),
+    }
+    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+    return summary

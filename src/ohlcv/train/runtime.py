@@ -1,0 +1,115 @@
+"""Hardware, precision, run folders and the facts recorded with every run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ohlcv.errors import ConfigError, OhlcvError
+
+OWNER_MARK = "ohlcv-run"  # run.json's "kind": a run folder this tool wrote
+
+
+@dataclass(frozen=True)
+class Hardware:
+    accelerator: str  # cpu | gpu
+    devices: Any
+    precision: str
+    device_name: str
+    tf32: bool
+
+
+def resolve_hardware(trainer_cfg) -> Hardware:
+    """Accelerator and precision: bf16-mixed on GPUs that support it, else 16-mixed; 32-bit on CPU."""
+    import torch
+
+    wanted = str(trainer_cfg.accelerator)
+    has_gpu = torch.cuda.is_available()
+    if wanted in ("gpu", "cuda") and not has_gpu:
+        raise ConfigError("no CUDA GPU is visible; use trainer.accelerator=auto or cpu", key="trainer.accelerator")
+    accelerator = "gpu" if (wanted in ("auto", "gpu", "cuda") and has_gpu) else "cpu"
+    precision = str(trainer_cfg.precision)
+    if precision == "auto":
+        if accelerator == "gpu":
+            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            precision = "32-true"
+    elif precision == "32":
+        precision = "32-true"
+    tf32 = False
+    if accelerator == "gpu":
+        name = torch.cuda.get_device_name(0)
+        major, _ = torch.cuda.get_device_capability(0)
+        if bool(trainer_cfg.tf32) and major >= 8:  # Ampere and newer
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.set_float32_matmul_precision("high")
+            tf32 = True
+    else:
+        name = f"CPU ({os.cpu_count()} cores)"
+    devices = trainer_cfg.devices
+    if accelerator == "cpu" and devices == "auto":
+        devices = 1
+    return Hardware(accelerator, devices, precision, name, tf32)
+
+
+def new_run_dir(cfg, kind: str, out: Path | None) -> Path:
+    if out is not None:
+        return Path(out).expanduser()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(str(cfg.output.runs_dir)).expanduser() / f"{cfg.name}-{kind}-{stamp}"
+
+
+def latest_run(cfg, kind: str) -> Path | None:
+    root = Path(str(cfg.output.runs_dir)).expanduser()
+    if not root.is_dir():
+        return None
+    runs = sorted(p for p in root.glob(f"{cfg.name}-{kind}-*") if (p / "checkpoints" / "last.ckpt").is_file())
+    return runs[-1] if runs else None
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".ohlcv-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{folder} is not writable: {exc.strerror}", key="--out") from None
+
+
+def assert_own_run(run_dir: Path) -> None:
+    """Lightning checkpoints are pickles: load only those that this tool wrote (see docs/pretrain.md)."""
+    marker = run_dir / "run.json"
+    try:
+        kind = json.loads(marker.read_text()).get("kind")
+    except (OSError, ValueError):
+        kind = None
+    if kind != OWNER_MARK:
+        raise OhlcvError(
+            f"{run_dir} is not a run folder written by ohlcv (no run.json); refusing to unpickle its checkpoint"
+        )
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("ohlcv", "uni2ts", "torch", "lightning", "numpy", "pandas", "polars", "pyarrow", "datasets", "gluonts"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_revision() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None

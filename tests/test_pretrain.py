@@ -1,0 +1,114 @@
+"""`ohlcv pretrain` on CPU: a tiny model, a few steps, both checkpoint formats, resume, patch 16, pre-flight."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ohlcv.config import load_profile
+from ohlcv.errors import ConfigError
+from ohlcv.lake.sample import generate_sample_lake
+
+TINY = [
+    "model.size=custom", "model.d_model=64", "model.num_layers=2",
+    "pretrain.batch_size=4", "pretrain.num_batches_per_epoch=3", "pretrain.warmup_steps=1",
+    "pretrain.checkpoint_every_n_steps=2", "pretrain.num_workers=0", "trainer.log_every_n_steps=1",
+    "features.enabled=[log_return]", "features.params.log_return.horizons=[1]",
+]
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    return generate_sample_lake(tmp_path_factory.mktemp("pt") / "lake", symbols_per_class=2,
+                                asset_classes=["crypto", "fx"], bars=900, seed=2)
+
+
+def _loaded(lake, root: Path, *extra: str):
+    return load_profile("hourly", [f"data.lake={lake.root}", f"data.dataset={root / 'ds'}",
+                                   f"output.runs_dir={root / 'runs'}", *TINY, *extra])
+
+
+def test_pretrain_saves_both_formats_and_resumes_to_more_steps(lake, tmp_path, cli):
+    from uni2ts.model.moirai import MoiraiModule
+
+    run = tmp_path / "run"
+    args = ["pretrain", "--profile", "hourly", "--lake", str(lake.root), "--dataset", str(tmp_path / "ds"),
+            "--out", str(run), *TINY]
+    first = cli(*args, "pretrain.max_steps=3")
+    assert first.exit_code == 0, first.stderr + first.stdout
+    assert "building the dataset" in first.stdout  # the dataset did not exist: built first
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "model" / "config.json").is_file() and (run / "model" / "model.safetensors").is_file()
+    assert (run / "profile.yaml").is_file() and (run / "logs").is_dir()
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 3
+    assert summary["tokens_seen"] > 0 and summary["best_loss"] <= summary["final_loss"] + 1e-9
+    assert summary["dataset_manifest_hash"] and summary["packages"]["uni2ts"] == "2.0.0"
+    assert 16 in summary["patch_sizes_seen"]  # the profile's constraint reaches every GetPatchSize
+    module = MoiraiModule.from_pretrained(str(run / "model"))
+    assert module.d_model == 64 and tuple(module.patch_sizes) == (16, 32, 64)
+
+    again = cli(*args, "pretrain.max_steps=5", "--resume")
+    assert again.exit_code == 0, again.stderr + again.stdout
+    resumed = json.loads((run / "run.json").read_text())
+    assert resumed["steps"] == 5 and resumed["tokens_seen"] > summary["tokens_seen"]
+    refused = cli(*args, "pretrain.max_steps=5")
+    assert refused.exit_code == 2 and "--resume" in refused.stderr
+
+
+def test_hourly_batches_really_use_patch_16(lake, tmp_path):
+    import numpy as np
+
+    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.train.data import read_manifest
+    from ohlcv.train.pretrain import build_model, make_datamodule
+
+    loaded = _loaded(lake, tmp_path)
+    IterativeFinancialDatasetBuilder(loaded.cfg).run()
+    dataset = tmp_path / "ds"
+    model = build_model(loaded.cfg)
+    loader = make_datamodule(loaded.cfg, dataset, read_manifest(dataset), model).train_dataloader()
+    seen = set()
+    for _, batch in zip(range(6), loader):
+        sizes = batch["patch_size"][batch["sample_id"] > 0]
+        seen.update(int(s) for s in np.unique(sizes.numpy()))
+    assert 16 in seen and seen <= {16, 32, 64}
+
+
+def test_preflight_refuses_an_impossible_budget_before_building_a_model(lake, tmp_path, monkeypatch):
+    from ohlcv.train import pretrain
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(pretrain, "build_model", no_model)
+    monkeypatch.setattr(pretrain, "count_parameters", no_model)
+    loaded = _loaded(lake, tmp_path, "model.max_seq_len=8", "pretrain.allow_crop=false")
+    with pytest.raises(ConfigError, match="no patch size fits .* pretrain.allow_crop is off: .*variates"):
+        pretrain.run_pretrain(loaded, dataset=tmp_path / "ds", out=tmp_path / "run")
+    five = _loaded(lake, tmp_path, "data.prediction_length=48")
+    with pytest.raises(ConfigError, match="5 x horizon"):
+        pretrain.run_pretrain(five, dataset=tmp_path / "ds", out=tmp_path / "run2")
+
+
+def test_a_diverging_loss_stops_with_a_clear_message(lake, tmp_path):
+    from ohlcv.train.pretrain import DivergenceError, run_pretrain
+
+    loaded = _loaded(lake, tmp_path, "pretrain.max_steps=4", "pretrain.lr=1e30", "pretrain.warmup_steps=1",
+                     "trainer.gradient_clip_val=1e30")
+    with pytest.raises(DivergenceError, match="the loss became .* at step"):
+        run_pretrain(loaded, dataset=tmp_path / "ds", out=tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "diverged"
+
+
+def test_resume_refuses_folders_this_tool_did_not_write(tmp_path, lake):
+    from ohlcv.errors import OhlcvError
+    from ohlcv.train.pretrain import run_pretrain
+
+    stranger = tmp_path / "stranger"
+    (stranger / "checkpoints").mkdir(parents=True)
+    (stranger / "checkpoints" / "last.ckpt").write_bytes(b"not ours")
+    with pytest.raises(OhlcvError, match="not a run folder written by ohlcv"):
+        run_pretrain(_loaded(lake, tmp_path), dataset=tmp_path / "ds", out=stranger, resume=True)
