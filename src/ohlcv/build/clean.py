@@ -349,7 +349,11 @@ def clean_batch(
         reports,
     )
     bars = kept.lazy().filter(~pl.col("_outlier")).select(by, "ts", *PRICES, "volume")
-    gridded = _to_grid(bars, freq, settings.max_ffill_gap).collect()
+    if freq.seconds is not None and freq.unit != "B" and _complete(kept.filter(~pl.col("_outlier")), freq):
+        # no symbol of the batch has a gap: nothing to re-grid (the common case for clean lakes)
+        gridded = bars.with_columns(pl.lit(False).alias("_fill"), pl.lit(False).alias("_missing")).collect()
+    else:
+        gridded = _to_grid(bars, freq, settings.max_ffill_gap).collect()
     summary = gridded.group_by(by).agg(
         pl.col("_fill").sum().alias("gap_bars_filled"),
         (pl.col("_missing") & ~pl.col("_fill")).sum().alias("gap_bars_missing"),
@@ -374,6 +378,20 @@ def clean_batch(
                 "no readable files with the required columns" if report.files else "no files in the selected date range"
             )
     return gridded.filter(pl.col(by).is_in(keep)).drop("_fill", "_missing")
+
+
+def _complete(bars: "pl.DataFrame", freq: Frequency) -> bool:
+    """Whether every symbol's bars already fill its grid from first to last bar."""
+    import polars as pl
+
+    if bars.height == 0:
+        return True
+    step = freq.seconds * 1_000_000
+    spans = bars.group_by("item_id").agg(
+        ((pl.col("ts").max() - pl.col("ts").min()).dt.total_microseconds() // step + 1).alias("expected"),
+        pl.len().alias("have"),
+    )
+    return bool((spans["expected"] == spans["have"]).all())
 
 
 def _outlier_expr(window: int, threshold: float) -> "pl.Expr":

@@ -30,7 +30,9 @@ from ohlcv.train.runtime import (
     latest_run,
     new_run_dir,
     package_versions,
+    process_rank,
     resolve_hardware,
+    wait_for,
 )
 
 
@@ -69,6 +71,10 @@ def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = N
         manifest = json.loads(manifest_file.read_text())
         if manifest.get("profile_hash") == profile_hash(cfg):
             return manifest
+    rank, _ = process_rank()
+    if rank > 0:  # under torchrun / SLURM only rank 0 builds; the others wait for its manifest
+        wait_for(manifest_file)
+        return json.loads(manifest_file.read_text())
     if on_build is None:
         from ohlcv.build.builder import IterativeFinancialDatasetBuilder
 
@@ -280,6 +286,8 @@ def run_pretrain(
             raise OhlcvError(f"nothing to resume: no checkpoints/last.ckpt in {run_dir or cfg.output.runs_dir}")
         assert_own_run(run_dir)
     else:
+        if out is None and process_rank()[1] > 1:
+            raise ConfigError("a multi-process run needs one run folder for every rank: pass --out RUN_DIR", key="--out")
         run_dir = new_run_dir(cfg, "pretrain", out)
         if (run_dir / "checkpoints" / "last.ckpt").exists():
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or another --out", key="--out")
@@ -315,25 +323,30 @@ def run_pretrain(
         enable_model_summary=False,
         default_root_dir=str(run_dir),
     )
-    write_resolved_profile(loaded, run_dir)
-    _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="running")
+    leader = process_rank()[0] == 0
+    if leader:
+        write_resolved_profile(loaded, run_dir)
+        _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="running")
     started = time.perf_counter()
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
     except DivergenceError:
-        _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="diverged", wall=time.perf_counter() - started)
+        if leader:
+            _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="diverged",
+                            wall=time.perf_counter() - started)
         raise
     wall = time.perf_counter() - started
     if trainer.is_global_zero:
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         export_hf(model.module, run_dir / "model")
     summary = _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="finished", wall=wall,
-                              step=int(trainer.global_step))
+                              step=int(trainer.global_step), write=trainer.is_global_zero)
     return PretrainResult(run_dir=run_dir, model_dir=run_dir / "model", summary=summary)
 
 
-def _write_run_json(run_dir, cfg, dataset, manifest, check: Preflight, stats, *, status, wall=None, step=None):
+def _write_run_json(run_dir, cfg, dataset, manifest, check: Preflight, stats, *, status, wall=None, step=None,
+                    write=True):
     from ohlcv.plugins import load_plugins
 
     tokens = int(stats.get("tokens_seen", 0))
@@ -362,5 +375,6 @@ def _write_run_json(run_dir, cfg, dataset, manifest, check: Preflight, stats, *,
         "packages": package_versions(),
         "git_revision": git_revision(),
     }
-    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+    if write:
+        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
     return summary

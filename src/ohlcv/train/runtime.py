@@ -113,3 +113,23 @@ def git_revision() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
+
+
+def process_rank() -> tuple[int, int]:
+    """(global rank, world size) of this process under torchrun or SLURM; (0, 1) when alone."""
+    for rank_var, size_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank_var in os.environ and size_var in os.environ:
+            try:
+                return int(os.environ[rank_var]), int(os.environ[size_var])
+            except ValueError:
+                continue
+    return 0, 1
+
+
+def wait_for(path: Path, *, timeout: float = 6 * 3600, poll: float = 5.0) -> None:
+    """Other ranks wait for rank 0 to finish building the dataset."""
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise OhlcvError(f"gave up waiting for {path}: build the dataset first with `ohlcv build`")
+        time.sleep(poll)

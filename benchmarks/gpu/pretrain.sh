@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One short, prepared GPU benchmark (about 8 minutes): MOIRAI small and base at batch 32,
+# bf16-mixed against 32-bit + TF32: tokens/s, step time, peak GPU memory, MFU.
+#
+# Assumes a machine with Python 3.12, a recent torch and numpy 2, and no internet. Wheels the
+# machine lacks travel in .whl/ (see docs/benchmarks.md for the pip download command):
+# the ohlcv wheel itself (pip wheel --no-deps -w .whl .), uni2ts, gluonts, datasets (+ its small deps),
+# polars, omegaconf, ta-lib, ...
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-$PWD}"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+PYTHONUNBUFFERED=1 timeout 480 python3 benchmarks/gpu/pretrain_gpu.py "$OUT/gpu_pretrain.json"

@@ -1,0 +1,91 @@
+"""GPU pre-training benchmark: tokens/s, step time, peak memory and MFU for MOIRAI small and base.
+
+Runs on one GPU with a generated sample lake: for each size, batch 32, once
+with bf16-mixed and once 32-bit with TF32. Called by benchmarks/gpu/pretrain.sh.
+MFU = (6 x parameters x tokens/s + attention FLOPs) / the GPU's peak FLOP/s.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PEAK_TFLOPS = {  # dense, per GPU: (bf16, tf32)
+    "H100": (989.0, 494.0),
+    "H200": (989.0, 494.0),
+    "A100": (312.0, 156.0),
+}
+
+
+def peak(name: str, bf16: bool) -> float:
+    for key, (b, t) in PEAK_TFLOPS.items():
+        if key in name:
+            return (b if bf16 else t) * 1e12
+    return float("nan")
+
+
+def main(out: Path, steps: int = 30, warmup: int = 5) -> None:
+    import lightning as L
+    import torch
+
+    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.config import load_profile
+    from ohlcv.lake.sample import generate_sample_lake
+    from ohlcv.train.data import read_manifest
+    from ohlcv.train.pretrain import build_model, make_datamodule
+
+    work = Path(tempfile.mkdtemp(prefix="ohlcv-gpu-"))
+    generate_sample_lake(work / "lake", symbols_per_class=8, bars=4000, seed=0)
+    base = [f"data.lake={work / 'lake'}", f"data.dataset={work / 'ds'}", "pretrain.num_workers=8"]
+    IterativeFinancialDatasetBuilder(load_profile("hourly", base).cfg).run()
+    name = torch.cuda.get_device_name(0)
+    results = []
+    for size in ("small", "base"):
+        for precision in ("bf16-mixed", "32-true"):
+            torch.backends.cuda.matmul.allow_tf32 = precision == "32-true"
+            cfg = load_profile("hourly", [*base, f"model.size={size}", "pretrain.batch_size=32"]).cfg
+            model = build_model(cfg).cuda()
+            params = sum(p.numel() for p in model.module.parameters())
+            loader = iter(make_datamodule(cfg, work / "ds", read_manifest(work / "ds"), model).train_dataloader())
+            optim = model.configure_optimizers()["optimizer"]
+            torch.cuda.reset_peak_memory_stats()
+            tokens, times, attn = 0, [], 0.0
+            dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
+            for step in range(steps + warmup):
+                batch = {k: v.cuda(non_blocking=True) for k, v in next(loader).items()}
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                with torch.autocast("cuda", dtype=dtype, enabled=precision == "bf16-mixed"):
+                    distr = model(**{f: batch[f] for f in list(model.seq_fields) + ["sample_id"]})
+                    loss = model.hparams.loss_func(pred=distr, **{f: batch[f] for f in (
+                        "target", "prediction_mask", "observed_mask", "sample_id", "variate_id")})
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optim.step()
+                torch.cuda.synchronize()
+                if step >= warmup:
+                    times.append(time.perf_counter() - start)
+                    real = int((batch["sample_id"] > 0).sum())
+                    tokens += real
+                    seq = batch["sample_id"].shape[1]
+                    layers, width = model.module.num_layers, model.module.d_model
+                    attn += 12 * layers * width * seq * seq * batch["sample_id"].shape[0]  # fwd+bwd QK^T and AV
+            seconds = sum(times)
+            rate = tokens / seconds
+            mfu = (6 * params * rate + attn / seconds) / peak(name, precision == "bf16-mixed")
+            results.append({"gpu": name, "size": size, "precision": precision, "parameters": params,
+                            "tokens_per_s": round(rate), "step_ms": round(1000 * seconds / len(times), 1),
+                            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                            "mfu": round(mfu, 4)})
+            print(json.dumps(results[-1]), flush=True)
+            del model, optim, loader
+            torch.cuda.empty_cache()
+    out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("gpu_pretrain.json"))
