@@ -26,7 +26,7 @@ def profile(lake: Path, dataset: Path, runs: Path, steps: int, batch: int):
     return load_profile("demo", [
         f"data.lake={lake}", f"data.dataset={dataset}", f"output.runs_dir={runs}",
         f"pretrain.max_steps={steps}", f"pretrain.batch_size={batch}", "pretrain.warmup_steps=2",
-        f"pretrain.num_batches_per_epoch={steps}", f"pretrain.checkpoint_every_n_steps={10 * steps}",
+        f"pretrain.num_batches_per_epoch={4 * steps}", f"pretrain.checkpoint_every_n_steps={10 * steps}",
     ])
 
 
@@ -86,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ohlcv-bench-pt-"))
     from ohlcv.build.builder import IterativeFinancialDatasetBuilder
@@ -101,26 +102,36 @@ def main() -> None:
     IterativeFinancialDatasetBuilder(loaded.cfg).run()
 
     warmup = 3
-    bare = bare_loop(loaded.cfg, work / "ds", args.steps, warmup)
-    # ohlcv pretrain: measure steps after the first `warmup` ones, as in the bare loop
-    timings: list[float] = []
-    import lightning as L
+    import statistics
 
-    class Clock(L.Callback):
-        def on_train_batch_end(self, trainer, *a):
-            timings.append(time.perf_counter())
+    import lightning as L
 
     from ohlcv.train import pretrain as pt
 
-    original = pt._callbacks
-    pt._callbacks = lambda run_dir, cfg, stats: [*original(run_dir, cfg, stats), Clock()]
-    try:
-        run_pretrain(loaded, dataset=work / "ds", out=work / "run")
-    finally:
-        pt._callbacks = original
-    wrapped = (len(timings) - warmup) / (timings[-1] - timings[warmup - 1])
-    print(f"steps/s: bare uni2ts loop {bare:.2f}, ohlcv pretrain {wrapped:.2f} -> wrapper cost "
-          f"{(bare / wrapped - 1) * 100:+.1f}% (target <= 5%)")
+    def wrapped_rate(round_: int) -> float:
+        timings: list[float] = []
+
+        class Clock(L.Callback):
+            def on_train_batch_end(self, trainer, *a):
+                timings.append(time.perf_counter())
+
+        original = pt._callbacks
+        pt._callbacks = lambda run_dir, cfg, stats: [*original(run_dir, cfg, stats), Clock()]
+        try:
+            run_pretrain(loaded, dataset=work / "ds", out=work / f"run{round_}")
+        finally:
+            pt._callbacks = original
+        # steps after the first `warmup` ones, as in the bare loop
+        return (len(timings) - warmup) / (timings[-1] - timings[warmup - 1])
+
+    bares, wraps = [], []
+    for round_ in range(args.rounds):  # interleaved, so that drift hits both sides alike
+        bares.append(bare_loop(loaded.cfg, work / "ds", args.steps, warmup))
+        wraps.append(wrapped_rate(round_))
+    bare, wrapped = statistics.median(bares), statistics.median(wraps)
+    print(f"steps/s (median of {args.rounds} interleaved rounds): bare uni2ts loop {bare:.2f} "
+          f"{[round(b, 2) for b in bares]}, ohlcv pretrain {wrapped:.2f} {[round(w, 2) for w in wraps]} "
+          f"-> wrapper cost {(bare / wrapped - 1) * 100:+.1f}% (target <= 5%)")
     supply = loader_rate(loaded.cfg, work / "ds", 2 * args.steps)
     demand = wrapped * args.batch
     print(f"loader {supply:,.0f} samples/s vs trainer {demand:,.0f} samples/s -> headroom {supply / demand:.1f}x (target > 1)")

@@ -1,0 +1,1 @@
+"""Evaluation: rolling-origin windows, baselines and metrics (GluonTS's where they exist)."""
