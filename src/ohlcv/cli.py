@@ -258,9 +258,23 @@ def finetune(
 def evaluate(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
+    model: str = typer.Option(..., "--model", help="A model folder (e.g. RUN/model) or a hub id."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where metrics, plots and report.md go."),
+    zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="A second model to compare in the same table."),
 ) -> None:
-    """Rolling-origin evaluation against naive baselines, with plots."""
-    _not_yet("evaluate", "evaluate", _load(profile, overrides))
+    """Rolling-origin forecasts on the test span, against naive baselines on the same windows, with plots."""
+    import time as _time
+
+    from ohlcv.evaluate.run import evaluate as run_evaluate
+    from ohlcv.render import render_evaluation
+
+    extra = [f"data.dataset={dataset}"] if dataset is not None else []
+    loaded = _load(profile, overrides, extra)
+    target = out or Path(str(loaded.cfg.output.runs_dir)) / f"{loaded.name}-evaluate-{_time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_evaluate(loaded, model, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=target,
+                          zero_shot=zero_shot)
+    render_evaluation(_console(), result)
 
 
 @profiles_app.command("list")

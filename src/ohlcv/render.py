@@ -264,3 +264,25 @@ def render_pretrain_result(console: "Console", result) -> None:
         table.add_row(what, value)
     console.print(table)
     console.print(f"saved model (Hugging Face format): [bold]{escape(str(result.model_dir))}[/]")
+
+
+def render_evaluation(console: "Console", result) -> None:
+    for variate in next(iter(result.aggregate.values())):
+        table = Table(title=f"{variate}: {result.windows} test windows (price units)", title_justify="left")
+        for column in ("model", "CRPS", "MASE", "MSIS", "MAE", "cov 50/80/95", "direction", "CRPS/naive", "MASE/naive"):
+            table.add_column(column, justify="right" if column != "model" else "left", no_wrap=True)
+        for model, by_variate in result.aggregate.items():
+            m, r = by_variate[variate], result.relative[model][variate]
+            better = r["crps"] < 1
+            table.add_row(
+                escape(model), f"{m['crps']:.4g}", f"{m['mase']:.3f}", f"{m['msis']:.3f}", f"{m['mae']:.4g}",
+                f"{m['coverage_50']:.2f}/{m['coverage_80']:.2f}/{m['coverage_95']:.2f}", f"{m['directional_accuracy']:.2f}",
+                f"[{'green' if better else 'red'}]{r['crps']:.3f}[/]", f"{r['mase']:.3f}",
+            )
+        console.print(table)
+        ratio = result.relative["model"][variate]["crps"]
+        console.print(
+            f"{escape(variate)}: the model {'beats' if ratio < 1 else '[bold red]does not beat[/]'} "
+            f"the naive random walk on CRPS (ratio {ratio:.3f})"
+        )
+    console.print(f"metrics.json, metrics.csv, report.md and {len(result.plots)} plots in {escape(str(result.out))}")

@@ -190,6 +190,7 @@ class EvaluateConfig:
     plot_assets: int = 4
     seasonality: Optional[int] = None  # null: from the frequency (24 for hourly)
     baselines: List[str] = field(default_factory=lambda: ["naive", "seasonal_naive", "drift"])
+    variates: List[str] = field(default_factory=list)  # target variates to score; empty: every target
 
 
 @dataclass

@@ -1,0 +1,40 @@
+"""Rolling-origin windows never let a forecast window's values into its context; baselines behave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ohlcv.evaluate.windows import BASELINES, cut_windows, rolling_origins
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    length=st.integers(50, 600), test_share=st.floats(0.05, 0.5), context=st.integers(5, 120),
+    horizon=st.integers(1, 48), windows=st.integers(1, 30), stride=st.integers(1, 60),
+)
+def test_no_forecast_window_value_reaches_its_context(length, test_share, context, horizon, windows, stride):
+    test_start = int(length * (1 - test_share))
+    origins = rolling_origins(length, test_start, context, horizon, windows, stride)
+    series = np.arange(length, dtype=float)[None, :]  # a value is its own bar index
+    cut = cut_windows(series, origins, context, horizon)
+    assert len(origins) <= windows
+    for origin, ctx, lab in zip(origins, cut.context, cut.label):
+        assert origin >= test_start  # forecasts are made on the test span only
+        assert ctx.max() < origin <= lab.min()  # the context ends before the forecast window starts
+        assert ctx.shape[-1] == context and lab.shape[-1] == horizon and lab.max() < length
+
+
+def test_baselines_on_a_trending_series():
+    rng = np.random.default_rng(0)
+    context = (np.arange(200, dtype=float) * 0.5 + rng.normal(0, 0.1, 200))[None, :]
+    naive = BASELINES["naive"](context, 10, 200, rng)
+    drift = BASELINES["drift"](context, 10, 200, rng)
+    seasonal = BASELINES["seasonal_naive"](context, 10, 200, rng, season=24)
+    assert naive.shape == drift.shape == seasonal.shape == (1, 200, 10)
+    truth = 0.5 * np.arange(200, 210)
+    assert np.abs(np.median(drift[0], axis=0) - truth).mean() < 0.5  # drift follows the trend
+    assert np.median(naive[0], axis=0)[-1] == pytest.approx(context[0, -1] + 10 * 0.5, abs=1.0)
+    assert np.median(seasonal[0], axis=0)[0] == pytest.approx(context[0, -24] + 24 * 0.5, abs=1.0)
