@@ -191,7 +191,11 @@ def check(
 
     Exit 1 on any hard problem.
     """
-    loaded = _load(profile, overrides)
+    extra = list(overrides or [])
+    if dataset is not None and "=" in str(dataset):  # `ohlcv check key=value`: an override, not a folder
+        extra.insert(0, str(dataset))
+        dataset = None
+    loaded = _load(profile, extra)
     _check(loaded, dataset or Path(str(loaded.cfg.data.dataset)).expanduser(), as_json=as_json)
 
 
