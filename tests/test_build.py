@@ -212,6 +212,7 @@ def test_asset_class_scope_merges_statistics_exactly(tmp_path):
 
     hf = datasets.load_from_disk(str(result.out / "hf")).with_format("numpy")
     group = result.manifest["normalization"]["groups"]["fx"]
+    assert len(group["center"]) == len(group["scale"]) == 6 and set(result.manifest["normalization"]["groups"]) == {"fx"}
     ends = {item["item_id"]: item["train_end"] for item in result.manifest["items"]}
     pooled = np.concatenate([np.stack(r["target"])[:, : ends[str(r["item_id"])]] for r in hf], axis=1)
     assert np.nanmean(pooled, axis=1) == pytest.approx(np.zeros(6), abs=1e-4)

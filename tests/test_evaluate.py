@@ -7,21 +7,13 @@ import json
 
 import pytest
 
-from ohlcv.lake.sample import generate_sample_lake
-from tests.test_pretrain import TINY
+from tests.test_pretrain import TINY, pretrain_tiny
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from ohlcv.config import load_profile
-    from ohlcv.train.pretrain import run_pretrain
-
     root = tmp_path_factory.mktemp("ev")
-    lake = generate_sample_lake(root / "lake", symbols_per_class=2, asset_classes=["crypto", "fx"], bars=900, seed=4)
-    loaded = load_profile("hourly", [f"data.lake={lake.root}", f"data.dataset={root / 'ds'}",
-                                     f"output.runs_dir={root / 'runs'}", *TINY, "pretrain.max_steps=2"])
-    result = run_pretrain(loaded, dataset=root / "ds", out=root / "run")
-    return root, result.model_dir
+    return root, pretrain_tiny(root, asset_classes=["crypto", "fx"], bars=900, seed=4)
 
 
 def test_evaluate_scores_the_model_and_every_baseline_and_writes_the_report(trained, cli):

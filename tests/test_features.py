@@ -13,7 +13,6 @@ import pytest
 
 from ohlcv.build.pipeline import FeaturePipeline
 from ohlcv.features import Feature
-from ohlcv.hookspecs import hookimpl
 from ohlcv.lookahead import check_feature, check_warmup, synthetic_class
 from ohlcv.plugins import load_plugins
 from tests.conftest import run_ohlcv_subprocess

@@ -28,7 +28,6 @@ def peak(name: str, bf16: bool) -> float:
 
 
 def main(out: Path, steps: int = 30, warmup: int = 5) -> None:
-    import lightning as L
     import torch
 
     from ohlcv.build.builder import IterativeFinancialDatasetBuilder

@@ -61,7 +61,6 @@ def _beta_corr(params):
 
 
 def _beta_corr_frame(frame, params):
-    import polars as pl
 
     outputs, helpers = _beta_corr(params)
     return frame.lazy().with_columns(helpers).select(outputs).collect()

@@ -11,7 +11,6 @@ no uni2ts, no pandas.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence

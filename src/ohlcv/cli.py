@@ -17,7 +17,7 @@ from typing import List, Optional
 import typer
 
 from ohlcv import __version__
-from ohlcv.errors import NotAvailableYet, OhlcvError
+from ohlcv.errors import OhlcvError
 
 app = typer.Typer(
     name="ohlcv",
@@ -58,14 +58,6 @@ def _load(profile: str, overrides: Optional[List[str]], extra: Optional[List[str
     from ohlcv.config import load_profile
 
     return load_profile(profile, list(extra or []) + list(overrides or []))
-
-
-def _not_yet(command: str, section: str, loaded) -> None:
-    _console().print(f"profile [bold]{loaded.name}[/] ({loaded.path}): section '{section}' is valid.")
-    raise NotAvailableYet(
-        f"`ohlcv {command}` is not available in ohlcv {__version__} yet; "
-        "`ohlcv build`, `ohlcv budget` and `ohlcv profiles` work today"
-    )
 
 
 def _version_callback(value: bool) -> None:
@@ -212,20 +204,9 @@ def pretrain(
     from ohlcv.render import render_preflight, render_pretrain_result
     from ohlcv.train.pretrain import run_pretrain
 
-    extra = []
-    if lake is not None:
-        extra.append(f"data.lake={lake}")
-    if dataset is not None:
-        extra.append(f"data.dataset={dataset}")
-    loaded = _load(profile, overrides, extra)
+    loaded = _load(profile, overrides, _data_options(lake, dataset))
     _ensure_sample_lake(loaded)
-
-    def build_first():
-        from ohlcv.render import render_build
-
-        _console().print(f"building the dataset {loaded.cfg.data.dataset} first")
-        render_build(_console(), _run_build(loaded, shard=None, force=False, quiet=False))
-
+    build_first = _build_first(loaded)
     result = run_pretrain(
         loaded,
         dataset=Path(str(loaded.cfg.data.dataset)).expanduser(),
@@ -235,6 +216,27 @@ def pretrain(
         on_build=build_first,
     )
     render_pretrain_result(_console(), result)
+
+
+def _data_options(lake: Optional[Path], dataset: Optional[Path]) -> List[str]:
+    extra = []
+    if lake is not None:
+        extra.append(f"data.lake={lake}")
+    if dataset is not None:
+        extra.append(f"data.dataset={dataset}")
+    return extra
+
+
+def _build_first(loaded):
+    """What a training command does when its dataset is missing or stale: build it, with the report."""
+
+    def build() -> None:
+        from ohlcv.render import render_build
+
+        _console().print(f"building the dataset {loaded.cfg.data.dataset} first")
+        render_build(_console(), _run_build(loaded, shard=None, force=False, quiet=False))
+
+    return build
 
 
 def _ensure_sample_lake(loaded) -> None:
@@ -253,9 +255,32 @@ def _ensure_sample_lake(loaded) -> None:
 def finetune(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
+    start: str = typer.Option(..., "--from", help="Starting checkpoint: a model folder (e.g. RUN/model) or a hub id."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
+    lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/NAME-finetune-TIME)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoints/last.ckpt."),
 ) -> None:
-    """Fine-tune a MOIRAI checkpoint (local folder or hub id)."""
-    _not_yet("finetune", "finetune", _load(profile, overrides))
+    """Fine-tune a MOIRAI checkpoint with early stopping on validation loss; says whether it helped."""
+    from rich.markup import escape
+
+    from ohlcv.render import render_finetune_result
+    from ohlcv.train.finetune import run_finetune
+
+    loaded = _load(profile, overrides, _data_options(lake, dataset))
+    _ensure_sample_lake(loaded)
+    build_first = _build_first(loaded)
+
+    def started(info):
+        _console().print(
+            f"[bold]fine-tuning[/] {escape(info['start'])} ({info['parameters']:,} parameters) -> {escape(str(info['run_dir']))}; "
+            f"{info['train_windows']:,} training / {info['val_windows']:,} validation windows; "
+            f"{escape(info['hardware'].device_name)}, {info['hardware'].precision}"
+        )
+
+    result = run_finetune(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=out,
+                          resume=resume, on_build=build_first, on_start=started)
+    render_finetune_result(_console(), result)
 
 
 @app.command()

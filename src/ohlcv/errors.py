@@ -31,9 +31,3 @@ class ConfigError(OhlcvError):
 
 class PluginError(OhlcvError):
     """A plugin could not be loaded or registered something invalid."""
-
-
-class NotAvailableYet(OhlcvError):
-    """A command whose step is not implemented in this version."""
-
-    exit_code = 3

@@ -286,3 +286,19 @@ def render_evaluation(console: "Console", result) -> None:
             f"the naive random walk on CRPS (ratio {ratio:.3f})"
         )
     console.print(f"metrics.json, metrics.csv, report.md and {len(result.plots)} plots in {escape(str(result.out))}")
+
+
+def render_finetune_result(console: "Console", result) -> None:
+    s = result.summary
+    before, after = s["val_loss_before"], s["val_loss_after"]
+    console.print(
+        f"validation loss: starting model {before:.4f} -> best fine-tuned {after:.4f} "
+        f"after {s['steps']:,} steps{' (stopped early)' if s['stopped_early'] else ''}"
+    )
+    if s["improved"]:
+        console.print(f"[bold green]fine-tuning improved the validation loss by {before - after:.4f}[/]")
+    else:
+        console.print(
+            "[bold red]fine-tuning did not improve on the starting model[/]: the exported model is the starting one"
+        )
+    console.print(f"saved model (Hugging Face format): [bold]{escape(str(result.model_dir))}[/]")

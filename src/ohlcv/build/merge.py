@@ -88,7 +88,6 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
 
     variates = _Variates(names=first["variates"], targets=first["targets"], covariates=first["covariates"])
     content_hash = write_hf_dataset(staging / HF_SUBDIR, rows(), variates=variates, cache_dir=work / "cache")
-    del loaded
     items = sorted((item for m in manifests for item in m["items"]), key=lambda item: item["item_id"])
     groups: dict[str, Any] = {}
     for manifest in manifests:

@@ -16,18 +16,20 @@ def read_manifest(dataset: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "train"):
-    """uni2ts's ``HuggingFaceDatasetIndexer`` over the dataset, each series cut at the end of ``span``.
+def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "train", lead: int = 0):
+    """uni2ts's ``HuggingFaceDatasetIndexer`` over the dataset, each series cut to ``span``.
 
-    ``span`` is ``train`` (pre-training sees the training span only) or ``validation``.
+    ``train``: bars [0, train_end). ``validation``: bars [train_end - lead, validation_end), i.e.
+    the validation span preceded by ``lead`` bars of context.
     """
     import datasets
     import numpy as np
     from uni2ts.data.indexer import HuggingFaceDatasetIndexer
 
     datasets.disable_progress_bars()
-    ends = {
-        item["item_id"]: item["train_end"] if span == "train" else item["validation_end"]
+    bounds = {
+        item["item_id"]: (0, item["train_end"]) if span == "train"
+        else (max(0, item["train_end"] - lead), item["validation_end"])
         for item in manifest["items"]
     }
 
@@ -36,11 +38,11 @@ def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "
 
         def _getitem_int(self, idx: int):
             entry = super()._getitem_int(idx)
-            end = ends.get(str(entry["item_id"]))
-            if end is not None:
+            bound = bounds.get(str(entry["item_id"]))
+            if bound is not None:
                 for field in ("target", "past_feat_dynamic_real"):
                     if field in entry:
-                        entry[field] = np.asarray(entry[field])[..., :end]
+                        entry[field] = np.asarray(entry[field])[..., bound[0] : bound[1]]
             return entry
 
     return SpanIndexer(datasets.load_from_disk(str(Path(dataset) / "hf")))

@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ohlcv.config.loader import atomic_write_text, to_yaml, write_resolved_profile
+from ohlcv.config.loader import atomic_write_text, write_resolved_profile
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.train.runtime import (
     OWNER_MARK,
     Hardware,
-    assert_own_run,
     check_writable,
     git_revision,
-    latest_run,
-    new_run_dir,
+    loss_guard,
+    make_trainer,
     package_versions,
     process_rank,
     resolve_hardware,
+    run_folder,
     wait_for,
 )
 
@@ -160,17 +160,6 @@ def _callbacks(run_dir: Path, cfg, stats: dict[str, Any]):
     import lightning as L
     import torch
 
-    class Guard(L.Callback):
-        """Stops the run on a NaN/inf loss before the optimizer step, so no bad weights are saved."""
-
-        def on_before_backward(self, trainer, pl_module, loss):
-            if not torch.isfinite(loss.detach()).all():
-                raise DivergenceError(
-                    f"the loss became {loss.detach().float().item()} at step {trainer.global_step}; "
-                    f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}. "
-                    "Lower pretrain.lr, raise pretrain.warmup_steps, or check the data with `ohlcv check`"
-                )
-
     class Meter(L.Callback):
         """Tokens seen, losses and throughput for run.json."""
 
@@ -211,7 +200,11 @@ def _callbacks(run_dir: Path, cfg, stats: dict[str, Any]):
         dirpath=run_dir / "checkpoints", filename="step-{step}", every_n_train_steps=every, save_last=True,
         save_top_k=1, monitor=None,
     )
-    return [Guard(), Meter(), ExportHF(every), checkpoint, L.pytorch.callbacks.LearningRateMonitor("step")]
+    guard = loss_guard(
+        f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}. "
+        "Lower pretrain.lr, raise pretrain.warmup_steps, or check the data with `ohlcv check`"
+    )
+    return [guard, Meter(), ExportHF(every), checkpoint, L.pytorch.callbacks.LearningRateMonitor("step")]
 
 
 def export_hf(module, target: Path) -> None:
@@ -280,17 +273,7 @@ def run_pretrain(
 ) -> PretrainResult:
     cfg = loaded.cfg
     dataset = Path(dataset).expanduser()
-    if resume:
-        run_dir = Path(out).expanduser() if out is not None else latest_run(cfg, "pretrain")
-        if run_dir is None or not (run_dir / "checkpoints" / "last.ckpt").is_file():
-            raise OhlcvError(f"nothing to resume: no checkpoints/last.ckpt in {run_dir or cfg.output.runs_dir}")
-        assert_own_run(run_dir)
-    else:
-        if out is None and process_rank()[1] > 1:
-            raise ConfigError("a multi-process run needs one run folder for every rank: pass --out RUN_DIR", key="--out")
-        run_dir = new_run_dir(cfg, "pretrain", out)
-        if (run_dir / "checkpoints" / "last.ckpt").exists():
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or another --out", key="--out")
+    run_dir = run_folder(cfg, "pretrain", out, resume)
     manifest = ensure_dataset(cfg, dataset, on_build=on_build)
     check = preflight(cfg, dataset, manifest, run_dir)
     if on_preflight is not None:
@@ -305,24 +288,8 @@ def run_pretrain(
     datamodule = make_datamodule(cfg, dataset, manifest, model)
     stats: dict[str, Any] = {"patch_sizes": set()}
     hardware = check.hardware
-    trainer = L.Trainer(
-        accelerator=hardware.accelerator,
-        devices=hardware.devices,
-        num_nodes=int(cfg.trainer.num_nodes),
-        strategy=str(cfg.trainer.strategy),
-        precision=hardware.precision,
-        max_steps=int(cfg.pretrain.max_steps),
-        max_epochs=-1,
-        gradient_clip_val=float(cfg.trainer.gradient_clip_val),
-        gradient_clip_algorithm="norm",
-        logger=L.pytorch.loggers.TensorBoardLogger(save_dir=str(run_dir), name="logs", version=""),
-        callbacks=_callbacks(run_dir, cfg, stats),
-        log_every_n_steps=int(cfg.trainer.log_every_n_steps),
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        default_root_dir=str(run_dir),
-    )
+    trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.pretrain.max_steps),
+                           callbacks=_callbacks(run_dir, cfg, stats), limit_val_batches=0)
     leader = process_rank()[0] == 0
     if leader:
         write_resolved_profile(loaded, run_dir)

@@ -133,3 +133,60 @@ def wait_for(path: Path, *, timeout: float = 6 * 3600, poll: float = 5.0) -> Non
         if time.monotonic() > deadline:
             raise OhlcvError(f"gave up waiting for {path}: build the dataset first with `ohlcv build`")
         time.sleep(poll)
+
+
+def run_folder(cfg, kind: str, out: Path | None, resume: bool) -> Path:
+    """The run folder of a training command: the one to resume, or a new one that holds no run yet."""
+    if resume:
+        run_dir = Path(out).expanduser() if out is not None else latest_run(cfg, kind)
+        if run_dir is None or not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise OhlcvError(f"nothing to resume: no checkpoints/last.ckpt in {run_dir or cfg.output.runs_dir}")
+        assert_own_run(run_dir)
+        return run_dir
+    if out is None and process_rank()[1] > 1:
+        raise ConfigError("a multi-process run needs one run folder for every rank: pass --out RUN_DIR", key="--out")
+    run_dir = new_run_dir(cfg, kind, out)
+    if (run_dir / "checkpoints" / "last.ckpt").exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or another --out", key="--out")
+    return run_dir
+
+
+def loss_guard(advice: str):
+    """A Lightning callback that stops on a NaN/inf loss before the optimizer step (no bad weights saved)."""
+    import lightning as L
+    import torch
+
+    from ohlcv.train.pretrain import DivergenceError
+
+    class Guard(L.Callback):
+        def on_before_backward(self, trainer, pl_module, loss):
+            if not torch.isfinite(loss.detach()).all():
+                raise DivergenceError(
+                    f"the loss became {loss.detach().float().item()} at step {trainer.global_step}; {advice}"
+                )
+
+    return Guard()
+
+
+def make_trainer(cfg, hardware: Hardware, run_dir: Path, *, max_steps: int, callbacks: list, **extra):
+    """A Lightning Trainer with the profile's devices, precision, clipping and TensorBoard logging."""
+    import lightning as L
+
+    return L.Trainer(
+        accelerator=hardware.accelerator,
+        devices=hardware.devices,
+        num_nodes=int(cfg.trainer.num_nodes),
+        strategy=str(cfg.trainer.strategy),
+        precision=hardware.precision,
+        max_steps=max_steps,
+        max_epochs=-1,
+        gradient_clip_val=float(cfg.trainer.gradient_clip_val),
+        gradient_clip_algorithm="norm",
+        logger=L.pytorch.loggers.TensorBoardLogger(save_dir=str(run_dir), name="logs", version=""),
+        callbacks=callbacks,
+        log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+        **extra,
+    )

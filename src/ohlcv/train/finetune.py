@@ -1,0 +1,226 @@
+"""``ohlcv finetune``: adapt a MOIRAI checkpoint with uni2ts's ``MoiraiFinetune``, with a guardrail.
+
+Training windows come from each series' training span, validation windows
+from its validation span (uni2ts's ``FinetuneDataset`` / ``EvalDataset``).
+The starting checkpoint is validated first; training stops early when the
+validation loss stops improving; the best checkpoint is kept and exported in
+Hugging Face format; the summary says plainly whether fine-tuning improved on
+the starting model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ohlcv.config.loader import atomic_write_text, write_resolved_profile
+from ohlcv.errors import ConfigError
+from ohlcv.train.pretrain import ensure_dataset, export_hf, manifest_hash
+from ohlcv.train.runtime import (
+    OWNER_MARK,
+    check_writable,
+    git_revision,
+    loss_guard,
+    make_trainer,
+    package_versions,
+    resolve_hardware,
+    run_folder,
+)
+
+VAL_KEY = "val/PackedNLLLoss"
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    model_dir: Path
+    summary: dict[str, Any]
+
+
+def _windows(lengths: list[int], context: int, horizon: int, distance: int) -> int:
+    shortest = min(lengths)
+    return (shortest - context - horizon) // distance + 1 if shortest >= context + horizon else 0
+
+
+def check_start(module, cfg, variates: int) -> None:
+    """The starting checkpoint must have the profile's patch size and room for its windows."""
+    patch = int(cfg.finetune.patch_size)
+    sizes = [int(p) for p in module.patch_sizes]
+    if patch not in sizes:
+        raise ConfigError(f"the checkpoint's patch sizes are {sizes}; {patch} is not one of them", key="finetune.patch_size")
+    context, horizon = int(cfg.data.context_length), int(cfg.data.prediction_length)
+    tokens = variates * (math.ceil(context / patch) + math.ceil(horizon / patch))
+    if tokens > int(module.max_seq_len):
+        raise ConfigError(
+            f"{variates} variates x {math.ceil(context / patch) + math.ceil(horizon / patch)} patches = {tokens} tokens "
+            f"exceed the checkpoint's max_seq_len {module.max_seq_len}: use fewer variates, a larger patch or a shorter context",
+            key="finetune.patch_size",
+        )
+
+
+def build_model(cfg, module):
+    from uni2ts.model.moirai import MoiraiFinetune
+
+    f = cfg.finetune
+    model = MoiraiFinetune(
+        module=module,
+        min_patches=int(cfg.pretrain.min_patches),
+        min_mask_ratio=float(cfg.pretrain.mask_ratio_min),
+        max_mask_ratio=float(cfg.pretrain.mask_ratio_max),
+        max_dim=int(cfg.pretrain.max_dim),
+        num_training_steps=int(f.max_steps),
+        num_warmup_steps=int(f.warmup_steps),
+        num_samples=int(f.num_samples),
+        lr=float(f.lr),
+        weight_decay=float(f.weight_decay),
+        context_length=int(cfg.data.context_length),
+        prediction_length=int(cfg.data.prediction_length),
+        patch_size=int(f.patch_size),
+        finetune_pattern=f.pattern.value,
+    )
+    # without sequence packing, uni2ts needs "sample_id" among the sequence fields (else KeyError in validation)
+    model.seq_fields = tuple(model.seq_fields) + ("sample_id",)
+    return model
+
+
+def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
+    import lightning as L
+    from torch.utils.data import DistributedSampler
+    from uni2ts.data.dataset import EvalDataset, FinetuneDataset
+    from uni2ts.data.loader import DataLoader
+
+    from ohlcv.train.data import train_span_indexer
+
+    context, horizon, patch = int(cfg.data.context_length), int(cfg.data.prediction_length), int(cfg.finetune.patch_size)
+    train_lengths = [item["train_end"] for item in manifest["items"]]
+    val_lengths = [item["validation_end"] - max(0, item["train_end"] - context) for item in manifest["items"]]
+    train_windows = _windows(train_lengths, context, horizon, 1)
+    val_windows = _windows(val_lengths, context, horizon, horizon)
+    if train_windows < 1 or val_windows < 1:
+        raise ConfigError(
+            f"the training or validation span is shorter than context + horizon ({context + horizon} bars) for some "
+            "series; shorten data.context_length or rebuild with longer series / validation span",
+            key="data.split",
+        )
+    train = FinetuneDataset(
+        train_windows,
+        train_span_indexer(dataset, manifest, span="train"),
+        model.train_transform_map["ohlcv"](distance=1, prediction_length=horizon, context_length=context,
+                                           patch_size=patch),
+    )
+    val = EvalDataset(
+        val_windows,
+        train_span_indexer(dataset, manifest, span="validation", lead=context),
+        model.val_transform_map["ohlcv"](offset=context, distance=horizon, prediction_length=horizon,
+                                         context_length=context, patch_size=patch),
+    )
+    f = cfg.finetune
+
+    class FinetuneData(L.LightningDataModule):
+        def _loader(self, data, train: bool):
+            world = self.trainer.world_size if self.trainer is not None else 1
+            sampler = DistributedSampler(data, shuffle=train, seed=int(cfg.trainer.seed)) if world > 1 else None
+            return DataLoader(
+                data,
+                batch_size=max(1, int(f.batch_size) // world),
+                cycle=train,
+                num_batches_per_epoch=int(f.val_every_n_steps) if train else None,
+                shuffle=train and sampler is None,
+                sampler=sampler,
+                num_workers=int(cfg.pretrain.num_workers),
+                drop_last=train,
+            )
+
+        def train_dataloader(self):
+            return self._loader(train, True)
+
+        def val_dataloader(self):
+            return self._loader(val, False)
+
+    return FinetuneData(), {"train_windows": train_windows * len(train_lengths), "val_windows": val_windows * len(val_lengths)}
+
+
+def run_finetune(
+    loaded,
+    start: str,
+    *,
+    dataset: Path,
+    out: Path | None = None,
+    resume: bool = False,
+    on_build: Callable[[], Any] | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+) -> FinetuneResult:
+    import lightning as L
+    import torch
+
+    from ohlcv.evaluate.run import load_module
+
+    cfg = loaded.cfg
+    dataset = Path(dataset).expanduser()
+    run_dir = run_folder(cfg, "finetune", out, resume)
+    check_writable(run_dir)
+    manifest = ensure_dataset(cfg, dataset, on_build=on_build)
+    context, horizon = int(cfg.data.context_length), int(cfg.data.prediction_length)
+    if context < 5 * horizon:
+        raise ConfigError(f"context {context} is shorter than 5 x horizon {horizon}", key="data.context_length")
+    module = load_module(start)
+    check_start(module, cfg, len(manifest["variates"]))
+    L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
+    import copy
+
+    start_state = copy.deepcopy(module.state_dict())  # the model to fall back on if fine-tuning does not help
+    model = build_model(cfg, module)
+    datamodule, sizes = make_datamodule(cfg, dataset, manifest, model)
+    hardware = resolve_hardware(cfg.trainer)
+    if on_start is not None:
+        on_start({"run_dir": run_dir, "start": start, "hardware": hardware, **sizes,
+                  "parameters": sum(p.numel() for p in module.parameters())})
+
+    guard = loss_guard(f"the best checkpoint so far is in {run_dir / 'checkpoints'}. Lower finetune.lr")
+    best = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=VAL_KEY, mode="min", save_top_k=1, save_last=True,
+    )
+    stopper = L.pytorch.callbacks.EarlyStopping(monitor=VAL_KEY, mode="min", patience=int(cfg.finetune.patience))
+    trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.finetune.max_steps),
+                           callbacks=[guard, best, stopper])
+    write_resolved_profile(loaded, run_dir)
+    summary: dict[str, Any] = {"kind": OWNER_MARK, "command": "finetune", "status": "running", "start": start}
+    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+    before = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][VAL_KEY])
+    model.train()  # validate() leaves the modules in eval mode
+    started = time.perf_counter()
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
+    wall = time.perf_counter() - started
+    after = float(best.best_model_score) if best.best_model_score is not None else before
+    if best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict(state)
+    improved = after < before
+    if not improved:
+        model.module.load_state_dict(start_state)
+    if trainer.is_global_zero:
+        export_hf(model.module, run_dir / "model")
+    summary.update(
+        status="finished",
+        steps=int(trainer.global_step),
+        stopped_early=bool(stopper.stopped_epoch),
+        val_loss_before=before,
+        val_loss_after=after,
+        improved=improved,
+        exported="fine-tuned (best validation loss)" if improved else "the starting model (fine-tuning did not improve it)",
+        wall_seconds=round(wall, 2),
+        pattern=cfg.finetune.pattern.value,
+        patch_size=int(cfg.finetune.patch_size),
+        dataset=str(dataset),
+        dataset_manifest_hash=manifest_hash(dataset),
+        packages=package_versions(),
+        git_revision=git_revision(),
+        **sizes,
+    )
+    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+    return FinetuneResult(run_dir=run_dir, model_dir=run_dir / "model", summary=summary)

@@ -1,0 +1,65 @@
+"""`ohlcv finetune` end to end: build -> pretrain (tiny) -> finetune (validation, early stopping) -> evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.test_pretrain import TINY, pretrain_tiny
+
+FT = ["finetune.batch_size=4", "finetune.val_every_n_steps=2", "finetune.warmup_steps=1", "finetune.patch_size=32",
+      "finetune.num_samples=8"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    return root, pretrain_tiny(root, asset_classes=["equity", "fx"], bars=1000, seed=6)
+
+
+def test_build_pretrain_finetune_evaluate_end_to_end(pretrained, cli):
+    root, start = pretrained
+    common = ["--profile", "hourly", "--dataset", str(root / "ds"), *TINY, *FT]
+    result = cli("finetune", "--from", str(start), "--out", str(root / "ft"), *common,
+                 "finetune.max_steps=6", "finetune.patience=1")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    summary = json.loads((root / "ft" / "run.json").read_text())
+    assert summary["status"] == "finished" and summary["val_windows"] > 0 and summary["train_windows"] > 0
+    assert summary["val_loss_before"] > 0 and summary["val_loss_after"] > 0
+    assert "validation loss: starting model" in result.stdout
+    assert ("improved the validation loss" in result.stdout) == summary["improved"]
+    assert (root / "ft" / "checkpoints" / "last.ckpt").is_file()
+    assert (root / "ft" / "model" / "config.json").is_file()
+    evaluated = cli("evaluate", "--model", str(root / "ft" / "model"), "--zero-shot", str(start), "--out",
+                    str(root / "eval"), *common, "evaluate.windows=2", "evaluate.num_samples=8", "evaluate.variates=[close]")
+    assert evaluated.exit_code == 0, evaluated.stderr + evaluated.stdout
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    assert {"model", "zero_shot", "naive", "seasonal_naive", "drift"} == set(metrics["aggregate"])
+    assert (root / "eval" / "report.md").is_file() and (root / "eval" / "plots" / "relative_per_asset.png").is_file()
+
+
+def test_when_finetuning_does_not_help_the_starting_model_is_exported(pretrained, cli):
+    from safetensors.numpy import load_file
+
+    root, start = pretrained
+    result = cli("finetune", "--from", str(start), "--out", str(root / "ft0"), "--profile", "hourly",
+                 "--dataset", str(root / "ds"), *TINY, *FT, "finetune.max_steps=2", "finetune.lr=0.0")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    summary = json.loads((root / "ft0" / "run.json").read_text())
+    assert summary["improved"] is False
+    assert "did not improve on the starting model" in result.stdout
+    exported, original = load_file(root / "ft0" / "model" / "model.safetensors"), load_file(start / "model.safetensors")
+    assert exported.keys() == original.keys()
+    assert all(np.array_equal(exported[k], original[k]) for k in original)
+
+
+def test_a_checkpoint_that_does_not_fit_the_profile_is_refused(pretrained, cli):
+    root, start = pretrained
+    result = cli("finetune", "--from", str(start), "--out", str(root / "bad"), "--profile", "hourly",
+                 "--dataset", str(root / "ds"), *TINY, *FT, "finetune.patch_size=8")
+    assert result.exit_code == 2 and "patch sizes are [16, 32, 64]" in result.stderr
+    missing = cli("finetune", "--from", str(root / "nope"), "--profile", "hourly", "--dataset", str(root / "ds"),
+                  *TINY, *FT, "--out", str(root / "bad2"))
+    assert missing.exit_code == 1 and "no such folder" in missing.stderr
