@@ -63,3 +63,20 @@ def test_a_checkpoint_that_does_not_fit_the_profile_is_refused(pretrained, cli):
     missing = cli("finetune", "--from", str(root / "nope"), "--profile", "hourly", "--dataset", str(root / "ds"),
                   *TINY, *FT, "--out", str(root / "bad2"))
     assert missing.exit_code == 1 and "no such folder" in missing.stderr
+
+
+def test_targets_with_past_covariates_work_through_every_step(tmp_path, cli):
+    from ohlcv.lake.sample import generate_sample_lake
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["fx"], bars=1000, seed=9)
+    common = ["--profile", "hourly", *TINY, *FT, f"data.lake={lake.root}", f"data.dataset={tmp_path / 'ds'}",
+              "data.layout=covariates", "data.targets=[close]", "features.enabled=[log_return,rsi]"]
+    assert cli("pretrain", "--out", str(tmp_path / "pt"), *common, "pretrain.max_steps=2").exit_code == 0
+    tuned = cli("finetune", "--from", str(tmp_path / "pt" / "model"), "--out", str(tmp_path / "ft"), *common,
+                "finetune.max_steps=2")
+    assert tuned.exit_code == 0, tuned.stderr + tuned.stdout
+    evaluated = cli("evaluate", "--model", str(tmp_path / "ft" / "model"), "--out", str(tmp_path / "ev"), *common,
+                    "evaluate.windows=1", "evaluate.num_samples=8", "evaluate.variates=[close]")
+    assert evaluated.exit_code == 0, evaluated.stderr + evaluated.stdout
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(metrics["aggregate"]["model"]) == {"close"}

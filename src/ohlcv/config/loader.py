@@ -307,6 +307,16 @@ def validate(cfg: DictConfig, source: str) -> None:
         )
     if pretrain.warmup_steps > pretrain.max_steps:
         fail("pretrain.warmup_steps", f"{pretrain.warmup_steps} warmup steps exceed max_steps {pretrain.max_steps}")
+    finetune = cfg.finetune
+    if finetune.warmup_steps > finetune.max_steps:
+        fail("finetune.warmup_steps", f"{finetune.warmup_steps} warmup steps exceed max_steps {finetune.max_steps}")
+    for key in ("batch_size", "max_steps", "val_every_n_steps", "patience", "patch_size", "num_samples"):
+        if finetune[key] <= 0:
+            fail(f"finetune.{key}", f"must be a positive integer, got {finetune[key]}")
+    evaluate = cfg.evaluate
+    for key in ("windows", "num_samples"):
+        if evaluate[key] <= 0:
+            fail(f"evaluate.{key}", f"must be a positive integer, got {evaluate[key]}")
     precision = str(cfg.trainer.precision)
     if precision == "bf16-true":
         fail("trainer.precision", "bf16-true fails inside uni2ts; use auto or bf16-mixed")
