@@ -256,14 +256,16 @@ class IterativeFinancialDatasetBuilder:
         if self.pipeline.needs_reference:
             reference = self._reference_pass(batches) if self.shard is None else self._shared_reference(all_sources)
         resumed = 0
+        pending = []
         for index, batch in enumerate(batches):
-            marker = work / "batches" / f"batch-{index:05d}.json"
-            if marker.is_file():
+            if (work / "batches" / f"batch-{index:05d}.json").is_file():
                 resumed += 1
                 for source in batch:
                     self.progress.on_symbol(source.item_id, 0)
-                continue
-            self._build_batch(index, batch, marker, reference)
+            else:
+                pending.append((index, batch))
+        for index, batch, prepared in self._prepared(pending, reference):
+            self._build_batch(index, batch, work / "batches" / f"batch-{index:05d}.json", prepared)
 
         self.progress.on_merge()
         manifest, report = self._merge(len(batches), fingerprint, skipped, started, resumed)
@@ -444,12 +446,40 @@ class IterativeFinancialDatasetBuilder:
         train_end, validation_end = _utc(split.train_end), _utc(split.validation_end)
         return int((ts < train_end).sum()), int((ts < validation_end).sum())
 
-    def _build_batch(self, index: int, batch: list[SymbolSource], marker: Path, reference=None) -> None:
+    def _prepare(self, index: int, batch: list[SymbolSource], reference):
+        """Clean and add features to one batch: (frame or None, reports)."""
         if self.pipeline.needs_reference and self.shard is None:
             cleaned, reports = self._cleaned_from_reference_pass(index)
         else:
             cleaned, reports = self.clean_batch(batch)
-        frame, reports = self.featurize(cleaned, reports, reference)
+        return self.featurize(cleaned, reports, reference)
+
+    def _prepared(self, pending, reference):
+        """Batches prepared two at a time in threads (Polars releases the GIL), yielded in order.
+
+        At most ``workers`` batches are in memory beyond the one being written, so
+        peak memory still depends on the batch size, not on the lake.
+        """
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = max(1, min(2, os.cpu_count() or 1))
+        queue: deque = deque()
+        upcoming = iter(pending)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for index, batch in upcoming:
+                queue.append((index, batch, pool.submit(self._prepare, index, batch, reference)))
+                if len(queue) >= workers:
+                    break
+            while queue:
+                index, batch, future = queue.popleft()
+                following = next(upcoming, None)
+                if following is not None:
+                    queue.append((*following, pool.submit(self._prepare, *following, reference)))
+                yield index, batch, future.result()
+
+    def _build_batch(self, index: int, batch: list[SymbolSource], marker: Path, prepared) -> None:
+        frame, reports = prepared
         entries: list[dict[str, Any]] = []
         parts = dict(frame.partition_by("item_id", as_dict=True, maintain_order=True)) if frame is not None else {}
         parts = {(k[0] if isinstance(k, tuple) else k): v for k, v in parts.items()}
