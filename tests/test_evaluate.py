@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from ohlcv.evaluate.windows import statsforecast_available
 from tests.test_pretrain import TINY, pretrain_tiny
 
 
@@ -25,7 +26,8 @@ def test_evaluate_scores_the_model_and_every_baseline_and_writes_the_report(trai
                  "evaluate.variates=[close,log_return_1]")
     assert result.exit_code == 0, result.stderr + result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["aggregate"]) == {"model", "zero_shot", "naive", "seasonal_naive", "drift"}
+    expected = {"model", "zero_shot", "naive", "seasonal_naive", "drift"} | ({"autoets"} if statsforecast_available() else set())
+    assert set(metrics["aggregate"]) == expected
     for model in metrics["aggregate"].values():
         assert set(model) == {"close", "log_return_1"}  # aggregated per variate, never across variates
         assert {"crps", "mase", "msis", "mae", "mse", "coverage_50", "coverage_80", "coverage_95",
@@ -34,7 +36,9 @@ def test_evaluate_scores_the_model_and_every_baseline_and_writes_the_report(trai
     assert metrics["settings"]["units"].startswith("prices")
     with open(out / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 5 * 2 * 4  # models x variates x assets
+    assert len(rows) == len(expected) * 2 * 4  # models x variates x assets
+    if not statsforecast_available():
+        assert "AutoETS skipped" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     assert "naive random walk" in report and "## close" in report
     plots = sorted(p.name for p in (out / "plots").iterdir())

@@ -38,3 +38,16 @@ def test_baselines_on_a_trending_series():
     assert np.abs(np.median(drift[0], axis=0) - truth).mean() < 0.5  # drift follows the trend
     assert np.median(naive[0], axis=0)[-1] == pytest.approx(context[0, -1] + 10 * 0.5, abs=1.0)
     assert np.median(seasonal[0], axis=0)[0] == pytest.approx(context[0, -24] + 24 * 0.5, abs=1.0)
+
+
+def test_autoets_baseline_where_statsforecast_is_installed():
+    pytest.importorskip("statsforecast", reason="statsforecast is installed beside the modern stack only")
+    rng = np.random.default_rng(1)
+    t = np.arange(24 * 12, dtype=float)
+    context = (100 + 0.05 * t + 2 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.2, t.size))[None, :]
+    samples = BASELINES["autoets"](context, 24, 300, rng, season=24)
+    assert samples.shape == (1, 300, 24)
+    future = 100 + 0.05 * np.arange(t.size, t.size + 24) + 2 * np.sin(2 * np.pi * np.arange(t.size, t.size + 24) / 24)
+    assert np.abs(np.median(samples[0], axis=0) - future).mean() < 1.0  # it follows trend and season
+    low, high = np.quantile(samples[0], [0.1, 0.9], axis=0)
+    assert (high > low).all()

@@ -285,6 +285,8 @@ def render_evaluation(console: "Console", result) -> None:
             f"{escape(variate)}: the model {'beats' if ratio < 1 else '[bold red]does not beat[/]'} "
             f"the naive random walk on CRPS (ratio {ratio:.3f})"
         )
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(f"metrics.json, metrics.csv, report.md and {len(result.plots)} plots in {escape(str(result.out))}")
 
 

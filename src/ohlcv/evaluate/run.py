@@ -22,7 +22,7 @@ import numpy as np
 from ohlcv.config.loader import atomic_write_text, write_resolved_profile
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.evaluate.metrics import METRICS, score
-from ohlcv.evaluate.windows import BASELINES, cut_windows, rolling_origins
+from ohlcv.evaluate.windows import BASELINES, cut_windows, rolling_origins, statsforecast_available
 from ohlcv.freq import parse_freq
 
 
@@ -34,6 +34,7 @@ class EvalResult:
     per_asset: list[dict[str, Any]] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
     windows: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 def load_module(spec: str):
@@ -132,6 +133,11 @@ def evaluate(
         raise ConfigError(f"unknown baselines {unknown}; choose from {sorted(BASELINES)}", key="evaluate.baselines")
     if "naive" not in cfg.evaluate.baselines:
         raise ConfigError("the naive baseline is the yardstick of every relative metric; keep it", key="evaluate.baselines")
+    baselines = list(cfg.evaluate.baselines)
+    notes = []
+    if "autoets" in baselines and not statsforecast_available():
+        baselines.remove("autoets")
+        notes.append("AutoETS skipped: statsforecast is not installed beside this stack (pip install statsforecast)")
     names = manifest["variates"]
     targets, covariates = manifest["targets"], manifest["covariates"]
     wanted = list(cfg.evaluate.variates) or list(targets)
@@ -184,7 +190,7 @@ def evaluate(
             ctx = _denormalize(cut.context[:, v, :], group, v)
             label = _denormalize(cut.label[:, v, :], group, v)
             candidates = {name: _denormalize(f[..., t], group, v) for name, f in forecasts.items()}
-            for baseline in cfg.evaluate.baselines:
+            for baseline in baselines:
                 candidates[baseline] = BASELINES[baseline](ctx, horizon, samples_n, rng, season=season)
             for name, samples in candidates.items():
                 per_asset.append({"model": name, "item_id": item_id, "variate": variate, "windows": len(origins),
@@ -199,10 +205,10 @@ def evaluate(
             f"no test window fits: series need context {context} + horizon {horizon} bars at or after the test span; "
             "lower evaluate.windows / data.context_length or rebuild with a longer test span"
         )
-    aggregate, relative = _aggregate(per_asset, list(models) + list(cfg.evaluate.baselines), wanted)
+    aggregate, relative = _aggregate(per_asset, list(models) + baselines, wanted)
     plots = _plots(out, plot_data, per_asset, wanted[0], horizon)
     result = EvalResult(out=out, aggregate=aggregate, relative=relative, per_asset=per_asset, plots=plots,
-                        windows=total_windows)
+                        windows=total_windows, notes=notes)
     _write_outputs(loaded, result, model_spec, zero_shot, dataset, manifest, season)
     return result
 
@@ -303,6 +309,7 @@ def _write_outputs(loaded, result: EvalResult, model_spec, zero_shot, dataset, m
         "context_length": int(cfg.data.context_length), "prediction_length": int(cfg.data.prediction_length),
         "num_samples": int(cfg.evaluate.num_samples), "seasonality": season,
         "units": "prices (de-normalized with the dataset's statistics)",
+        "notes": result.notes,
     }
     atomic_write_text(out / "metrics.json", json.dumps(
         {"settings": settings, "aggregate": result.aggregate, "relative_to_naive": result.relative,
@@ -327,6 +334,8 @@ def _write_outputs(loaded, result: EvalResult, model_spec, zero_shot, dataset, m
         verdict = result.relative["model"][variate]["crps"]
         lines += ["", ("The model beats the naive random walk on CRPS." if verdict < 1 else
                        "**The model does not beat the naive random walk on CRPS.**") + f" (ratio {verdict:.3f})", ""]
+    for note in result.notes:
+        lines += [f"Note: {note}", ""]
     for plot in result.plots:
         lines += [f"![{plot.stem}](plots/{plot.name})", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
