@@ -101,24 +101,32 @@ def module_kwargs(cfg, *, d_model: int | None = None, num_layers: int | None = N
     }
 
 
-def pretrain_transform(cfg, *, tiny: bool = False):
-    """uni2ts's pre-training transform for this profile, with the patch-size fix applied.
-
-    ``tiny`` builds a 1-layer, 64-wide module: the transform depends only on
-    the patch sizes, the sequence length and the pre-training settings.
-    """
+def pretrain_model(cfg, *, tiny: bool = False):
+    """uni2ts's ``MoiraiPretrain`` for this profile (``tiny``: 1 layer, d_model 64, for transforms only)."""
     from uni2ts.model.moirai import MoiraiPretrain
 
     p = cfg.pretrain
-    kwargs = module_kwargs(cfg, d_model=64 if tiny else None, num_layers=1 if tiny else None)
-    model = MoiraiPretrain(
+    return MoiraiPretrain(
+        module_kwargs=module_kwargs(cfg, d_model=64 if tiny else None, num_layers=1 if tiny else None),
         min_patches=int(p.min_patches),
         min_mask_ratio=float(p.mask_ratio_min),
         max_mask_ratio=float(p.mask_ratio_max),
         max_dim=int(p.max_dim),
         num_training_steps=int(p.max_steps),
         num_warmup_steps=int(p.warmup_steps),
-        module_kwargs=kwargs,
+        lr=float(p.lr),
+        weight_decay=float(p.weight_decay),
+        beta1=float(p.beta1),
+        beta2=float(p.beta2),
     )
+
+
+def pretrain_transform(cfg, *, tiny: bool = False):
+    """uni2ts's pre-training transform for this profile, with the patch-size fix applied.
+
+    ``tiny`` builds a 1-layer, 64-wide module: the transform depends only on
+    the patch sizes, the sequence length and the pre-training settings.
+    """
+    model = pretrain_model(cfg, tiny=tiny)
     low, high = patch_range(cfg)
     return fixed_transform_map(model.train_transform_map, low, high), model

@@ -85,24 +85,9 @@ def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = N
 
 
 def build_model(cfg):
-    from uni2ts.model.moirai import MoiraiPretrain
+    from ohlcv.uni2ts_compat import pretrain_model
 
-    from ohlcv.uni2ts_compat import module_kwargs
-
-    p = cfg.pretrain
-    return MoiraiPretrain(
-        module_kwargs=module_kwargs(cfg),
-        min_patches=int(p.min_patches),
-        min_mask_ratio=float(p.mask_ratio_min),
-        max_mask_ratio=float(p.mask_ratio_max),
-        max_dim=int(p.max_dim),
-        num_training_steps=int(p.max_steps),
-        num_warmup_steps=int(p.warmup_steps),
-        lr=float(p.lr),
-        weight_decay=float(p.weight_decay),
-        beta1=float(p.beta1),
-        beta2=float(p.beta2),
-    )
+    return pretrain_model(cfg)
 
 
 def preflight(cfg, dataset: Path, manifest: dict[str, Any], run_dir: Path) -> Preflight:
