@@ -86,6 +86,42 @@ def pandas_equivalents(df):
     return out
 
 
+def pandas_grouped(df):
+    """The same features for a frame of many assets, the usual pandas way (groupby + rolling)."""
+    g = df.groupby("item_id", sort=False)
+    r = g["close"].transform(lambda c: np.log(c).diff())
+    df = df.assign(_r=r, _hl=np.log(df["high"] / df["low"]) ** 2, _co=np.log(df["close"] / df["open"]) ** 2,
+                   _lv=np.log1p(df["volume"]), _tv=(df["high"] + df["low"] + df["close"]) / 3 * df["volume"])
+    g = df.groupby("item_id", sort=False)
+    out = {
+        "log_return_1": df["_r"],
+        "simple_return_1": g["close"].pct_change(),
+        "rv_24": g["_r"].transform(lambda x: x.rolling(24).std()),
+        "rv_168": g["_r"].transform(lambda x: x.rolling(168).std()),
+        "parkinson_24": np.sqrt(g["_hl"].transform(lambda x: x.rolling(24).mean()) / (4 * np.log(2))),
+        "garman_klass_24": np.sqrt((0.5 * g["_hl"].transform(lambda x: x.rolling(24).mean())
+                                    - (2 * np.log(2) - 1) * g["_co"].transform(lambda x: x.rolling(24).mean())).clip(lower=0)),
+        "hl_range": (df["high"] - df["low"]) / df["close"],
+        "close_location": ((df["close"] - df["low"]) / (df["high"] - df["low"])).fillna(0.5),
+        "volume_z": (df["_lv"] - g["_lv"].transform(lambda x: x.rolling(168).mean()))
+        / g["_lv"].transform(lambda x: x.rolling(168).std()),
+        "vwap_distance": df["close"] / (g["_tv"].transform(lambda x: x.rolling(24).sum())
+                                        / g["volume"].transform(lambda x: x.rolling(24).sum())) - 1,
+    }
+    return out
+
+
+def many_assets(bars: int, assets: int):
+    import polars as pl
+
+    per = bars // assets
+    frames = []
+    for i in range(assets):
+        one = series(per).with_columns(pl.lit(f"bench/A{i}").alias("item_id"))
+        frames.append(one)
+    return pl.concat(frames)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bars", type=int, default=1_000_000)
@@ -135,8 +171,15 @@ def main() -> None:
     polars_time = best_of(lambda: polars_pipeline.apply(frame), args.repeat)
     pdf = inputs.to_pandas()
     pandas_time = best_of(lambda: pandas_equivalents(pdf), args.repeat)
-    print(f"Polars-expression features (one query) {polars_time * 1000:.0f} ms vs pandas {pandas_time * 1000:.0f} ms: "
-          f"{pandas_time / polars_time:.1f}x faster (target >= 5x)")
+    print(f"Polars-expression features, one asset: one query {polars_time * 1000:.0f} ms vs pandas "
+          f"{pandas_time * 1000:.0f} ms: {pandas_time / polars_time:.1f}x faster (target >= 5x)")
+    batch = many_assets(args.bars, 100)
+    batch_polars = best_of(lambda: polars_pipeline.apply(batch), max(1, args.repeat // 2))
+    batch_pdf = batch.to_pandas()
+    batch_pandas = best_of(lambda: pandas_grouped(batch_pdf), max(1, args.repeat // 2))
+    print(f"Polars-expression features, 100 assets x {args.bars // 100:,} bars (as the builder sees a batch): "
+          f"one query {batch_polars * 1000:.0f} ms vs pandas groupby {batch_pandas * 1000:.0f} ms: "
+          f"{batch_pandas / batch_polars:.1f}x faster (target >= 5x)")
 
 
 if __name__ == "__main__":
