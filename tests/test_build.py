@@ -355,3 +355,28 @@ def test_split_by_date_records_the_boundaries(tmp_path):
     assert item["validation_end"] == (31 + 9) * 24 + 12
     assert item["train_end_ts"].startswith("2023-02-01T00:00:00")
     assert result.manifest["split"]["method"] == "date"
+
+
+def test_a_dataset_from_another_datasets_major_version_is_rebuilt_or_refused_clearly(tmp_path):
+    import shutil
+
+    from ohlcv.build.check import check_dataset
+    from ohlcv.errors import OhlcvError
+    from ohlcv.train.data import load_hf
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["fx"], bars=800)
+    first = _build(lake.root, tmp_path / "ds")
+    manifest_file = first.out / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["datasets_version"]
+    manifest["datasets_version"] = "1.0.0"  # as if written by another stack
+    manifest_file.write_text(json.dumps(manifest))
+    again = _build(lake.root, tmp_path / "ds")
+    assert not again.up_to_date  # rebuilt for this stack
+    shutil.rmtree(first.out / "hf")
+    (first.out / "hf").mkdir()
+    (first.out / "hf" / "state.json").write_text("{}")
+    with pytest.raises(OhlcvError, match="cannot load this dataset .* rebuild it on this stack"):
+        load_hf(first.out, again.manifest)
+    report = check_dataset(first.out, _cfg(lake.root, first.out))
+    assert not report.ok and any("cannot load this dataset" in p for p in report.problems)

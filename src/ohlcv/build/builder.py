@@ -34,6 +34,7 @@ import numpy as np
 from ohlcv import __version__
 from ohlcv.build import normalize
 from ohlcv.build.pipeline import FeaturePipeline
+from ohlcv.train.data import datasets_version, same_datasets_major
 from ohlcv.build.clean import RULES, CleaningSettings, SymbolReport, clean_batch, read_batch
 from ohlcv.config.loader import atomic_write_text, to_yaml
 from ohlcv.errors import ConfigError, OhlcvError
@@ -233,7 +234,7 @@ class IterativeFinancialDatasetBuilder:
                 manifest = json.loads(existing.read_text())
             except (OSError, ValueError):
                 manifest = {}
-            if manifest.get("fingerprint") == fingerprint:
+            if manifest.get("fingerprint") == fingerprint and same_datasets_major(manifest):
                 report = json.loads((self.out / "report.json").read_text()) if (self.out / "report.json").is_file() else {}
                 return BuildResult(self.out, manifest, report, up_to_date=True)
 
@@ -567,6 +568,7 @@ class IterativeFinancialDatasetBuilder:
             "plugins": self.plugins.versions(),
             "content_hash": content_hash,
             "ohlcv_version": __version__,
+            "datasets_version": datasets_version(),
         }
         _atomic_json(staging / "manifest.json", manifest)
         _atomic_json(staging / "report.json", report)

@@ -70,7 +70,9 @@ def check_dataset(dataset: Path, cfg, *, max_series: int | None = None, seed: in
 
     datasets.disable_progress_bars()
     try:
-        hf = datasets.load_from_disk(str(dataset / "hf"))
+        from ohlcv.train.data import load_hf
+
+        hf = load_hf(dataset, manifest)
         indexer = HuggingFaceDatasetIndexer(hf)
     except Exception as exc:  # noqa: BLE001 - any failure here is the answer
         report.problems.append(f"uni2ts cannot load the dataset: {type(exc).__name__}: {exc}")

@@ -159,7 +159,9 @@ def evaluate(
     import datasets
 
     datasets.disable_progress_bars()
-    hf = datasets.load_from_disk(str(dataset / "hf")).with_format("numpy")
+    from ohlcv.train.data import load_hf
+
+    hf = load_hf(dataset, manifest).with_format("numpy")
     items = {item["item_id"]: item for item in manifest["items"]}
     rng = np.random.default_rng(seed)
     per_asset: list[dict[str, Any]] = []

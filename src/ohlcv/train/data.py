@@ -16,6 +16,33 @@ def read_manifest(dataset: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def datasets_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("datasets")
+
+
+def same_datasets_major(manifest: dict[str, Any]) -> bool:
+    """Datasets written by one major version of ``datasets`` may not load in another (2.x vs 5.x)."""
+    written = str(manifest.get("datasets_version", ""))
+    return written.split(".")[0] == datasets_version().split(".")[0]
+
+
+def load_hf(dataset: Path, manifest: dict[str, Any] | None = None):
+    """The Hugging Face dataset of a built dataset, or one clear line saying why not and what to do."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_from_disk(str(Path(dataset) / "hf"))
+    except Exception as exc:  # noqa: BLE001 - the usual cause is a dataset written by another stack
+        written = (manifest or {}).get("datasets_version", "another version")
+        raise OhlcvError(
+            f"{dataset}: datasets {datasets_version()} cannot load this dataset (written by datasets {written}: "
+            f"{type(exc).__name__}); rebuild it on this stack with `ohlcv build --force`"
+        ) from None
+
+
 def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "train", lead: int = 0):
     """uni2ts's ``HuggingFaceDatasetIndexer`` over the dataset, each series cut to ``span``.
 
@@ -45,4 +72,4 @@ def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "
                         entry[field] = np.asarray(entry[field])[..., bound[0] : bound[1]]
             return entry
 
-    return SpanIndexer(datasets.load_from_disk(str(Path(dataset) / "hf")))
+    return SpanIndexer(load_hf(dataset, manifest))

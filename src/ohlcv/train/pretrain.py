@@ -69,7 +69,9 @@ def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = N
     manifest_file = dataset / "manifest.json"
     if manifest_file.is_file():
         manifest = json.loads(manifest_file.read_text())
-        if manifest.get("profile_hash") == profile_hash(cfg):
+        from ohlcv.train.data import same_datasets_major
+
+        if manifest.get("profile_hash") == profile_hash(cfg) and same_datasets_major(manifest):
             return manifest
     rank, _ = process_rank()
     if rank > 0:  # under torchrun / SLURM only rank 0 builds; the others wait for its manifest
