@@ -131,7 +131,7 @@ def main() -> None:
 
     from ohlcv.build.pipeline import FeaturePipeline
     from ohlcv.config import load_profile
-    from ohlcv.plugins import load_plugins
+    from ohlcv.plugins import enabled_features, load_plugins
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"polars {pl.__version__}, {args.bars:,} bars")
@@ -139,10 +139,7 @@ def main() -> None:
     registry = load_plugins().features
 
     cfg = load_profile("hourly").cfg
-    specs = []
-    for name in cfg.features.enabled:
-        feature = registry.get(name)
-        specs.append((feature, feature.resolve_params(cfg.features.params.get(name))))
+    specs = [(feature, params) for feature, params, _ in enabled_features(cfg, registry)]
     pipeline = FeaturePipeline(specs)
     train_end = {"bench/A": int(args.bars * 0.8)}
     reference = pipeline.contributions(frame)

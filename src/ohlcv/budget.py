@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ohlcv.errors import ConfigError, OhlcvError, PluginError
+from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.freq import Frequency, parse_freq
 
 MIN_CONTEXT_TO_HORIZON = 5  # the brief: context >= 5 x horizon
@@ -222,20 +222,12 @@ def read_dataset_variates(dataset: Path) -> list[str] | None:
 def profile_variates(cfg, features=None) -> list[str]:
     """Variate names a build with this profile would produce: OHLCV columns, then feature outputs."""
     names = list(cfg.data.columns)
-    enabled = list(cfg.features.enabled)
-    if enabled:
-        if features is None:
-            from ohlcv.plugins import load_plugins
+    if list(cfg.features.enabled):
+        from ohlcv.plugins import enabled_features, load_plugins
 
-            features = load_plugins().features
-        for name in enabled:
-            try:
-                feature = features.get(name)
-                names.extend(feature.output_names(cfg.features.params.get(name)))
-            except PluginError as exc:
-                raise ConfigError(str(exc), key="features.enabled") from None
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"feature '{name}': {exc}", key=f"features.params.{name}") from None
+        registry = features if features is not None else load_plugins().features
+        for _, _, outputs in enabled_features(cfg, registry):
+            names.extend(outputs)
     return names
 
 
@@ -270,7 +262,3 @@ def inputs_from_profile(cfg, *, dataset: Path | None = None, variates: int | Non
         max_dim=int(cfg.pretrain.max_dim),
         min_patches=int(cfg.pretrain.min_patches),
     )
-
-
-def usable_patch_sizes(report: BudgetReport) -> Sequence[int]:
-    return [row.patch_size for row in report.rows if row.usable]

@@ -162,3 +162,35 @@ def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> Plugins:
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"{exc}; hook names must match ohlcv's hookspecs (see docs/plugin-hooks.md)") from None
     return Plugins(pm, infos, warnings)
+
+
+def enabled_features(cfg, registry: FeatureRegistry) -> list[tuple[Feature, dict[str, Any], list[str]]]:
+    """The profile's ``features.enabled``, resolved: (feature, parameters, output names), in order.
+
+    Every problem is a :class:`ConfigError` naming the profile key: an unknown
+    feature or parameter, a feature that needs a column the lake lacks, or one
+    whose outputs would overwrite a variate.
+    """
+    from ohlcv.errors import ConfigError
+    from ohlcv.features import OHLCV_COLUMNS
+
+    names = list(cfg.data.columns)
+    resolved = []
+    for name in cfg.features.enabled:
+        try:
+            feature = registry.get(name)
+            params = feature.resolve_params(cfg.features.params.get(name))
+            outputs = feature.output_names(params)
+        except PluginError as exc:
+            raise ConfigError(str(exc), key="features.enabled") from None
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"feature '{name}': {exc}", key=f"features.params.{name}") from None
+        missing = [c for c in feature.inputs if c not in OHLCV_COLUMNS]
+        if missing:
+            raise ConfigError(f"feature '{name}' needs columns {missing} that the lake does not have", key="features.enabled")
+        clash = sorted(set(outputs) & set(names))
+        if clash:
+            raise ConfigError(f"feature '{name}' would overwrite variates {clash}", key="features.enabled")
+        names.extend(outputs)
+        resolved.append((feature, params, outputs))
+    return resolved

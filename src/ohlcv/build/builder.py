@@ -38,7 +38,6 @@ from ohlcv.train.data import datasets_version, same_datasets_major
 from ohlcv.build.clean import RULES, CleaningSettings, SymbolReport, clean_batch, read_batch
 from ohlcv.config.loader import atomic_write_text, to_yaml
 from ohlcv.errors import ConfigError, OhlcvError
-from ohlcv.features import OHLCV_COLUMNS
 from ohlcv.freq import parse_freq
 from ohlcv.lake.layout import SymbolSource, discover
 
@@ -153,25 +152,11 @@ class IterativeFinancialDatasetBuilder:
         return self._plugins
 
     def _resolve_variates(self) -> _Variates:
-        from ohlcv.errors import PluginError
+        from ohlcv.plugins import enabled_features
 
         names = list(self.data.columns)
         specs = []
-        for name in self.cfg.features.enabled:
-            try:
-                feature = self.plugins.features.get(name)
-                params = feature.resolve_params(self.cfg.features.params.get(name))
-                outputs = feature.output_names(params)
-            except PluginError as exc:
-                raise ConfigError(str(exc), key="features.enabled") from None
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"feature '{name}': {exc}", key=f"features.params.{name}") from None
-            missing = [c for c in feature.inputs if c not in OHLCV_COLUMNS]
-            if missing:
-                raise ConfigError(f"feature '{name}' needs columns {missing} that the lake does not have", key="features.enabled")
-            clash = sorted(set(outputs) & set(names))
-            if clash:
-                raise ConfigError(f"feature '{name}' would overwrite variates {clash}", key="features.enabled")
+        for feature, params, outputs in enabled_features(self.cfg, self.plugins.features):
             names.extend(outputs)
             specs.append((feature, params))
         if self.data.layout.value == "covariates":
@@ -355,11 +340,6 @@ class IterativeFinancialDatasetBuilder:
                 if frame is not None:
                     frames.append(frame)
             return (pl.concat(frames) if frames else None), reports
-
-    def process_batch(self, batch: list[SymbolSource]):
-        """Clean + features of one batch, for a build without cross-asset features."""
-        cleaned, reports = self.clean_batch(batch)
-        return self.featurize(cleaned, reports)
 
     def _train_ends(self, cleaned) -> dict[str, int] | None:
         if not self.pipeline.needs_split:

@@ -70,7 +70,7 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
         for s, m in zip(shards, manifests)
         if m["series"] > 0
     ]
-    order = sorted((str(ds[i]["item_id"]), k, i) for k, ds in enumerate(loaded) for i in range(len(ds)))
+    order = sorted((str(item_id), k, i) for k, ds in enumerate(loaded) for i, item_id in enumerate(ds["item_id"]))
     has_covariates = bool(first["covariates"])
 
     def rows():

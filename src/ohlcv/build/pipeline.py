@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ohlcv.features import OHLCV_COLUMNS, Feature
+from ohlcv.features import Feature
 
 if TYPE_CHECKING:
     import polars as pl
@@ -159,7 +159,3 @@ class FeaturePipeline:
                 value = pl.col(column).cast(pl.Float64)
                 masked.append(pl.when(position < warmup).then(None).otherwise(value).alias(column) if warmup else value)
         return work.select(*base_columns, *masked)
-
-
-def ohlcv_inputs(frame: "pl.DataFrame") -> "pl.DataFrame":
-    return frame.select("ts", *OHLCV_COLUMNS)

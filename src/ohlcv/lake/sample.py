@@ -62,6 +62,8 @@ class SampleLake:
 
 def _simulate_class(rng: np.random.Generator, n_symbols: int, bars: int, vol: float) -> np.ndarray:
     """Log returns, shape (n_symbols, bars): common factor + idiosyncratic, stochastic vol, regimes."""
+    from scipy.signal import lfilter
+
     # regime chain: 0 calm, 1 turbulent
     stay = np.array([0.995, 0.97])
     regime = np.zeros(bars, dtype=np.int8)
@@ -75,11 +77,9 @@ def _simulate_class(rng: np.random.Generator, n_symbols: int, bars: int, vol: fl
     out = np.empty((n_symbols, bars))
     for i in range(n_symbols):
         rho = rng.uniform(0.3, 0.7)
-        log_var = np.empty(bars)
-        log_var[0] = 0.0
         shocks = rng.standard_normal(bars) * 0.15
-        for t in range(1, bars):
-            log_var[t] = 0.97 * log_var[t - 1] + shocks[t]
+        shocks[0] = 0.0  # the log-variance starts at 0
+        log_var = lfilter([1.0], [1.0, -0.97], shocks)  # log_var[t] = 0.97 log_var[t-1] + shock[t]
         sigma = vol * np.exp(log_var / 2) * regime_vol * rng.uniform(0.7, 1.4)
         z = rho * common + math.sqrt(1 - rho * rho) * rng.standard_normal(bars)
         out[i] = regime_drift + sigma * z
