@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 import types
@@ -12,8 +13,9 @@ import polars as pl
 import pytest
 
 from ohlcv.build.pipeline import FeaturePipeline
+from ohlcv.errors import PluginError
 from ohlcv.features import Feature
-from ohlcv.lookahead import check_feature, check_warmup, synthetic_class
+from ohlcv.lookahead import check_bounded, check_feature, check_warmup, synthetic_class
 from ohlcv.plugins import load_plugins
 from tests.conftest import run_ohlcv_subprocess
 
@@ -45,6 +47,50 @@ def test_no_registered_feature_looks_ahead(features, name):
 @pytest.mark.parametrize("name", REGISTERED)
 def test_values_inside_the_warm_up_are_missing_not_zero(features, name):
     assert check_warmup(features.get(name)) is None
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_a_batch_of_series_gives_the_values_of_each_series_alone(features, name):
+    # bounded features are evaluated over the whole batch at once; the others series by series
+    assert check_bounded(features.get(name)) is None
+
+
+def test_the_polars_expression_indicators_are_evaluated_over_the_whole_batch(features):
+    bounded = {entry.feature.name for entry in features if entry.feature.bounded}
+    assert {"log_return", "simple_return", "realized_vol", "parkinson_vol", "garman_klass_vol", "hl_range",
+            "close_location", "volume_z", "vwap_distance"} <= bounded
+
+
+def test_a_feature_wrongly_declared_bounded_is_caught():
+    ema = Feature(
+        name="ema_claimed_bounded", family="indicator", inputs=("close",), outputs=["ema_cb"], warmup=10, bounded=True,
+        exprs=lambda p: [pl.col("close").ewm_mean(span=10, adjust=False).alias("ema_cb")],
+    )
+    problem = check_bounded(ema)
+    assert problem is not None and "declared bounded" in problem and "ema_cb" in problem
+    honest = Feature(
+        name="ema_series_by_series", family="indicator", inputs=("close",), outputs=["ema_sbs"], warmup=10,
+        exprs=lambda p: [pl.col("close").ewm_mean(span=10, adjust=False).alias("ema_sbs")],
+    )
+    assert check_bounded(honest) is None  # not declared bounded: evaluated per series, nothing to check
+    assert check_bounded(dataclasses.replace(honest, bounded=True)) is not None
+
+
+def test_intermediate_columns_are_computed_once_named_per_feature_and_dropped(features):
+    frame = synthetic_class(n_assets=2, bars=400)
+    specs = [(features.get(n), features.get(n).resolve_params()) for n in ("volume_z", "realized_vol")]
+    out = FeaturePipeline(specs).apply(frame)
+    assert not [c for c in out.columns if c.startswith("_")]
+    lv = np.log1p(frame.filter(pl.col("item_id") == "test/A1")["volume"].to_numpy())
+    z = out.filter(pl.col("item_id") == "test/A1")["volume_z"].to_numpy()
+    window = lv[400 - 168:]
+    np.testing.assert_allclose(z[-1], (lv[-1] - window.mean()) / window.std(ddof=1), rtol=1e-9)
+    badly_named = Feature(
+        name="badly_named", family="indicator", inputs=("close",), outputs=["x"], warmup=0,
+        intermediates=lambda p: [[pl.col("close").alias("_tmp")]], exprs=lambda p: [pl.col("_tmp").alias("x")],
+    )
+    with pytest.raises(PluginError, match="_badly_named_"):
+        FeaturePipeline([(badly_named, {})]).apply(frame)
 
 
 def _centered_average():

@@ -241,30 +241,58 @@ TALIB_FEATURES = [
 
 
 # -- Polars-expression features ---------------------------------------------------------------------------
-def _log_returns_expr():
+# Every one is ``bounded`` (rolling windows and shifts only): the builder evaluates it over a whole batch
+# at once. A value used more than once is an intermediate column, so Polars computes it once.
+def _realized_vol_stages(p):
     import polars as pl
 
     close = pl.col("close")
-    return close.log() - close.shift(1).log()
+    r = (close / close.shift(1)).log()
+    return [[r.alias("_realized_vol_r")], [(pl.col("_realized_vol_r") ** 2).alias("_realized_vol_r2")]]
 
 
 def _realized_vol(p):
-    return [_log_returns_expr().rolling_std(window_size=w).alias(f"rv_{w}") for w in _windows(p)]
+    """Sample standard deviation of one-bar log returns from rolling sums of r and r^2.
+
+    Two rolling sums cost less than Polars' rolling_std kernel, and for returns (mean^2 << variance)
+    the sums lose no precision that a float32 dataset keeps.
+    """
+    import polars as pl
+
+    r, r2 = pl.col("_realized_vol_r"), pl.col("_realized_vol_r2")
+    outputs = []
+    for w in _windows(p):
+        total = r.rolling_sum(window_size=w)
+        variance = (r2.rolling_sum(window_size=w) - total * total / w) / (w - 1)
+        outputs.append(variance.clip(lower_bound=0).sqrt().alias(f"rv_{w}"))
+    return outputs
+
+
+def _parkinson_stages(p):
+    import polars as pl
+
+    return [[((pl.col("high") / pl.col("low")).log() ** 2).alias("_parkinson_vol_hl2")]]
 
 
 def _parkinson(p):
     import polars as pl
 
+    hl2 = pl.col("_parkinson_vol_hl2")
+    return [(hl2.rolling_mean(window_size=w) / (4 * np.log(2))).sqrt().alias(f"parkinson_{w}") for w in _windows(p)]
+
+
+def _garman_klass_stages(p):
+    import polars as pl
+
     hl = (pl.col("high") / pl.col("low")).log() ** 2
-    return [(hl.rolling_mean(window_size=w) / (4 * np.log(2))).sqrt().alias(f"parkinson_{w}") for w in _windows(p)]
+    co = (pl.col("close") / pl.col("open")).log() ** 2
+    return [[(0.5 * hl - (2 * np.log(2) - 1) * co).alias("_garman_klass_vol_term")]]
 
 
 def _garman_klass(p):
     import polars as pl
 
-    hl = (pl.col("high") / pl.col("low")).log() ** 2
-    co = (pl.col("close") / pl.col("open")).log() ** 2
-    term = 0.5 * hl - (2 * np.log(2) - 1) * co
+    term = pl.col("_garman_klass_vol_term")
     return [term.rolling_mean(window_size=w).clip(lower_bound=0).sqrt().alias(f"garman_klass_{w}") for w in _windows(p)]
 
 
@@ -281,46 +309,64 @@ def _close_location(p):
     return [pl.when(span > 0).then((pl.col("close") - pl.col("low")) / span).otherwise(0.5).alias("close_location")]
 
 
-def _volume_z(p):
+def _volume_z_stages(p):
     import polars as pl
 
     w = int(p["window"])
-    volume = pl.col("volume").log1p()
-    mean = volume.rolling_mean(window_size=w)
-    std = volume.rolling_std(window_size=w)
-    return [pl.when(std > 0).then((volume - mean) / std).when(std == 0).then(0.0).otherwise(None).alias("volume_z")]
+    lv = pl.col("_volume_z_lv")
+    return [
+        [pl.col("volume").log1p().alias("_volume_z_lv")],
+        [lv.rolling_mean(window_size=w).alias("_volume_z_mean"), lv.rolling_std(window_size=w).alias("_volume_z_std")],
+    ]
 
 
-def _vwap_distance(p):
+def _volume_z(p):
+    import polars as pl
+
+    lv, mean, std = pl.col("_volume_z_lv"), pl.col("_volume_z_mean"), pl.col("_volume_z_std")
+    return [pl.when(std > 0).then((lv - mean) / std).when(std == 0).then(0.0).otherwise(None).alias("volume_z")]
+
+
+def _vwap_stages(p):
     import polars as pl
 
     w = int(p["window"])
     typical = (pl.col("high") + pl.col("low") + pl.col("close")) / 3
     volume = pl.col("volume").fill_null(0)
     vwap = (typical * volume).rolling_sum(window_size=w) / volume.rolling_sum(window_size=w)
+    return [[vwap.alias("_vwap_distance_vwap")]]
+
+
+def _vwap_distance(p):
+    import polars as pl
+
+    vwap = pl.col("_vwap_distance_vwap")
     return [pl.when(vwap > 0).then(pl.col("close") / vwap - 1).otherwise(None).alias("vwap_distance")]
 
 
 POLARS_FEATURES = [
     Feature(name="realized_vol", family="indicator", inputs=("close",), outputs=lambda p: [f"rv_{w}" for w in _windows(p)],
-            warmup=lambda p: max(_windows(p)), exprs=_realized_vol, params={"windows": [24, 168]},
-            description="rolling standard deviation of one-bar log returns"),
+            warmup=lambda p: max(_windows(p)), exprs=_realized_vol, intermediates=_realized_vol_stages, bounded=True,
+            params={"windows": [24, 168]}, description="rolling standard deviation of one-bar log returns"),
     Feature(name="parkinson_vol", family="indicator", inputs=("high", "low"),
             outputs=lambda p: [f"parkinson_{w}" for w in _windows(p)], warmup=lambda p: max(_windows(p)) - 1,
-            exprs=_parkinson, params={"windows": [24]}, description="Parkinson high-low volatility estimator"),
+            exprs=_parkinson, intermediates=_parkinson_stages, bounded=True,
+            params={"windows": [24]}, description="Parkinson high-low volatility estimator"),
     Feature(name="garman_klass_vol", family="indicator", inputs=("open", "high", "low", "close"),
             outputs=lambda p: [f"garman_klass_{w}" for w in _windows(p)], warmup=lambda p: max(_windows(p)) - 1,
-            exprs=_garman_klass, params={"windows": [24]}, description="Garman-Klass OHLC volatility estimator"),
+            exprs=_garman_klass, intermediates=_garman_klass_stages, bounded=True,
+            params={"windows": [24]}, description="Garman-Klass OHLC volatility estimator"),
     Feature(name="hl_range", family="indicator", inputs=("high", "low", "close"), outputs=["hl_range"], warmup=0,
-            exprs=_range, description="(high - low) / close"),
+            exprs=_range, bounded=True, description="(high - low) / close"),
     Feature(name="close_location", family="indicator", inputs=("high", "low", "close"), outputs=["close_location"],
-            warmup=0, exprs=_close_location, description="where the close sits in the bar's range, 0 (low) to 1 (high)"),
+            warmup=0, exprs=_close_location, bounded=True,
+            description="where the close sits in the bar's range, 0 (low) to 1 (high)"),
     Feature(name="volume_z", family="indicator", inputs=("volume",), outputs=["volume_z"],
-            warmup=lambda p: int(p["window"]) - 1, exprs=_volume_z, params={"window": 168},
-            description="z-score of log(1 + volume) against its trailing window"),
+            warmup=lambda p: int(p["window"]) - 1, exprs=_volume_z, intermediates=_volume_z_stages, bounded=True,
+            params={"window": 168}, description="z-score of log(1 + volume) against its trailing window"),
     Feature(name="vwap_distance", family="indicator", inputs=("high", "low", "close", "volume"), outputs=["vwap_distance"],
-            warmup=lambda p: int(p["window"]) - 1, exprs=_vwap_distance, params={"window": 24},
-            description="close / trailing VWAP - 1"),
+            warmup=lambda p: int(p["window"]) - 1, exprs=_vwap_distance, intermediates=_vwap_stages, bounded=True,
+            params={"window": 24}, description="close / trailing VWAP - 1"),
 ]
 
 

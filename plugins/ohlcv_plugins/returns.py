@@ -33,11 +33,12 @@ def _returns_feature(name: str, formula: Callable, description: str) -> Feature:
         exprs=exprs,
         params={"horizons": [1]},
         description=description,
+        bounded=True,  # bar t and bar t - h only
     )
 
 
 LOG_RETURN = _returns_feature(
-    "log_return", lambda now, then: now.log() - then.log(), "log(close_t / close_{t-h}) for each horizon h"
+    "log_return", lambda now, then: (now / then).log(), "log(close_t / close_{t-h}) for each horizon h"
 )
 SIMPLE_RETURN = _returns_feature(
     "simple_return", lambda now, then: now / then - 1.0, "close_t / close_{t-h} - 1 for each horizon h"

@@ -406,14 +406,15 @@ def plugins_check(
 ) -> None:
     """Check features for look-ahead: change every bar after t, recompute, and compare bars <= t.
 
-    Also checks that outputs are missing (not zero) inside each feature's declared warm-up.
+    Also checks that outputs are missing (not zero) inside each feature's declared warm-up, and that
+    a feature declared bounded gives the same values in a batch of series as series by series.
     Exit 1 if any feature fails.
     """
     from rich.markup import escape
     from rich.table import Table
 
     from ohlcv.errors import ConfigError
-    from ohlcv.lookahead import check_feature, check_warmup
+    from ohlcv.lookahead import check_bounded, check_feature, check_warmup
     from ohlcv.plugins import load_plugins
 
     plugins = load_plugins()
@@ -430,6 +431,8 @@ def plugins_check(
     for entry in entries:
         result = check_feature(entry.feature)
         warmup_problem = check_warmup(entry.feature) if result.ok else None
+        if result.ok and warmup_problem is None:
+            warmup_problem = check_bounded(entry.feature)
         ok = result.ok and warmup_problem is None
         failed += not ok
         table.add_row(

@@ -159,3 +159,35 @@ def check_warmup(feature: Feature, params: Mapping[str, Any] | None = None, *, b
         if series.null_count() == series.len():
             return f"'{column}' is missing everywhere"
     return None
+
+
+def check_bounded(feature: Feature, params: Mapping[str, Any] | None = None, *, bars: int = 900, seed: int = 0) -> str | None:
+    """For a feature declared ``bounded``: None if computing it over a batch of series at once gives the
+    values of computing each series alone; else what differs. (Not bounded: nothing to check.)
+
+    A feature wrongly declared bounded (an EMA, a running maximum) carries the previous series into the
+    next one past the warm-up, and fails here.
+    """
+    import polars as pl
+
+    if not feature.bounded:
+        return None
+    resolved = feature.resolve_params(params)
+    pipeline = FeaturePipeline([(feature, resolved)])
+    full = synthetic_class(bars=bars, seed=seed)
+    # series of different lengths, so that no two series line up bar for bar
+    parts = [part.head(bars - 37 * k) for k, (_, part) in enumerate(full.group_by("item_id", maintain_order=True))]
+    batch = pipeline.apply(pl.concat(parts))
+    for part in parts:
+        item_id = part["item_id"][0]
+        alone = pipeline.apply(part)
+        together = batch.filter(pl.col("item_id") == item_id)
+        for column in feature.output_names(resolved):
+            a = alone[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            b = together[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            close = (np.isnan(a) & np.isnan(b)) | np.isclose(a, b, rtol=1e-9, atol=1e-12)
+            if not close.all():
+                bad = int(np.argmin(close))
+                return (f"declared bounded, but '{column}' of {item_id} at bar {bad} differs when computed in a batch "
+                        f"({a[bad]!r} alone, {b[bad]!r} in the batch): its window reaches past its warm-up")
+    return None

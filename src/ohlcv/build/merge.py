@@ -74,6 +74,7 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
     has_covariates = bool(first["covariates"])
 
     def rows():
+        chunk = []
         for item_id, k, i in order:
             row = loaded[k][i]
             out_row = {
@@ -84,7 +85,11 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
             }
             if has_covariates:
                 out_row["past_feat_dynamic_real"] = np.stack(row["past_feat_dynamic_real"]).astype(np.float32)
-            yield out_row
+            chunk.append(out_row)
+            if len(chunk) == 64:
+                yield chunk
+                chunk = []
+        yield chunk
 
     variates = _Variates(names=first["variates"], targets=first["targets"], covariates=first["covariates"])
     content_hash = write_hf_dataset(staging / HF_SUBDIR, rows(), variates=variates, cache_dir=work / "cache")

@@ -123,34 +123,54 @@ class FeaturePipeline:
                     column = f"ref_{name}__{suffix}"
                     if column not in work.columns:
                         work = work.with_columns(pl.lit(None, dtype=pl.Float64).alias(column))
-        single = work["item_id"].n_unique() <= 1  # one series: no need to evaluate per item
-        exprs, per_series = [], []
+        # number each item's run of rows and evaluate per run: an integer key is cheaper to group on
+        # than the item id strings (an item whose rows are not together is numbered by its id instead)
+        runs = work["item_id"].rle().struct.field("value")
+        single = runs.len() <= 1  # one series: no need to evaluate per item
+        contiguous = runs.n_unique() == runs.len()
+        if not single:
+            ids = work["item_id"]
+            work = work.with_columns((ids.rle_id() if contiguous else ids.cast(pl.Categorical).to_physical()).alias("_series"))
+
+        def per_item(expr, feature):
+            # a bounded feature is evaluated over the whole column: the warm-up mask below drops every
+            # value whose window reaches into the previous series
+            return expr if single or (feature.bounded and contiguous) else expr.over("_series")
+
+        stages: list[list] = []
+        exprs, per_series, temporary = [], [], []
         for feature, params in self.specs:
             if feature.exprs is not None and feature.fit is None:
-                exprs.extend(e if single else e.over("item_id") for e in feature.exprs(params))
+                for depth, stage in enumerate(feature.intermediate_stages(params)):
+                    while len(stages) <= depth:
+                        stages.append([])
+                    stages[depth].extend(per_item(e, feature) for e in stage)
+                    temporary.extend(e.meta.output_name() for e in stage)
+                exprs.extend(per_item(e, feature) for e in feature.exprs(params))
             else:
                 per_series.append((feature, params))
+        query = work.lazy()
+        for stage in stages:
+            query = query.with_columns(stage)
         if exprs:
-            work = work.lazy().with_columns(exprs).collect()
+            query = query.with_columns(exprs)
         if per_series:
+            work = query.collect().drop(temporary)
             parts = []
             for key, part in work.group_by("item_id", maintain_order=True):
                 item_id = key[0] if isinstance(key, tuple) else key
-                inputs = part.drop("item_id")
+                inputs = part.drop("item_id", "_series", strict=False)
                 outputs = []
                 for feature, params in per_series:
                     call = dict(params)
                     if feature.fit is not None:
                         end = (train_end or {}).get(item_id, part.height)
                         call["fitted"] = feature.fit(inputs.head(end), params)
-                    if feature.exprs is not None:
-                        outputs.append(inputs.select(list(feature.exprs(call))))
-                    else:
-                        outputs.append(feature.compute(inputs, call))
+                    outputs.append(feature.compute(inputs, call))
                 parts.append(pl.concat([part, *outputs], how="horizontal"))
-            work = pl.concat(parts, how="vertical") if parts else work
+            query = (pl.concat(parts, how="vertical") if parts else work).lazy()
         # the warm-up contract: a feature's outputs are missing (never zeros) before its warm-up
-        work = work.with_columns((pl.int_range(pl.len()) if single else pl.int_range(pl.len()).over("item_id")).alias("_pos"))
+        query = query.with_columns((pl.int_range(pl.len()) if single else pl.int_range(pl.len()).over("_series")).alias("_pos"))
         position = pl.col("_pos")
         masked = []
         for feature, params in self.specs:
@@ -158,4 +178,4 @@ class FeaturePipeline:
             for column in feature.output_names(params):
                 value = pl.col(column).cast(pl.Float64)
                 masked.append(pl.when(position < warmup).then(None).otherwise(value).alias(column) if warmup else value)
-        return work.select(*base_columns, *masked)
+        return query.select(*base_columns, *masked).collect()

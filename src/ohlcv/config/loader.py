@@ -339,8 +339,12 @@ def _umask() -> int:
     return current
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write a file so that readers see the old content or the new, never half of it."""
+def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> Path:
+    """Write a file so that readers see the old content or the new, never half of it.
+
+    ``durable=False`` skips the fsync: still atomic if the process is killed,
+    not if the machine loses power (for scratch files that can be redone).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -348,7 +352,8 @@ def atomic_write_text(path: Path, text: str) -> Path:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:

@@ -51,7 +51,7 @@ def _partition(name: str, level: str) -> str | None:
     return unquote(name[len(prefix):])
 
 
-def _subdirs(path: Path) -> list[os.DirEntry]:
+def _subdirs(path: str | Path) -> list[os.DirEntry]:
     try:
         return sorted((e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)), key=lambda e: e.name)
     except OSError:
@@ -110,7 +110,7 @@ def discover(
             continue
         if not _matches(classes, asset_class):
             continue
-        for freq_entry in _subdirs(Path(ac_entry.path)):
+        for freq_entry in _subdirs(ac_entry.path):
             spelled = _partition(freq_entry.name, "freq")
             if spelled is None:
                 discovery.skipped.append(f"{freq_entry.path}: not a freq=Y folder")
@@ -123,7 +123,7 @@ def discover(
             discovery.freq_spellings[spelled] = parsed.canonical
             if wanted_freq is not None and parsed != wanted_freq:
                 continue
-            for sym_entry in _subdirs(Path(freq_entry.path)):
+            for sym_entry in _subdirs(freq_entry.path):
                 symbol = _partition(sym_entry.name, "symbol")
                 if symbol is None or not symbol.strip():
                     discovery.skipped.append(f"{sym_entry.path}: not a symbol=Z folder")
@@ -133,25 +133,22 @@ def discover(
                 key = (asset_class, symbol)
                 files = found.setdefault(key, [])
                 freqs[key] = parsed
-                for year_entry in _subdirs(Path(sym_entry.path)):
+                for year_entry in _subdirs(sym_entry.path):
                     year_text = _partition(year_entry.name, "year")
                     if year_text is None or not year_text.isdigit():
                         discovery.skipped.append(f"{year_entry.path}: not a year=YYYY folder")
                         continue
-                    for month_entry in _subdirs(Path(year_entry.path)):
+                    for month_entry in _subdirs(year_entry.path):
                         month_text = _partition(month_entry.name, "month")
                         if month_text is None or not month_text.isdigit() or not 1 <= int(month_text) <= 12:
                             discovery.skipped.append(f"{month_entry.path}: not a month=MM folder")
                             continue
                         if not _month_overlaps(int(year_text), int(month_text), t0, t1):
                             continue
-                        files.extend(
-                            sorted(
-                                Path(month_entry.path) / e.name
-                                for e in os.scandir(month_entry.path)
-                                if e.name.endswith(".parquet") and e.is_file()
-                            )
+                        names = sorted(
+                            e.name for e in os.scandir(month_entry.path) if e.name.endswith(".parquet") and e.is_file()
                         )
+                        files.extend(Path(os.path.join(month_entry.path, name)) for name in names)
     for (asset_class, symbol), files in sorted(found.items(), key=lambda kv: f"{kv[0][0]}/{kv[0][1]}"):
         discovery.sources.append(SymbolSource(asset_class, freqs[(asset_class, symbol)], symbol, tuple(files)))
     return discovery
