@@ -151,9 +151,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ohlcv-bench-"))
-    import datasets  # noqa: F401 - warm imports so that neither side pays for them
+    import datasets  # warm imports so that neither side pays for them
 
     import polars  # noqa: F401
+
+    datasets.disable_progress_bars()
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"bars per symbol: {args.bars}")
