@@ -247,25 +247,14 @@ def _realized_vol_stages(p):
     import polars as pl
 
     close = pl.col("close")
-    r = (close / close.shift(1)).log()
-    return [[r.alias("_realized_vol_r")], [(pl.col("_realized_vol_r") ** 2).alias("_realized_vol_r2")]]
+    return [[(close / close.shift(1)).log().alias("_realized_vol_r")]]
 
 
 def _realized_vol(p):
-    """Sample standard deviation of one-bar log returns from rolling sums of r and r^2.
-
-    Two rolling sums cost less than Polars' rolling_std kernel, and for returns (mean^2 << variance)
-    the sums lose no precision that a float32 dataset keeps.
-    """
     import polars as pl
 
-    r, r2 = pl.col("_realized_vol_r"), pl.col("_realized_vol_r2")
-    outputs = []
-    for w in _windows(p):
-        total = r.rolling_sum(window_size=w)
-        variance = (r2.rolling_sum(window_size=w) - total * total / w) / (w - 1)
-        outputs.append(variance.clip(lower_bound=0).sqrt().alias(f"rv_{w}"))
-    return outputs
+    r = pl.col("_realized_vol_r")
+    return [r.rolling_std(window_size=w).alias(f"rv_{w}") for w in _windows(p)]
 
 
 def _parkinson_stages(p):

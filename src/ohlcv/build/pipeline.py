@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+import numpy as np
+
 from ohlcv.features import Feature
 
 if TYPE_CHECKING:
@@ -125,12 +127,18 @@ class FeaturePipeline:
                         work = work.with_columns(pl.lit(None, dtype=pl.Float64).alias(column))
         # number each item's run of rows and evaluate per run: an integer key is cheaper to group on
         # than the item id strings (an item whose rows are not together is numbered by its id instead)
-        runs = work["item_id"].rle().struct.field("value")
-        single = runs.len() <= 1  # one series: no need to evaluate per item
-        contiguous = runs.n_unique() == runs.len()
-        if not single:
-            ids = work["item_id"]
-            work = work.with_columns((ids.rle_id() if contiguous else ids.cast(pl.Categorical).to_physical()).alias("_series"))
+        runs = work["item_id"].rle()
+        values, lengths = runs.struct.field("value"), runs.struct.field("len").to_numpy()
+        single = values.len() <= 1  # one series: no need to evaluate per item
+        contiguous = values.n_unique() == values.len()
+        position = None  # each bar's position in its series, for the warm-up mask
+        if not single and contiguous:  # number the runs, and count positions within them, with numpy
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            series = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)
+            position = np.arange(work.height, dtype=np.int64) - np.repeat(starts, lengths)
+            work = work.with_columns(pl.Series("_series", series), pl.Series("_pos", position))
+        elif not single:
+            work = work.with_columns(work["item_id"].cast(pl.Categorical).to_physical().alias("_series"))
 
         def per_item(expr, feature):
             # a bounded feature is evaluated over the whole column: the warm-up mask below drops every
@@ -155,11 +163,11 @@ class FeaturePipeline:
         if exprs:
             query = query.with_columns(exprs)
         if per_series:
-            work = query.collect().drop(temporary)
+            work = query.collect(engine="in-memory").drop(temporary)
             parts = []
             for key, part in work.group_by("item_id", maintain_order=True):
                 item_id = key[0] if isinstance(key, tuple) else key
-                inputs = part.drop("item_id", "_series", strict=False)
+                inputs = part.drop("item_id", "_series", "_pos", strict=False)
                 outputs = []
                 for feature, params in per_series:
                     call = dict(params)
@@ -170,7 +178,8 @@ class FeaturePipeline:
                 parts.append(pl.concat([part, *outputs], how="horizontal"))
             query = (pl.concat(parts, how="vertical") if parts else work).lazy()
         # the warm-up contract: a feature's outputs are missing (never zeros) before its warm-up
-        query = query.with_columns((pl.int_range(pl.len()) if single else pl.int_range(pl.len()).over("_series")).alias("_pos"))
+        if position is None:
+            query = query.with_columns((pl.int_range(pl.len()) if single else pl.int_range(pl.len()).over("_series")).alias("_pos"))
         position = pl.col("_pos")
         masked = []
         for feature, params in self.specs:
@@ -178,4 +187,5 @@ class FeaturePipeline:
             for column in feature.output_names(params):
                 value = pl.col(column).cast(pl.Float64)
                 masked.append(pl.when(position < warmup).then(None).otherwise(value).alias(column) if warmup else value)
-        return query.select(*base_columns, *masked).collect()
+        # a batch is in memory already: the in-memory engine runs these queries faster than the streaming one
+        return query.select(*base_columns, *masked).collect(engine="in-memory")
