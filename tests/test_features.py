@@ -243,3 +243,4 @@ def test_the_plugin_in_the_writing_plugins_guide_passes_the_check():
     for feature in registered:
         assert check_feature(feature).ok
         assert check_warmup(feature) is None
+        assert feature.bounded and check_bounded(feature) is None
