@@ -498,9 +498,9 @@ class IterativeFinancialDatasetBuilder:
 
         One more worker than cores: a batch's Python steps between its Polars
         queries leave a core idle otherwise (measured: 3 workers beat 2 by
-        ~15% on 2 cores). At most ``workers`` batches are in memory beyond the
-        one being written, so peak memory depends on the batch size, not on
-        the lake.
+        ~15% on 2 cores). Each worker also writes its batch's data file, so at
+        most ``workers`` batches are in memory at once: peak memory depends on
+        the batch size, not on the lake.
         """
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
