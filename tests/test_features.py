@@ -112,7 +112,7 @@ def test_a_leaky_feature_is_caught_with_its_first_offending_bar():
     assert "centered_ma" in result.detail
 
 
-def test_plugins_check_cli_catches_a_leaky_third_party_plugin(tmp_path):
+def test_plugins_check_cli_catches_a_leaky_or_wrongly_bounded_third_party_plugin(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "leaky_plugin.py").write_text(textwrap.dedent("""
@@ -124,18 +124,23 @@ def test_plugins_check_cli_catches_a_leaky_third_party_plugin(tmp_path):
         def ohlcv_register_features(register):
             register(Feature(name="centered_ma", family="indicator", inputs=("close",), outputs=["centered_ma"],
                              warmup=2, exprs=lambda p: [pl.col("close").rolling_mean(5, center=True).alias("centered_ma")]))
+            register(Feature(name="ema_bounded", family="indicator", inputs=("close",), outputs=["ema_b"], warmup=10,
+                             bounded=True, exprs=lambda p: [pl.col("close").ewm_mean(span=10, adjust=False).alias("ema_b")]))
     """))
     info = site / "leaky_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: leaky-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[ohlcv]\nleaky = leaky_plugin\n")
     env = {"PYTHONPATH": str(site)}
-    result = run_ohlcv_subprocess("plugins", "check", "centered_ma", "log_return", env=env)
+    # wide enough that each feature's row, detail included, is one line
+    result = run_ohlcv_subprocess("plugins", "check", "centered_ma", "ema_bounded", "log_return", env={**env, "COLUMNS": "300"})
     assert result.returncode == 1, result.stderr
     line = next(line for line in result.stdout.splitlines() if "centered_ma" in line)
     assert "FAIL" in line
     assert re.search(r"│\s+\d+\s+│", line), line  # the first offending bar is printed
-    assert "1 passed, 1 failed" in result.stdout
+    bounded_line = next(line for line in result.stdout.splitlines() if "ema_bounded" in line)
+    assert "FAIL" in bounded_line and "declared bounded" in bounded_line  # an EMA carries one series into the next
+    assert "1 passed, 2 failed" in result.stdout
     listed = run_ohlcv_subprocess("plugins", "list", env=env)
     assert "leaky-plugin 0.1" in listed.stdout
 

@@ -441,7 +441,7 @@ def plugins_check(
             escape(entry.plugin.name),
             "[green]pass[/]" if ok else "[bold red]FAIL[/]",
             "" if result.first_bad_bar is None else str(result.first_bad_bar),
-            escape(warmup_problem or result.detail),
+            escape(warmup_problem or result.detail + ("; bounded: a batch = each series alone" if entry.feature.bounded else "")),
         )
     _console().print(table)
     _console().print(f"{len(entries) - failed} passed, {failed} failed")
