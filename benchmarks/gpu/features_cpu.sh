@@ -8,9 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-$PWD}"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source benchmarks/gpu/wheels.sh
 echo "cores: $(nproc)"
 PYTHONUNBUFFERED=1 timeout 240 python3 benchmarks/features.py --repeat 3 2>&1 | tee "$OUT/features_cpu.txt"

@@ -131,12 +131,12 @@ class FeaturePipeline:
         values, lengths = runs.struct.field("value"), runs.struct.field("len").to_numpy()
         single = values.len() <= 1  # one series: no need to evaluate per item
         contiguous = values.n_unique() == values.len()
-        position = None  # each bar's position in its series, for the warm-up mask
-        if not single and contiguous:  # number the runs, and count positions within them, with numpy
+        numbered = not single and contiguous
+        if numbered:  # number the runs, and each bar's position in its run (for the warm-up mask), with numpy
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
             series = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)
-            position = np.arange(work.height, dtype=np.int64) - np.repeat(starts, lengths)
-            work = work.with_columns(pl.Series("_series", series), pl.Series("_pos", position))
+            positions = np.arange(work.height, dtype=np.int64) - np.repeat(starts, lengths)
+            work = work.with_columns(pl.Series("_series", series), pl.Series("_pos", positions))
         elif not single:
             work = work.with_columns(work["item_id"].cast(pl.Categorical).to_physical().alias("_series"))
 
@@ -178,7 +178,7 @@ class FeaturePipeline:
                 parts.append(pl.concat([part, *outputs], how="horizontal"))
             query = (pl.concat(parts, how="vertical") if parts else work).lazy()
         # the warm-up contract: a feature's outputs are missing (never zeros) before its warm-up
-        if position is None:
+        if not numbered:
             query = query.with_columns((pl.int_range(pl.len()) if single else pl.int_range(pl.len()).over("_series")).alias("_pos"))
         position = pl.col("_pos")
         masked = []
