@@ -52,6 +52,7 @@ def test_every_injected_defect_is_counted_by_its_rule(dirty):
         for rule, n in injected.items():
             if DROPPED_RULES.get(rule):
                 expected["gap_bars_filled"] = expected.get("gap_bars_filled", 0) + n
+        counts = {rule: n for rule, n in counts.items() if rule != "closed_market_bars"}  # not a defect
         assert counts == expected, item_id
 
 
@@ -59,8 +60,22 @@ def test_clean_symbols_have_no_false_alarms(dirty):
     lake, result = dirty
     for item_id, report in result.report["per_symbol"].items():
         if item_id not in lake.injected:
-            assert report["counts"] == {}, item_id
+            assert set(report["counts"]) <= {"closed_market_bars"}, item_id
             assert report["quarantined"] is None
+
+
+def test_closed_market_time_is_counted_apart_and_is_not_a_gap(dirty):
+    """Nights, weekends and holidays of FX and equity venues are not gaps: no bar is missing or filled."""
+    lake, result = dirty
+    for item_id, report in result.report["per_symbol"].items():
+        if item_id in lake.injected or report["quarantined"]:
+            continue
+        closed = report["counts"].get("closed_market_bars", 0)
+        if item_id.startswith("crypto/"):
+            assert closed == 0, item_id  # 24/7
+        else:
+            assert closed > report["bars"] * (0.25 if item_id.startswith("fx/") else 2.0), (item_id, closed)
+        assert report["bars"] == report["observed"] == report["rows_read"], item_id
 
 
 def test_report_lists_every_rule_with_its_outcome(dirty):
@@ -88,10 +103,16 @@ def test_every_clean_symbol_is_in_the_dataset_in_uni2ts_schema(dirty):
     assert target.dtype == np.float32 and target.shape == (6, 1500)
     assert str(row["freq"]) == "1h"
     assert set(hf.features) == {"item_id", "start", "freq", "target"}
-    # long gaps stay missing (NaN) for the observed mask; short gaps are filled
+    # the first 3 bars of each gap are filled (causal), the rest stay missing (NaN) for the observed mask
     gappy = ids.index("equity/EQU004")
     values = np.stack(hf.with_format("numpy")[gappy]["target"])
-    assert np.isnan(values[3]).sum() == 60
+    assert np.isnan(values[3]).sum() == 60 - 2 * 3
+    # every bar's real time stamp is kept beside the dataset, in the dataset's row order
+    from ohlcv.train.data import read_timestamps
+
+    stamps = read_timestamps(result.out, manifest)
+    assert list(stamps) == ids and len(stamps["equity/EQU004"]) == 1500
+    assert manifest["timestamps"] == "timestamps.parquet" and manifest["split"]["common"] is True
     for name in ("manifest.json", "report.json", "profile.yaml"):
         assert (result.out / name).is_file()
     assert load_profile(str(result.out / "profile.yaml")).cfg.data.dataset == str(result.out)

@@ -12,7 +12,7 @@ is known at the close of bar t, as is the asset's own.
 
 from __future__ import annotations
 
-from ohlcv.features import Feature
+from ohlcv.features import Feature, min_observations
 from ohlcv.hookspecs import hookimpl
 
 
@@ -69,12 +69,17 @@ def _beta_corr_frame(frame, params):
 def _beta_corr_from(own, market, w):
     import polars as pl
 
-    mean_xy = (own * market).rolling_mean(window_size=w)
-    mean_x = own.rolling_mean(window_size=w)
-    mean_y = market.rolling_mean(window_size=w)
+    # one mask for every moment: a bar counts only where both returns are known
+    both = own.is_not_null() & market.is_not_null()
+    own = pl.when(both).then(own)
+    market = pl.when(both).then(market)
+    m = min_observations(w)
+    mean_xy = (own * market).rolling_mean(window_size=w, min_samples=m)
+    mean_x = own.rolling_mean(window_size=w, min_samples=m)
+    mean_y = market.rolling_mean(window_size=w, min_samples=m)
     cov = mean_xy - mean_x * mean_y
-    var_x = (own * own).rolling_mean(window_size=w) - mean_x**2
-    var_y = (market * market).rolling_mean(window_size=w) - mean_y**2
+    var_x = (own * own).rolling_mean(window_size=w, min_samples=m) - mean_x**2
+    var_y = (market * market).rolling_mean(window_size=w, min_samples=m) - mean_y**2
     beta = pl.when(var_y > 1e-18).then(cov / var_y).otherwise(None)
     corr = pl.when((var_x > 1e-18) & (var_y > 1e-18)).then(cov / (var_x * var_y).sqrt()).otherwise(None)
     return [beta.alias(f"class_beta_{w}"), corr.clip(-1, 1).alias(f"class_corr_{w}")]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ohlcv.features import Feature
+from ohlcv.features import Feature, min_observations
 from ohlcv.hookspecs import hookimpl
 
 Params = Mapping[str, Any]
@@ -254,7 +254,7 @@ def _realized_vol(p):
     import polars as pl
 
     r = pl.col("_realized_vol_r")
-    return [r.rolling_std(window_size=w).alias(f"rv_{w}") for w in _windows(p)]
+    return [r.rolling_std(window_size=w, min_samples=min_observations(w)).alias(f"rv_{w}") for w in _windows(p)]
 
 
 def _parkinson_stages(p):
@@ -267,7 +267,7 @@ def _parkinson(p):
     import polars as pl
 
     hl2 = pl.col("_parkinson_vol_hl2")
-    return [(hl2.rolling_mean(window_size=w) / (4 * np.log(2))).sqrt().alias(f"parkinson_{w}") for w in _windows(p)]
+    return [(hl2.rolling_mean(window_size=w, min_samples=min_observations(w)) / (4 * np.log(2))).sqrt().alias(f"parkinson_{w}") for w in _windows(p)]
 
 
 def _garman_klass_stages(p):
@@ -282,7 +282,7 @@ def _garman_klass(p):
     import polars as pl
 
     term = pl.col("_garman_klass_vol_term")
-    return [term.rolling_mean(window_size=w).clip(lower_bound=0).sqrt().alias(f"garman_klass_{w}") for w in _windows(p)]
+    return [term.rolling_mean(window_size=w, min_samples=min_observations(w)).clip(lower_bound=0).sqrt().alias(f"garman_klass_{w}") for w in _windows(p)]
 
 
 def _range(p):
@@ -305,7 +305,8 @@ def _volume_z_stages(p):
     lv = pl.col("_volume_z_lv")
     return [
         [pl.col("volume").log1p().alias("_volume_z_lv")],
-        [lv.rolling_mean(window_size=w).alias("_volume_z_mean"), lv.rolling_std(window_size=w).alias("_volume_z_std")],
+        [lv.rolling_mean(window_size=w, min_samples=min_observations(w)).alias("_volume_z_mean"),
+         lv.rolling_std(window_size=w, min_samples=min_observations(w)).alias("_volume_z_std")],
     ]
 
 
@@ -322,7 +323,8 @@ def _vwap_stages(p):
     w = int(p["window"])
     typical = (pl.col("high") + pl.col("low") + pl.col("close")) / 3
     volume = pl.col("volume").fill_null(0)
-    vwap = (typical * volume).rolling_sum(window_size=w) / volume.rolling_sum(window_size=w)
+    vwap = (typical * volume).rolling_sum(window_size=w, min_samples=min_observations(w)) / volume.rolling_sum(
+        window_size=w, min_samples=min_observations(w))
     return [[vwap.alias("_vwap_distance_vwap")]]
 
 

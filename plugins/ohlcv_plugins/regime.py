@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ohlcv.features import Feature
+from ohlcv.features import Feature, min_observations
 from ohlcv.hookspecs import hookimpl
 
 
@@ -22,7 +22,7 @@ def _r1():
 
 
 def _vol(window: int):
-    return _r1().rolling_std(window_size=window)
+    return _r1().rolling_std(window_size=window, min_samples=min_observations(window))
 
 
 def _vol_regime(params):
@@ -56,7 +56,7 @@ def _trend(params):
     import polars as pl
 
     window, lag = int(params["window"]), int(params["lag"])
-    average = pl.col("close").rolling_mean(window_size=window)
+    average = pl.col("close").rolling_mean(window_size=window, min_samples=min_observations(window))
     slope = average.log() - average.shift(lag).log()
     return [
         slope.alias("trend_slope"),
@@ -76,7 +76,8 @@ def _gmm_inputs(frame, params):
     import polars as pl
 
     window, lag = int(params["vol_window"]), int(params["trend_lag"])
-    average = pl.col("close").rolling_mean(window_size=int(params["trend_window"]))
+    trend_window = int(params["trend_window"])
+    average = pl.col("close").rolling_mean(window_size=trend_window, min_samples=min_observations(trend_window))
     return frame.select(
         _vol(window).log().alias("log_vol"),
         (average.log() - average.shift(lag).log()).alias("slope"),

@@ -24,6 +24,20 @@ if TYPE_CHECKING:  # polars is imported by the code that computes, not by the re
 OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
 
 
+MIN_OBSERVED_SHARE = 0.8
+
+
+def min_observations(window: int) -> int:
+    """Observed bars a rolling window of ``window`` bars needs for a value: 80% of it (at least 2).
+
+    The built-in rolling features follow this rule, so an occasional missing bar (a halt, a
+    data hole) costs no more than itself instead of blanking every window that contains it.
+    """
+    import math
+
+    return max(2, min(window, math.ceil(MIN_OBSERVED_SHARE * window)))
+
+
 class Family(str, Enum):
     indicator = "indicator"
     cross_asset = "cross_asset"

@@ -198,6 +198,14 @@ def render_build(console: "Console", result, *, quiet: bool = False) -> None:
         console.print(f"[yellow]quarantined[/] {escape(entry['item_id'])}: {escape(entry['reason'])}")
     for path in report["skipped_paths"][:10]:
         console.print(f"[dim]skipped {escape(path)}[/]")
+    for note in report.get("notes", []):
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    if manifest.get("calendars"):
+        console.print("calendars: " + escape(", ".join(f"{k} {v}" for k, v in manifest["calendars"].items())))
+    split = manifest.get("split", {})
+    if split.get("common") and split.get("train_end"):
+        console.print(f"split (every series): train < {escape(str(split['train_end']))} <= validation < "
+                      f"{escape(str(split['validation_end']))} <= test")
     console.print(f"variates: {escape(', '.join(manifest['variates']))}")
     console.print(headline)
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ohlcv import __version__
+from ohlcv import __version__, calendars
 from ohlcv.build import normalize
 from ohlcv.build.pipeline import FeaturePipeline
 from ohlcv.train.data import datasets_version, same_datasets_major
@@ -44,6 +44,7 @@ from ohlcv.lake.layout import SymbolSource, discover
 
 FORMAT = "ohlcv-dataset/1"
 HF_SUBDIR = "hf"
+TIMESTAMPS_FILE = "timestamps.parquet"  # every bar's real time stamp, per series (the manifest names it)
 WORK_FORMAT = 2  # layout of the temporary batch files; a work folder of another layout is not resumed
 
 
@@ -144,11 +145,21 @@ class IterativeFinancialDatasetBuilder:
             outlier_window=int(self.data.cleaning.outlier_window),
             outlier_threshold=float(self.data.cleaning.outlier_threshold),
             min_length=int(self.data.cleaning.min_length),
+            max_off_session=float(self.data.cleaning.max_off_session),
         )
         split = self.data.split
         self._split_method = split.method.value
         self._split_fractions = (float(split.train), float(split.train) + float(split.validation))
         self._split_dates = (_utc(split.train_end), _utc(split.validation_end))
+        self._weekdays = calendars.weekdays_rule(self.data.weekdays)
+        self.calendars: dict[str, calendars.Calendar] = {}
+        self.notes: list[str] = []
+        if self._split_method == "fraction":
+            self.notes.append(
+                "data.split.method=fraction cuts each symbol at its own share of its bars: with symbols of "
+                "different ages, one symbol's training span covers another's test span (a leak through "
+                "cross-asset features, pooled normalization and regimes); the date split avoids it"
+            )
 
     # -- set-up --------------------------------------------------------------------------
     @property
@@ -227,6 +238,10 @@ class IterativeFinancialDatasetBuilder:
                 f"{list(self.data.asset_classes) or 'all'}, symbols {list(self.data.symbols) or 'all'}"
                 f"{', shard ' + str(self.shard) if self.shard else ''}); check data.freq and the lake layout"
             )
+        self._resolve_calendars(all_sources)
+        self._drop_peerless_features(all_sources)
+        if self._split_method == "date" and self._split_dates[0] is None:
+            self._split_dates = self._common_cuts(all_sources)
         # cross-asset features depend on every symbol of the lake, not only on this shard's
         fingerprint = self.fingerprint(all_sources if self.pipeline.needs_reference else sources)
         existing = self.out / "manifest.json"
@@ -273,6 +288,76 @@ class IterativeFinancialDatasetBuilder:
         manifest, report = self._merge(len(batches), fingerprint, skipped, started, resumed)
         return BuildResult(self.out, manifest, report, resumed_batches=resumed)
 
+    def _drop_peerless_features(self, sources: list[SymbolSource]) -> None:
+        """Cross-asset features compare a symbol with the others of its class: with no class of two or
+        more symbols they could only be missing everywhere, so they are left out, with a note."""
+        counts: dict[str, int] = {}
+        for source in sources:
+            counts[source.asset_class] = counts.get(source.asset_class, 0) + 1
+        if not sources or max(counts.values()) >= 2:
+            return
+        dropped = [(f, p) for f, p in self.variates.feature_specs if f.reference is not None]
+        if not dropped:
+            return
+        gone = {n for f, p in dropped for n in f.output_names(p)}
+        v = self.variates
+        self.variates = _Variates(
+            names=[n for n in v.names if n not in gone],
+            targets=[n for n in v.targets if n not in gone],
+            covariates=[n for n in v.covariates if n not in gone],
+            feature_specs=[(f, p) for f, p in v.feature_specs if f.reference is None],
+        )
+        self.notes.append(
+            f"cross-asset features ({', '.join(f.name for f, _ in dropped)}) left out: every asset class of this "
+            "selection has a single symbol, so there is no other asset to compare with"
+        )
+
+    def _resolve_calendars(self, sources: list[SymbolSource]) -> None:
+        """The calendar of every asset class of the selection; an unknown name stops here, before any work."""
+        import numpy as np
+
+        mapping = dict(self.data.calendars)
+        for asset_class in sorted({s.asset_class for s in sources}):
+            calendar = calendars.resolve(mapping, asset_class, self._weekdays)
+            if calendar.exchange:  # validates the name (one line with the known names)
+                calendars.exchange_calendar(calendar.name, f"{np.datetime64('today', 'Y')}-01-01",
+                                            f"{np.datetime64('today', 'Y')}-12-31")
+            self.calendars[asset_class] = calendar
+
+    def _common_cuts(self, sources: list[SymbolSource]):
+        """Split timestamps common to every series: at data.split.train / validation of the selection's span.
+
+        The span comes from the time stamps of each symbol's first and last readable file (only the
+        ``ts`` column is read), clipped to data.start / data.end, so every batch, shard and resumed
+        run cuts at the same instants.
+        """
+        from datetime import datetime, timedelta, timezone
+
+        first, last = None, None
+        for source in sources:
+            lo = _edge_timestamp(source.files, earliest=True)
+            hi = _edge_timestamp(source.files, earliest=False)
+            if lo is not None:
+                first = lo if first is None else min(first, lo)
+            if hi is not None:
+                last = hi if last is None else max(last, hi)
+        start, end = _utc(self.data.start), _utc(self.data.end)
+        if first is None or last is None:
+            return None, None
+        first = max(first, start) if start else first
+        last = min(last, end) if end else last
+        span = (last - first).total_seconds()
+        train, validation = self._split_fractions
+
+        step = self.freq.seconds or 86400  # cut on a bar boundary (a day for calendar frequencies)
+        step = min(step, 86400)
+
+        def at(share: float) -> datetime:
+            seconds = (first + timedelta(seconds=span * share)).timestamp()
+            return datetime.fromtimestamp(seconds // step * step, tz=timezone.utc)
+
+        return at(train), at(validation)
+
     def _check_output_location(self) -> None:
         out = self.out.resolve()
         if out == Path(out.anchor) or out == Path.home().resolve():
@@ -306,7 +391,8 @@ class IterativeFinancialDatasetBuilder:
         try:
             raw = read_batch(batch, reports)
             cleaned = clean_batch(
-                raw, self.freq, self.settings, reports, start=_utc(self.data.start), end=_utc(self.data.end)
+                raw, self.freq, self.settings, reports, start=_utc(self.data.start), end=_utc(self.data.end),
+                calendars=self.calendars,
             )
             return (cleaned if cleaned.height else None), [reports[s.item_id] for s in batch]
         except Exception as exc:  # noqa: BLE001 - one bad symbol never stops the build
@@ -556,6 +642,10 @@ class IterativeFinancialDatasetBuilder:
             else:  # cleaned bars with features, normalized at the merge
                 frame.write_ipc(tmp)
             os.replace(tmp, data_file)
+            stamps = data_file.with_suffix(".ts.parquet")
+            tmp = stamps.with_name(f".{stamps.name}.tmp")
+            frame.select("item_id", "ts").group_by("item_id", maintain_order=True).agg("ts").write_parquet(tmp)
+            os.replace(tmp, stamps)
         return {"index": index, "entries": entries, "rows": layout, "digests": digests, "has_data": frame is not None}
 
     def _marker(self, index: int) -> Path:
@@ -602,7 +692,9 @@ class IterativeFinancialDatasetBuilder:
                 for m, meta in with_data
             )
             content_hash = write_hf_dataset(staging / HF_SUBDIR, chunks, variates=self.variates, cache_dir=work / "cache")
+        write_timestamps([m.with_suffix(".ts.parquet") for m, _ in with_data], staging / TIMESTAMPS_FILE)
         report = build_report(reports, skipped, started, resumed, batch_count)
+        report["notes"] = list(self.notes)
         manifest = {
             "format": FORMAT,
             "name": str(self.cfg.name),
@@ -617,7 +709,11 @@ class IterativeFinancialDatasetBuilder:
             "bars": int(sum(e["length"] for e in items)),
             "split": {"method": self.data.split.method.value, "train": float(self.data.split.train),
                       "validation": float(self.data.split.validation),
-                      "train_end": self.data.split.train_end, "validation_end": self.data.split.validation_end},
+                      "train_end": _iso(self._split_dates[0]) if self._split_method == "date" else None,
+                      "validation_end": _iso(self._split_dates[1]) if self._split_method == "date" else None,
+                      "common": self._split_method == "date"},
+            "calendars": {asset_class: calendar.describe() for asset_class, calendar in sorted(self.calendars.items())},
+            "timestamps": TIMESTAMPS_FILE,
             "items": [
                 {k: e[k] for k in ("item_id", "asset_class", "symbol", "start", "length", "train_end",
                                    "validation_end", "train_end_ts", "validation_end_ts")}
@@ -654,6 +750,28 @@ class IterativeFinancialDatasetBuilder:
             center, scale = normalize.center_scale(merged, self.scaler, len(names))
             result["groups"][key] = {"center": center.tolist(), "scale": scale.tolist(), "fit": merged}
         return result
+
+
+def _iso(value) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _edge_timestamp(files, *, earliest: bool):
+    """The earliest (or latest) time stamp in a symbol's files, trying files from that end; None if unreadable."""
+    import polars as pl
+
+    from ohlcv.build.clean import SymbolReport, to_utc_timestamps
+
+    for path in (files if earliest else reversed(files)):
+        try:
+            frame = pl.read_parquet(path, columns=["ts"])
+            frame, _ = to_utc_timestamps(frame, SymbolReport("probe"))
+            value = frame["ts"].min() if earliest else frame["ts"].max()
+        except Exception:  # noqa: BLE001 - a bad file is skipped here and reported by the build
+            continue
+        if value is not None:
+            return value
+    return None
 
 
 def _utc(text):
@@ -813,6 +931,18 @@ def write_hf_dataset(path: Path, chunks: Iterator[list[dict]], *, variates: _Var
     digests = _write_rows(arrow_file, chunks, variates)
     save_dataset([arrow_file], path, variates, cache_dir=cache_dir)
     return content_hash_of(digests)
+
+
+def write_timestamps(parts: list[Path], path: Path) -> None:
+    """Concatenate per-batch time-stamp files (one row per series: item_id, ts list) into ``path``,
+    one part in memory at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("item_id", pa.string()), ("ts", pa.list_(pa.timestamp("us", tz="UTC")))])
+    with pq.ParquetWriter(str(path), schema) as writer:
+        for part in parts:
+            writer.write_table(pq.read_table(str(part)).cast(schema))
 
 
 def _swap_into_place(staging: Path, out: Path, work: Path) -> None:

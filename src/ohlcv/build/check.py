@@ -112,10 +112,12 @@ def check_dataset(dataset: Path, cfg, *, max_series: int | None = None, seed: in
         arr = np.array(lengths)
         report.lengths = {"min": int(arr.min()), "median": float(np.median(arr)), "max": int(arr.max()), "total": int(arr.sum())}
         report.missing_share = {name: round(float(m) / observed_total, 4) for name, m in zip(report.variates, missing)}
+    causes = _likely_causes(cfg, manifest, report.lengths.get("median", 0))
     for name, share in report.missing_share.items():
-        if share >= 0.999:
-            report.problems.append(f"variate '{name}' is missing everywhere")
-        elif share > 0.5:
+        if share > 0.5:
+            where = "everywhere" if share >= 0.999 else f"in {share:.0%} of bars"
+            report.problems.append(f"variate '{name}' is missing {where}: {causes.get(name, _GAPS)}")
+        elif share > 0.1:
             report.warnings.append(f"variate '{name}' is missing in {share:.0%} of bars")
     if report.too_short:
         report.problems.append(
@@ -125,3 +127,32 @@ def check_dataset(dataset: Path, cfg, *, max_series: int | None = None, seed: in
     if report.max_tokens > int(cfg.model.max_seq_len):
         report.problems.append(f"a sample has {report.max_tokens} tokens > model.max_seq_len {cfg.model.max_seq_len}")
     return report
+
+
+_GAPS = ("bars missing on the venue's calendar (see the build report's gap counts; "
+         "is data.calendars right for this asset class?)")
+
+
+def _likely_causes(cfg, manifest: dict[str, Any], median_length: float) -> dict[str, str]:
+    """variate -> the feature that makes it and the likely reason it is missing."""
+    from ohlcv.plugins import enabled_features, load_plugins
+
+    causes = {"volume": "the lake has no volume for these symbols; leave volume out of data.columns"}
+    try:
+        resolved = enabled_features(cfg, load_plugins().features)
+    except Exception:  # noqa: BLE001 - the check reports what it can
+        return causes
+    for feature, params, outputs in resolved:
+        warmup = feature.warmup_bars(params)
+        if median_length and warmup > median_length / 2:
+            why = f"its warm-up of {warmup} bars is more than half the median series ({median_length:,.0f} bars)"
+        elif feature.reference is not None:
+            why = ("a cross-asset feature: it needs other symbols of the same asset class with bars at the same "
+                   "times (one symbol per class, or classes on different calendars)")
+        elif "volume" in feature.inputs:
+            why = "it reads volume, which is missing for these symbols"
+        else:
+            why = _GAPS
+        for name in outputs:
+            causes[name] = f"feature '{feature.name}': {why}"
+    return causes

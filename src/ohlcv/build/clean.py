@@ -7,7 +7,13 @@ dropped silently: :data:`RULES` lists every counter that can appear in the
 build report, with its outcome.
 
 All rules are causal: the outlier filter compares a bar with a rolling
-median and MAD of *earlier* bars only.
+median and MAD of *earlier* bars only, and whether a missing bar is filled
+depends only on how many bars of its gap came before it (the first
+``max_ffill_gap`` bars of any gap are filled, whatever the gap's length).
+
+The grid is the venue's (:mod:`ohlcv.calendars`): a bar is expected only
+while the venue trades, so nights, weekends and holidays are not gaps, and
+a bar outside the sessions is counted and dropped (``off_session``).
 
 The work is columnar: a batch of symbols is one Polars frame with an
 ``item_id`` column (and, inside :func:`clean_batch`, the symbol's integer
@@ -20,10 +26,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
+from ohlcv.calendars import Calendar
 from ohlcv.freq import Frequency
 from ohlcv.lake.layout import REQUIRED_COLUMNS
 
@@ -41,6 +48,7 @@ RULES: dict[str, tuple[str, str]] = {
     "bad_timestamp": ("bar dropped", "the timestamp could not be parsed"),
     "out_of_range": ("bar dropped", "outside data.start / data.end"),
     "non_trading_day": ("bar dropped", "a weekend bar on a business-day (B) grid"),
+    "off_session": ("bar dropped", "outside the venue's sessions (data.calendars): the market was closed"),
     "rows_unsorted": ("repaired", "rows out of time order were sorted"),
     "off_grid": ("repaired", "timestamps between grid points were aligned down to the bar grid"),
     "duplicate_ts": ("bar dropped", "a repeated timestamp; the last bar is kept"),
@@ -51,8 +59,10 @@ RULES: dict[str, tuple[str, str]] = {
     "open_close_outside": ("repaired", "open or close outside [low, high]: the range was widened to contain them"),
     "negative_volume": ("repaired", "negative volume was set missing"),
     "outliers": ("bar dropped", "close too far from the median of earlier bars (causal rolling median/MAD)"),
-    "gap_bars_filled": ("repaired", "a short gap: price carried forward, volume 0"),
-    "gap_bars_missing": ("left missing", "a long gap: bars left missing so the observed mask sees them"),
+    "gap_bars_filled": ("repaired", "the first data.cleaning.max_ffill_gap bars of a gap: price carried forward, volume 0"),
+    "gap_bars_missing": ("left missing", "the rest of a gap: bars left missing so the observed mask sees them"),
+    "closed_market_bars": ("not a gap", "clock bars while the venue was closed (nights, weekends, holidays): not on the grid"),
+    "files_no_volume": ("repaired", "the file has no volume column: its bars are kept with volume missing"),
 }
 
 
@@ -99,6 +109,7 @@ class CleaningSettings:
     outlier_window: int
     outlier_threshold: float
     min_length: int
+    max_off_session: float = 0.05  # a symbol with a larger share of bars outside its sessions is quarantined
 
 
 def polars_every(freq: Frequency) -> str:
@@ -165,6 +176,10 @@ def read_symbol_files(files: list[Path] | tuple[Path, ...], report: SymbolReport
         rename = {c: c.lower() for c in frame.columns if c.lower() in REQUIRED_COLUMNS and c != c.lower()}
         frame = frame.rename(rename) if rename else frame
         missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+        if missing == ["volume"]:  # prices without volume (FX spot, indices): keep the bars
+            frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("volume"))
+            report.add("files_no_volume")
+            missing = []
         if missing:
             report.add("files_missing_columns")
             report.file_problems.append(f"{path}: missing column(s) {', '.join(missing)}")
@@ -266,8 +281,12 @@ def clean_batch(
     *,
     start=None,
     end=None,
+    calendars: "Mapping[str, Calendar] | None" = None,
 ) -> "pl.DataFrame":
-    """Clean a batch of symbols onto the regular grid of ``freq``.
+    """Clean a batch of symbols onto the bar grid of ``freq`` and of each symbol's venue.
+
+    ``calendars`` maps asset classes to their :class:`~ohlcv.calendars.Calendar`
+    (a class it does not name trades continuously).
 
     ``frame`` has ``item_id`` plus the lake columns, the rows of each symbol
     together and in file order. Returns the cleaned bars of every symbol that
@@ -290,6 +309,13 @@ def clean_batch(
         frame = frame.with_columns(pl.col("item_id").replace_strict(ids, list(range(len(ids))), return_dtype=pl.UInt32).alias(KEY))
     key = pl.col(KEY)
     ts = pl.col("ts")
+    venue = {k: _calendar_of(item_id, calendars) for k, item_id in enumerate(ids)}
+    sessions = {k for k, cal in venue.items() if not cal.continuous}
+    if sessions:  # bars of venues with sessions: aligned to the bar of the session that contains them
+        frame = frame.with_columns(_session_labels(frame, venue, sessions, freq))
+    else:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("_session"))
+    on_sessions = key.is_in(sorted(sessions)) if sessions else pl.lit(False)
     in_range = ts.is_not_null()
     if start is not None:
         in_range = in_range & (ts >= start)
@@ -311,9 +337,15 @@ def clean_batch(
             ((ts.diff().dt.total_microseconds() < 0).fill_null(False) & same_as_previous).alias("_back"),
         )
         .sort([KEY, "ts"], maintain_order=True, nulls_last=True)
-        .with_columns(ts.dt.truncate(polars_every(freq)).alias("_aligned"))
+        .with_columns(
+            pl.when(on_sessions)
+            .then(pl.from_epoch(pl.col("_session"), time_unit="us").dt.replace_time_zone("UTC"))
+            .otherwise(ts.dt.truncate(polars_every(freq)))
+            .alias("_aligned"),
+            (in_range & on_sessions & pl.col("_session").is_null()).alias("_closed"),
+        )
         .with_columns((pl.col("_aligned") != ts).fill_null(False).alias("_off"), pl.col("_aligned").alias("ts"))
-        .with_columns(weekend.alias("_weekend"), (~in_range | weekend).alias("_gone"))
+        .with_columns(weekend.alias("_weekend"), (~in_range | weekend | pl.col("_closed")).alias("_gone"))
         .with_columns((~pl.col("_gone") & repeated).alias("_dup"))
         .with_columns((~pl.col("_gone") & ~pl.col("_dup") & ~prices_finite).alias("_nonfinite"))
         .with_columns(
@@ -326,6 +358,7 @@ def clean_batch(
             pl.col("_bad_ts").sum().alias("bad_timestamp"),
             pl.col("_out").sum().alias("out_of_range"),
             pl.col("_weekend").sum().alias("non_trading_day"),
+            pl.col("_closed").sum().alias("off_session"),
             pl.col("_back").sum().alias("rows_unsorted"),
             (pl.col("_off") & ~pl.col("_gone")).sum().alias("off_grid"),
             pl.col("_dup").sum().alias("duplicate_ts"),
@@ -376,12 +409,16 @@ def clean_batch(
     spans = counts.select(KEY, "_bars", "_first", "_last")
     _tally(counts.drop("_bars", "_first", "_last"), reports, ids)
     bars = kept.lazy().filter(good).select(KEY, "item_id", "ts", *PRICES, "volume")
-    if freq.seconds is not None and freq.unit != "B" and _complete(spans, freq):
+    grids = None if not sessions and freq.seconds is not None and freq.unit != "B" and _complete(spans, freq) else \
+        _grids(spans, venue, freq)
+    if grids is None:
         # no symbol of the batch has a gap: nothing to re-grid (the common case for clean lakes)
         gridded = bars.collect()
         summary = [(k, 0, 0, n, n) for k, n, _, _ in spans.iter_rows() if n]
+        closed: dict[int, int] = {}
     else:
-        gridded = _to_grid(bars, freq, settings.max_ffill_gap).collect()
+        grid, closed = grids
+        gridded = _to_grid(bars, grid, settings.max_ffill_gap).collect()
         summary = gridded.group_by(KEY).agg(
             pl.col("_fill").sum(),
             (pl.col("_missing") & ~pl.col("_fill")).sum(),
@@ -393,8 +430,18 @@ def clean_batch(
         report = reports[ids[k]]
         report.add("gap_bars_filled", int(filled))
         report.add("gap_bars_missing", int(missing))
+        report.add("closed_market_bars", int(closed.get(k, 0)))
         report.bars, report.observed = int(length), int(observed)
-        if report.observed < settings.min_length:
+        off = report.counts.get("off_session", 0)
+        if off > settings.max_off_session * max(report.rows_read, 1):
+            cause = ("the time stamps are in another time zone than the lake says, or the symbol trades on "
+                     "another venue")
+            report.quarantined = (
+                f"{off} of {report.rows_read} bars ({off / max(report.rows_read, 1):.0%}) fall outside the "
+                f"{venue[k].describe()} sessions (> data.cleaning.max_off_session={settings.max_off_session:g}): "
+                f"{cause}; set data.calendars.{ids[k].split('/', 1)[0]}"
+            )
+        elif report.observed < settings.min_length:
             report.quarantined = (
                 f"only {report.observed} clean bars (< data.cleaning.min_length={settings.min_length})"
             )
@@ -440,31 +487,107 @@ def _outlier_expr(window: int, threshold: float) -> "pl.Expr":
     return ((lc - level).abs() / (scale + 1e-12)).fill_null(0.0) > threshold
 
 
-def _to_grid(bars: "pl.LazyFrame", freq: Frequency, max_ffill_gap: int) -> "pl.LazyFrame":
-    """Reindex each symbol onto its full bar grid; mark short gaps (``_fill``) and every gap (``_missing``).
+def _calendar_of(item_id: str, calendars: "Mapping[str, Calendar] | None") -> Calendar:
+    asset_class = item_id.split("/", 1)[0]
+    return (calendars or {}).get(asset_class) or Calendar("continuous")
 
-    Short gaps are carried forward (price = the last close, volume 0); long gaps stay missing.
+
+def _epoch_us(series) -> np.ndarray:
+    """Datetime values as int64 µs (nulls as the minimum int64)."""
+    return series.dt.epoch("us").fill_null(np.iinfo(np.int64).min).to_numpy()
+
+
+def _session_labels(frame: "pl.DataFrame", venue: dict[int, Calendar], sessions: set[int], freq: Frequency):
+    """``_session``: for rows of symbols with sessions, the label of the bar that contains the row's
+    time stamp, or null when no bar does (the venue was closed); null for the other rows."""
+    import polars as pl
+
+    stamps = _epoch_us(frame["ts"])
+    keys = frame[KEY].to_numpy()
+    labels_out = np.full(frame.height, np.iinfo(np.int64).min, dtype=np.int64)
+    valid = np.zeros(frame.height, dtype=bool)
+    by_calendar: dict[Calendar, list[int]] = {}
+    for k in sorted(sessions):
+        by_calendar.setdefault(venue[k], []).append(k)
+    for calendar, members in by_calendar.items():
+        rows = np.isin(keys, members) & (stamps != np.iinfo(np.int64).min)
+        if not rows.any():
+            continue
+        ts = stamps[rows]
+        labels, ends = calendar.grid(int(ts.min()), int(ts.max()), freq)
+        idx = np.searchsorted(labels, ts, side="right") - 1
+        safe = np.clip(idx, 0, max(len(labels) - 1, 0))
+        inside = (idx >= 0) & (ts < ends[safe]) if len(labels) else np.zeros(len(ts), dtype=bool)
+        labels_out[rows] = np.where(inside, labels[safe] if len(labels) else 0, labels_out[rows])
+        valid[rows] = inside
+    return pl.DataFrame({"v": labels_out, "ok": valid}).select(
+        pl.when(pl.col("ok")).then(pl.col("v")).alias("_session")
+    ).to_series()
+
+
+def _grids(spans: "pl.DataFrame", venue: dict[int, Calendar], freq: Frequency):
+    """The bar grid of every symbol from its first to its last bar, and its count of closed-market bars.
+
+    Returns (grid frame with ``_k`` and ``ts``, {symbol key: clock bars while the venue was closed}).
+    Continuous venues use Polars' datetime ranges (any frequency, months included).
     """
     import polars as pl
 
-    every = polars_every(freq)
-    grid = (
-        bars.group_by(KEY, maintain_order=True)
-        .agg(
-            pl.col("item_id").first(),
-            pl.datetime_ranges(pl.col("ts").min(), pl.col("ts").max(), interval=every, time_unit="us").alias("ts"),
+    keys, stamps, closed = [], [], {}
+    continuous = []
+    bounds_us = spans.select(KEY, "_bars", pl.col("_first").dt.epoch("us"), pl.col("_last").dt.epoch("us"))
+    for k, n, lo, hi in bounds_us.iter_rows():
+        if not n:
+            continue
+        calendar = venue[k]
+        if calendar.continuous and freq.unit != "B":
+            continuous.append(k)
+            continue
+        if calendar.continuous:  # business days: Monday to Friday
+            labels = Calendar("weekdays").labels(lo, hi, freq)
+        else:
+            labels = calendar.labels(lo, hi, freq)
+        keys.append(np.full(len(labels), k, dtype=np.uint32))
+        stamps.append(labels)
+        step = freq.seconds * 1_000_000 if freq.seconds else freq.n * 86_400_000_000
+        closed[k] = max(0, (hi - lo) // step + 1 - len(labels))
+    frames = []
+    if continuous:
+        bounds = spans.filter(pl.col(KEY).is_in(continuous))
+        frames.append(
+            bounds.select(KEY, pl.datetime_ranges("_first", "_last", interval=polars_every(freq), time_unit="us")
+                          .alias("ts")).explode("ts")
         )
-        .explode("ts")
-    )
-    if freq.unit == "B":
-        grid = grid.filter(pl.col("ts").dt.weekday() <= 5)
+    if keys:
+        frames.append(pl.DataFrame({
+            KEY: np.concatenate(keys),
+            "ts": pl.Series(np.concatenate(stamps)).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+        }))
+    return pl.concat(frames, how="vertical_relaxed").sort(KEY, "ts"), closed
+
+
+def _to_grid(bars: "pl.LazyFrame", grid: "pl.DataFrame", max_ffill_gap: int) -> "pl.LazyFrame":
+    """Reindex each symbol onto its bar grid; mark filled bars (``_fill``) and every missing bar (``_missing``).
+
+    Causal filling: the first ``max_ffill_gap`` bars of every gap are carried forward (price = the
+    last close, volume 0), whatever the gap's length turns out to be; the rest stay missing. Whether
+    bar t is filled depends only on bars up to t.
+    """
+    import polars as pl
+
+    ids = bars.select(KEY, "item_id").unique(KEY)
     missing = pl.col("close").is_null()
     run_id = (missing != missing.shift(1)).fill_null(True).cum_sum().over(KEY)
     carried = pl.col("close").forward_fill().over(KEY)
     return (
-        grid.join(bars.drop("item_id"), on=[KEY, "ts"], how="left", maintain_order="left")
+        grid.lazy()
+        .join(ids, on=KEY, how="left")
+        .join(bars.drop("item_id"), on=[KEY, "ts"], how="left", maintain_order="left")
         .with_columns(run_id.alias("_run"))
-        .with_columns((missing & (pl.len().over(KEY, "_run") <= max_ffill_gap)).alias("_fill"), missing.alias("_missing"))
+        .with_columns(
+            (missing & (pl.int_range(pl.len()).over(KEY, "_run") < max_ffill_gap)).alias("_fill"),
+            missing.alias("_missing"),
+        )
         .with_columns(
             [pl.when(pl.col("_fill")).then(carried).otherwise(pl.col(c)).alias(c) for c in PRICES]
             + [pl.when(pl.col("_fill")).then(0.0).otherwise(pl.col("volume")).alias("volume")]

@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ohlcv.build.builder import HF_SUBDIR, _atomic_json, _swap_into_place, _Variates, write_hf_dataset
+from ohlcv.build.builder import (
+    HF_SUBDIR,
+    TIMESTAMPS_FILE,
+    _atomic_json,
+    _swap_into_place,
+    _Variates,
+    write_hf_dataset,
+)
 from ohlcv.config.loader import atomic_write_text
 from ohlcv.errors import ConfigError, OhlcvError
 
@@ -93,6 +100,8 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
 
     variates = _Variates(names=first["variates"], targets=first["targets"], covariates=first["covariates"])
     content_hash = write_hf_dataset(staging / HF_SUBDIR, rows(), variates=variates, cache_dir=work / "cache")
+    _merge_timestamps([Path(s).expanduser() / TIMESTAMPS_FILE for s, m in zip(shards, manifests) if m["series"] > 0],
+                      staging / TIMESTAMPS_FILE)
     items = sorted((item for m in manifests for item in m["items"]), key=lambda item: item["item_id"])
     groups: dict[str, Any] = {}
     for manifest in manifests:
@@ -132,3 +141,15 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
     _swap_into_place(staging, out, work)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def _merge_timestamps(files: list[Path], target: Path) -> None:
+    """The shards' time-stamp files as one, rows in item-id order (the dataset's order)."""
+    import polars as pl
+
+    present = [f for f in files if f.is_file()]
+    if len(present) != len(files):  # shards built before time stamps were kept: the merged set has none either
+        return
+    frames = [pl.read_parquet(f) for f in present]
+    merged = pl.concat(frames) if frames else pl.DataFrame(schema={"item_id": pl.Utf8, "ts": pl.List(pl.Datetime("us", "UTC"))})
+    merged.sort("item_id").write_parquet(target)

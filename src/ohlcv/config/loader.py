@@ -263,15 +263,24 @@ def validate(cfg: DictConfig, source: str) -> None:
         if data[key] <= 0:
             fail(f"data.{key}", f"must be a positive integer, got {data[key]}")
     split = data.split
-    if split.method.value == "fraction":
-        if not (0 < split.train < 1 and 0 <= split.validation < 1 and split.train + split.validation < 1):
-            fail(
-                "data.split",
-                f"train ({split.train}) and validation ({split.validation}) must be shares in (0, 1) "
-                "that leave room for a test span",
-            )
-    elif split.train_end is None or split.validation_end is None:
-        fail("data.split", "method 'date' needs train_end and validation_end (ISO timestamps)")
+    explicit = split.method.value == "date" and (split.train_end is not None or split.validation_end is not None)
+    if explicit:
+        if split.train_end is None or split.validation_end is None:
+            fail("data.split", "give both train_end and validation_end (ISO timestamps), or neither to cut at "
+                               "data.split.train / validation of the lake's span")
+        if str(split.train_end) > str(split.validation_end):
+            fail("data.split.train_end", f"{split.train_end} is after validation_end {split.validation_end}")
+    elif not (0 < split.train < 1 and 0 <= split.validation < 1 and split.train + split.validation < 1):
+        fail(
+            "data.split",
+            f"train ({split.train}) and validation ({split.validation}) must be shares in (0, 1) "
+            "that leave room for a test span",
+        )
+    from ohlcv.calendars import weekdays_rule
+
+    weekdays_rule(data.weekdays)
+    if not 0 <= data.cleaning.max_off_session <= 1:
+        fail("data.cleaning.max_off_session", f"must be a share in [0, 1], got {data.cleaning.max_off_session}")
     if not data.columns:
         fail("data.columns", "list at least one OHLCV column")
     unknown = sorted(set(data.columns) - {"open", "high", "low", "close", "volume"})

@@ -76,11 +76,23 @@ MODEL_SIZES: dict[str, tuple[int, int]] = {
 
 @dataclass
 class SplitConfig:
-    method: SplitMethod = SplitMethod.fraction
-    train: float = 0.8  # share of each series' bars (method: fraction)
+    # date: cut timestamps common to every series (train_end / validation_end, or, when they are null,
+    # at train / validation shares of the selection's whole time span); fraction: each series at its
+    # own share of its bars (leaks across symbols of different ages: warned)
+    method: SplitMethod = SplitMethod.date
+    train: float = 0.8
     validation: float = 0.1
-    train_end: Optional[str] = None  # ISO timestamps (method: date), exclusive
+    train_end: Optional[str] = None  # ISO timestamps, exclusive
     validation_end: Optional[str] = None
+
+
+@dataclass
+class WeekdaysConfig:
+    """The ``weekdays`` calendar (the FX week): closed from Friday ``close`` to Sunday ``close``."""
+
+    timezone: str = "America/New_York"
+    close: str = "17:00"
+    holidays: List[str] = field(default_factory=list)  # MM-DD days closed every year, e.g. 12-25
 
 
 @dataclass
@@ -89,6 +101,7 @@ class CleaningConfig:
     outlier_window: int = 200  # bars of history for the causal median/MAD filter
     outlier_threshold: float = 12.0  # robust z-score (MADs) above which a bar is dropped
     min_length: int = 500  # symbols with fewer clean bars are quarantined
+    max_off_session: float = 0.05  # share of a symbol's bars outside its calendar's sessions that quarantines it
 
 
 @dataclass
@@ -110,6 +123,10 @@ class DataConfig:
     columns: List[str] = field(
         default_factory=lambda: ["open", "high", "low", "close", "volume"]
     )
+    # asset class -> trading calendar: continuous (24/7), weekdays (24/5, see data.weekdays) or an
+    # exchange code of exchange-calendars (XNYS, XLON, XTKS, CMES, ...); "default" for other classes
+    calendars: Dict[str, str] = field(default_factory=lambda: {"default": "continuous"})
+    weekdays: WeekdaysConfig = field(default_factory=WeekdaysConfig)
     layout: Layout = Layout.joint
     targets: List[str] = field(default_factory=lambda: ["close"])
     context_length: int = MISSING

@@ -50,6 +50,11 @@ def partition_value(value: str, *, key: str) -> str:
 
 def _standardise(frame, path: Path):
     lower = {c.lower().strip(): c for c in frame.columns}
+    first = frame.columns[0] if frame.columns else None
+    if first is not None and not any(o in lower for o in _ALIASES["ts"]) and (
+        first.strip() in ("", "__index_level_0__") or first.startswith("Unnamed")
+    ):  # a pandas export: the index (the time stamps) is the unnamed first column
+        lower["ts"] = first
     rename = {}
     for target, options in _ALIASES.items():
         match = next((lower[o] for o in options if o in lower), None)

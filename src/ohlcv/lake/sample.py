@@ -6,6 +6,12 @@ turbulent markets with different drift and volatility), and a common factor
 per asset class, so that symbols of one class are correlated. Volume is
 log-normal with an intraday U-shape and rises with the size of the move.
 
+Each asset class trades on its real calendar (:data:`SAMPLE_CALENDARS`, the
+shipped profiles' defaults): crypto around the clock, FX on weekdays (closed
+Friday 17:00 to Sunday 17:00 New York), equities in NYSE sessions with their
+holidays and early closes, with volume spikes at the open and the close.
+``bars`` counts the bars each symbol trades.
+
 ``dirt`` injects each kind of defect the builder must handle, one kind per
 symbol, and :func:`generate_sample_lake` returns exactly what it injected so
 that tests can check the build report rule by rule.
@@ -50,6 +56,8 @@ _CLASS_STYLE = {
     "commodity": (80.0, 0.008, 50_000.0),
 }
 DEFAULT_CLASSES = ("crypto", "equity", "fx")
+# asset class -> calendar, as in profiles/hourly.yaml (a class not listed trades continuously)
+SAMPLE_CALENDARS = {"crypto": "continuous", "fx": "weekdays", "equity": "XNYS", "commodity": "CMES"}
 
 
 @dataclass
@@ -86,13 +94,15 @@ def _simulate_class(rng: np.random.Generator, n_symbols: int, bars: int, vol: fl
     return out
 
 
-def _bars(rng, log_returns: np.ndarray, start_price: float, base_volume: float, hours: np.ndarray):
+def _bars(rng, log_returns: np.ndarray, start_price: float, base_volume: float, hours: np.ndarray,
+          seasonal: np.ndarray | None = None):
     close = start_price * np.exp(np.cumsum(log_returns))
     open_ = np.concatenate([[start_price], close[:-1]]) * np.exp(rng.normal(0, 1e-4, close.size))
     spread = np.abs(log_returns) + np.abs(rng.normal(0, 0.3, close.size)) * np.std(log_returns)
     high = np.maximum(open_, close) * np.exp(spread * rng.uniform(0.1, 0.6, close.size))
     low = np.minimum(open_, close) * np.exp(-spread * rng.uniform(0.1, 0.6, close.size))
-    seasonal = 1.0 + 0.6 * np.cos(2 * np.pi * (hours - 14) / 24) ** 2
+    if seasonal is None:
+        seasonal = 1.0 + 0.6 * np.cos(2 * np.pi * (hours - 14) / 24) ** 2
     move = 1.0 + 20 * np.abs(log_returns)
     volume = base_volume * seasonal * move * rng.lognormal(0, 0.4, close.size)
     return open_, high, low, close, volume
@@ -126,6 +136,7 @@ def generate_sample_lake(
     start: str = "2023-01-01",
     seed: int = 0,
     dirt: Iterable[str] = (),
+    calendars: dict[str, str] | None = None,
 ) -> SampleLake:
     """Write a synthetic lake under ``root`` and say exactly what was injected."""
     import polars as pl
@@ -144,19 +155,18 @@ def generate_sample_lake(
         raise ConfigError(f"sample lakes use fixed-length bars (s, min, h, D), not '{freq}'", key="--freq")
     rng = np.random.default_rng(seed)
     t0 = datetime.fromisoformat(start).replace(tzinfo=timezone.utc)
-    step = np.timedelta64(frequency.seconds, "s")
-    ts = np.datetime64(t0.replace(tzinfo=None), "s") + step * np.arange(bars)
-    hours = ((ts - ts.astype("datetime64[D]")).astype("timedelta64[h]").astype(int)) % 24
     lake = SampleLake(root=root, symbols=[], bars=bars)
     dirt_queue = [kind for kind in DIRT_KINDS if kind in set(dirt)]
+    venues = dict(SAMPLE_CALENDARS if calendars is None else calendars)
 
     for asset_class in classes:
         price, vol, volume = _CLASS_STYLE.get(asset_class, (100.0, 0.008, 10_000.0))
+        ts, hours, seasonal = _session_bars(venues.get(asset_class, "continuous"), t0, frequency, bars)
         returns = _simulate_class(rng, symbols_per_class, bars, vol)
         for i in range(symbols_per_class):
             symbol = f"{asset_class[:3].upper()}{i:03d}"
             item_id = f"{asset_class}/{symbol}"
-            o, h, l, c, v = _bars(rng, returns[i], price * rng.uniform(0.5, 2.0), volume, hours)
+            o, h, l, c, v = _bars(rng, returns[i], price * rng.uniform(0.5, 2.0), volume, hours, seasonal)
             frame = pl.DataFrame(
                 {"ts": ts.astype("datetime64[us]"), "open": o, "high": h, "low": l, "close": c, "volume": v}
             ).with_columns(pl.col("ts").dt.cast_time_unit("us").dt.replace_time_zone("UTC"))
@@ -174,6 +184,39 @@ def generate_sample_lake(
             key="--symbols",
         )
     return lake
+
+
+def _session_bars(venue: str, t0: datetime, frequency, bars: int):
+    """The first ``bars`` bar labels of ``venue``'s calendar from ``t0`` (datetime64[s]), each bar's
+    hour of day (UTC), and the volume's intraday shape (None: the default around-the-clock shape)."""
+    from ohlcv.calendars import US_PER_DAY, resolve
+
+    calendar = resolve({"sample": venue}, "sample")
+    step = frequency.seconds * 1_000_000
+    start = int(np.datetime64(t0.replace(tzinfo=None), "us").astype(np.int64))
+    if calendar.continuous:
+        labels = start + step * np.arange(bars, dtype=np.int64)
+    else:
+        span = bars * step * 2 + 10 * US_PER_DAY  # enough calendar time for most venues, grown if not
+        while True:
+            labels = calendar.labels(start, start + span, frequency)
+            if len(labels) >= bars:
+                break
+            span *= 2
+        labels = labels[:bars]
+    ts = labels.astype("datetime64[us]").astype("datetime64[s]")
+    hours = ((ts - ts.astype("datetime64[D]")).astype("timedelta64[h]").astype(int)) % 24
+    if not calendar.exchange or frequency.seconds >= 86400:
+        return ts, hours, None
+    # equity-style sessions: heavy trading at the open and the close, quiet at midday
+    day = labels // US_PER_DAY
+    first = np.r_[True, day[1:] != day[:-1]]
+    session = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    counts = np.diff(np.r_[starts, len(labels)])
+    position = (np.arange(len(labels)) - starts[session]) / np.maximum(counts[session] - 1, 1)
+    seasonal = 1.0 + 2.5 * (1 - position) ** 6 + 1.5 * position**6
+    return ts, hours, seasonal
 
 
 def _spaced_rows(rng, height: int, count: int, margin: int = 300) -> list[int]:
@@ -237,9 +280,10 @@ def _inject(kind: str, frame, rng):
         frame = frame.filter(~pl.int_range(0, pl.len()).is_in(drop))
         return frame, {"gap_bars_filled": len(drop)}, None
     if kind == "long_gaps":
+        # the first data.cleaning.max_ffill_gap (3) bars of each gap are filled, the rest stay missing
         drop = [r + k for r in rows[:2] for k in range(30)]
         frame = frame.filter(~pl.int_range(0, pl.len()).is_in(drop))
-        return frame, {"gap_bars_missing": len(drop)}, None
+        return frame, {"gap_bars_filled": 2 * 3, "gap_bars_missing": len(drop) - 2 * 3}, None
     if kind == "timezones":
         # odd months: naive timestamps (meant as UTC); even months: New York local time
         def retime(part, year, month):
@@ -262,10 +306,10 @@ def _inject(kind: str, frame, rng):
         first = frame["ts"].dt.strftime("%Y-%m")[0]
         dropped_rows = frame.filter(pl.col("ts").dt.strftime("%Y-%m") == first).height
 
-        def drop_volume(part, year, month):
-            return part.drop("volume") if f"{year:04d}-{month:02d}" == first else part
+        def drop_close(part, year, month):  # (a file without only its volume is kept: files_no_volume)
+            return part.drop("close") if f"{year:04d}-{month:02d}" == first else part
 
-        return frame, {"files_missing_columns": 1, "_rows_lost": dropped_rows}, drop_volume
+        return frame, {"files_missing_columns": 1, "_rows_lost": dropped_rows}, drop_close
     if kind == "unreadable":
         last = frame["ts"].dt.strftime("%Y-%m")[-1]
         lost = frame.filter(pl.col("ts").dt.strftime("%Y-%m") == last).height

@@ -43,6 +43,26 @@ def load_hf(dataset: Path, manifest: dict[str, Any] | None = None):
         ) from None
 
 
+def read_timestamps(dataset: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every series' real bar time stamps (numpy datetime64[us], UTC), by item id.
+
+    The model sees consecutive session bars (a regular ``start`` + ``freq``); these are the
+    instants they really stand for. Empty for datasets built before time stamps were kept.
+    """
+    import numpy as np
+    import polars as pl
+
+    name = (manifest or {}).get("timestamps") or "timestamps.parquet"
+    path = Path(dataset) / name
+    if not path.is_file():
+        return {}
+    frame = pl.read_parquet(path)
+    return {
+        item_id: np.asarray(stamps.dt.replace_time_zone(None).to_numpy(), dtype="datetime64[us]")
+        for item_id, stamps in zip(frame["item_id"].to_list(), frame["ts"])
+    }
+
+
 def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "train", lead: int = 0):
     """uni2ts's ``HuggingFaceDatasetIndexer`` over the dataset, each series cut to ``span``.
 

@@ -1,0 +1,242 @@
+"""Trading calendars: which bars a venue produces.
+
+A calendar answers one question for the builder: between two instants, at a
+bar frequency, which bar labels should exist? Closed-market time (nights,
+weekends, holidays) has no label, so it is never a gap; a label with no bar
+is a real hole in the data.
+
+Three kinds:
+
+- ``continuous``: every bar of the clock (crypto, 24/7).
+- ``weekdays``: the FX week, closed from Friday at ``data.weekdays.close`` to
+  Sunday at the same time, in ``data.weekdays.timezone`` (17:00 New York by
+  default: the convention of the FX market), optionally closed on a few
+  fixed dates (``data.weekdays.holidays``, e.g. ``12-25``).
+- an exchange code (``XNYS``, ``XLON``, ``XTKS``, ``CMES``, …): sessions,
+  holidays and early closes from the `exchange-calendars` library. Daily bars
+  are the sessions (labelled at midnight UTC of the session date); intraday
+  bars start at each session's open and step by the bar length until the
+  close (the last one may be shorter), as ``trading_index`` lays them out.
+
+Bar labels are integer microseconds since the epoch (UTC) in a sorted numpy
+array; ``bar_end`` gives the end of each bar, so that a lake timestamp can be
+aligned to the bar that contains it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ohlcv.errors import ConfigError
+from ohlcv.freq import Frequency
+
+if TYPE_CHECKING:  # numpy is imported by the functions that lay out grids, not at start-up
+    import numpy as np
+
+CONTINUOUS = "continuous"
+WEEKDAYS = "weekdays"
+US_PER_DAY = 86_400_000_000
+US_PER_MIN = 60_000_000
+
+
+@dataclass(frozen=True)
+class WeekdaysRule:
+    timezone: str = "America/New_York"
+    close: str = "17:00"  # Friday's close and Sunday's open, local time
+    holidays: tuple[str, ...] = ()  # MM-DD dates closed every year (the whole local day)
+
+    @property
+    def close_minutes(self) -> int:
+        hours, _, minutes = self.close.partition(":")
+        return int(hours) * 60 + int(minutes or 0)
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """A venue's trading calendar (see the module docstring for the kinds)."""
+
+    name: str
+    weekdays: WeekdaysRule = field(default_factory=WeekdaysRule)
+
+    @property
+    def continuous(self) -> bool:
+        return self.name == CONTINUOUS
+
+    @property
+    def exchange(self) -> bool:
+        return self.name not in (CONTINUOUS, WEEKDAYS)
+
+    def describe(self) -> str:
+        if self.name == WEEKDAYS:
+            closed = f", closed {', '.join(self.weekdays.holidays)}" if self.weekdays.holidays else ""
+            return f"weekdays (Friday {self.weekdays.close} to Sunday {self.weekdays.close} {self.weekdays.timezone}{closed})"
+        return self.name
+
+    def grid(self, start_us: int, end_us: int, freq: Frequency) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, ends): every bar whose interval [label, end) overlaps [start_us, end_us], sorted.
+
+        int64 µs since the epoch, UTC. An exchange's last bar of a session ends at the close.
+        """
+        import numpy as np
+
+        if end_us < start_us:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty
+        step = _step_us(freq)
+        if self.exchange:
+            labels, ends = _exchange_grid(self.name, start_us, end_us, freq)
+            keep = (ends > start_us) & (labels <= end_us)
+            return labels[keep], ends[keep]
+        first = (start_us // step) * step
+        labels = np.arange(first, end_us + 1, step, dtype=np.int64)
+        if not self.continuous:
+            labels = labels[_weekdays_open(labels, step, self.weekdays)]
+        return labels, labels + step
+
+    def labels(self, start_us: int, end_us: int, freq: Frequency) -> np.ndarray:
+        return self.grid(start_us, end_us, freq)[0]
+
+
+def _step_us(freq: Frequency) -> int:
+    if freq.unit in ("D", "B"):
+        return freq.n * US_PER_DAY
+    if freq.seconds is None:
+        raise ConfigError(f"calendars support bars of seconds, minutes, hours or days, not '{freq.canonical}'",
+                          key="data.freq")
+    return freq.seconds * 1_000_000
+
+
+def _weekdays_open(grid: np.ndarray, step: int, rule: WeekdaysRule) -> np.ndarray:
+    """Which bars of ``grid`` overlap the open FX week (and are not on a listed holiday)."""
+    import numpy as np
+
+    import pandas as pd
+
+    if step >= US_PER_DAY:  # daily bars: Monday to Friday (the session that ends on that day)
+        days = pd.DatetimeIndex(grid.astype("datetime64[us]"))
+        open_ = np.asarray(days.dayofweek < 5)
+        if rule.holidays:
+            open_ &= ~np.isin(np.asarray(days.strftime("%m-%d")), list(rule.holidays))
+        return open_
+
+    def is_open(instants: np.ndarray) -> np.ndarray:
+        local = pd.DatetimeIndex(instants.astype("datetime64[us]")).tz_localize("UTC").tz_convert(rule.timezone)
+        minute_of_week = (np.asarray(local.dayofweek) * 1440 + np.asarray(local.hour) * 60 + np.asarray(local.minute))
+        roll = rule.close_minutes
+        closed = (minute_of_week >= 4 * 1440 + roll) & (minute_of_week < 6 * 1440 + roll)
+        if rule.holidays:
+            closed |= np.isin(np.asarray(local.strftime("%m-%d")), list(rule.holidays))
+        return ~closed
+
+    return is_open(grid) | is_open(grid + step - 1)
+
+
+@functools.lru_cache(maxsize=16)
+def exchange_calendar(name: str, first_day: str, last_day: str):
+    """An `exchange_calendars` calendar covering [first_day, last_day] (cached), or a clear error."""
+    try:
+        import exchange_calendars as xcals
+    except ImportError:  # pragma: no cover - a dependency of ohlcv
+        raise ConfigError(f"calendar '{name}' needs the exchange-calendars package: pip install exchange-calendars",
+                          key="data.calendars") from None
+    names = set(xcals.get_calendar_names(include_aliases=True))
+    if name not in names:
+        raise ConfigError(
+            f"unknown calendar '{name}'; use continuous, weekdays or an exchange code such as "
+            f"{', '.join(n for n in ('XNYS', 'XNAS', 'XLON', 'XTKS', 'XHKG', 'XFRA', 'CMES') if n in names)} "
+            f"({len(names)} known: `python -c \"import exchange_calendars; print(exchange_calendars.get_calendar_names())\"`)",
+            key="data.calendars",
+        )
+    try:
+        return xcals.get_calendar(name, start=first_day, end=last_day)
+    except Exception as exc:  # noqa: BLE001 - e.g. DateOutOfBounds for years the library does not cover
+        raise ConfigError(
+            f"calendar '{name}' cannot cover {first_day} to {last_day} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); narrow data.start/data.end or upgrade exchange-calendars",
+            key="data.calendars",
+        ) from None
+
+
+def _day(us: int) -> str:
+    import numpy as np
+
+    return str(np.datetime64(int(us), "us").astype("datetime64[D]"))
+
+
+def _exchange_grid(name: str, start_us: int, end_us: int, freq: Frequency) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
+    import pandas as pd
+
+    # one calendar per whole-year span, so that nearby requests share the cached calendar
+    first_year, last_year = _day(start_us - US_PER_DAY)[:4], _day(end_us + US_PER_DAY)[:4]
+    calendar = exchange_calendar(name, f"{first_year}-01-01", f"{last_year}-12-31")
+    lo, hi = _day(start_us - US_PER_DAY), _day(end_us + US_PER_DAY)
+    lo = max(pd.Timestamp(lo), calendar.first_session)
+    hi = min(pd.Timestamp(hi), calendar.last_session)
+    if hi < lo:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    step = _step_us(freq)
+    if freq.unit in ("D", "B"):
+        sessions = calendar.sessions_in_range(lo, hi)
+        days = _as_us(sessions)
+        if freq.n > 1:
+            days = days[:: freq.n]
+        return days, days + step
+    period = pd.Timedelta(seconds=int(freq.seconds or 0))
+    labels = _as_us(calendar.trading_index(lo, hi, period, intervals=False, closed="left", force_close=False,
+                                           force_break_close=False, curtail_overlaps=True))
+    # each bar ends one step later, or at its session's close if that comes first
+    closes = _as_us(calendar.closes.loc[lo:hi])
+    session_close = closes[np.minimum(np.searchsorted(closes, labels, side="right"), len(closes) - 1)]
+    return labels, np.minimum(labels + step, session_close)
+
+
+def _as_us(values) -> np.ndarray:
+    """A pandas index or series of instants (naive = UTC, or tz-aware) as int64 µs since the epoch."""
+    import numpy as np
+
+    import pandas as pd
+
+    index = pd.DatetimeIndex(values)
+    if index.tz is not None:
+        index = index.tz_convert("UTC").tz_localize(None)
+    return np.asarray(index.values.astype("datetime64[us]").astype(np.int64))
+
+
+def resolve(mapping, asset_class: str, weekdays: WeekdaysRule | None = None) -> Calendar:
+    """The calendar of an asset class from ``data.calendars`` (``default`` for classes it does not name)."""
+    entries = dict(mapping or {})
+    name = entries.get(asset_class, entries.get("default", CONTINUOUS))
+    name = str(name).strip()
+    lowered = name.lower()
+    if lowered in (CONTINUOUS, "24/7", "always"):
+        return Calendar(CONTINUOUS)
+    if lowered in (WEEKDAYS, "24/5", "fx"):
+        return Calendar(WEEKDAYS, weekdays or WeekdaysRule())
+    return Calendar(name.upper(), weekdays or WeekdaysRule())
+
+
+def weekdays_rule(cfg_weekdays) -> WeekdaysRule:
+    """The profile's ``data.weekdays`` section as a rule, validated."""
+    import zoneinfo
+
+    tz = str(cfg_weekdays.timezone)
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown time zone '{tz}' (use an IANA name such as America/New_York)",
+                          key="data.weekdays.timezone") from None
+    close = str(cfg_weekdays.close)
+    hours, _, minutes = close.partition(":")
+    if not (hours.isdigit() and (minutes.isdigit() or not minutes) and int(hours) < 24 and int(minutes or 0) < 60):
+        raise ConfigError(f"'{close}' is not a time of day HH:MM", key="data.weekdays.close")
+    holidays = tuple(str(h) for h in cfg_weekdays.holidays)
+    for day in holidays:
+        month, _, dom = day.partition("-")
+        if not (month.isdigit() and dom.isdigit() and 1 <= int(month) <= 12 and 1 <= int(dom) <= 31):
+            raise ConfigError(f"'{day}' is not a month-day MM-DD", key="data.weekdays.holidays")
+    return WeekdaysRule(timezone=tz, close=close, holidays=holidays)
