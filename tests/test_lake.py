@@ -15,7 +15,9 @@ from ohlcv.lake.sample import generate_sample_lake
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
-    return generate_sample_lake(tmp_path_factory.mktemp("lake") / "lake", symbols_per_class=3, bars=24 * 95, seed=1)
+    # every class around the clock: these tests are about the layout, 95 days of hourly bars each
+    return generate_sample_lake(tmp_path_factory.mktemp("lake") / "lake", symbols_per_class=3, bars=24 * 95, seed=1,
+                                calendars={})
 
 
 def test_discovery_finds_every_symbol_from_names_alone(lake):

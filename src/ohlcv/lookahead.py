@@ -1,14 +1,18 @@
 """The look-ahead check: does a feature's value at bar t depend on anything after t?
 
 For one feature: compute it (through the same pipeline the builder uses) on a
-small synthetic asset class; then, for several cut points t, replace every
+small synthetic asset class (weekday sessions, a missing stretch); then, for
+several cut points t (inside the gap, right after a weekend's reopening, and
+spread over the series), replace every
 bar after t — of the asset and of the other assets of its class — with
 random values, and make the series shorter or longer; recompute; every value
 at bars <= t must be identical. Fitted features are cut after their training
 span, since their fit legitimately uses the whole training span.
 
 ``ohlcv plugins check`` runs this on every installed feature, and the test
-suite runs it on every registered one.
+suite runs it on every registered one. :func:`check_pipeline` does the same
+for a whole build: cleaning, gap filling, every feature, the cross-asset
+reference, normalization and fitted regimes together.
 """
 
 from __future__ import annotations
@@ -32,15 +36,21 @@ class LookaheadResult:
     detail: str = ""
 
 
+REOPEN_BAR = 120  # synthetic_class: the first bar after the first weekend
+GAP_BARS = (200, 212)  # synthetic_class: the first asset's missing stretch
+
+
 def synthetic_class(n_assets: int = 4, bars: int = 900, seed: int = 0):
-    """A small asset class (item_id, ts, OHLCV), with a missing stretch in the first asset."""
+    """A small asset class (item_id, ts, OHLCV) on a weekdays calendar (hourly bars Monday to Friday,
+    so the time stamps jump over every weekend), with a missing stretch in the first asset."""
     import polars as pl
 
     from ohlcv.lake.sample import _bars, _simulate_class
 
     rng = np.random.default_rng(seed)
     returns = _simulate_class(rng, n_assets, bars, 0.01)
-    ts = np.datetime64("2024-01-01T00:00:00", "us") + np.arange(bars) * np.timedelta64(3600, "s")
+    clock = np.datetime64("2024-01-01T00:00:00", "us") + np.arange(bars * 2) * np.timedelta64(3600, "s")
+    ts = clock[(clock.astype("datetime64[D]").view("int64") - 4) % 7 < 5][:bars]  # 2024-01-01 is a Monday
     hours = np.arange(bars) % 24
     frames = []
     for i in range(n_assets):
@@ -48,7 +58,7 @@ def synthetic_class(n_assets: int = 4, bars: int = 900, seed: int = 0):
         frame = pl.DataFrame({"item_id": f"test/A{i}", "ts": ts, "open": o, "high": h, "low": l, "close": c, "volume": v})
         frames.append(frame)
     data = pl.concat(frames).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
-    gap = (pl.col("item_id") == "test/A0") & pl.col("ts").is_in(pl.Series(ts[200:212]).dt.replace_time_zone("UTC"))
+    gap = (pl.col("item_id") == "test/A0") & pl.col("ts").is_in(pl.Series(ts[slice(*GAP_BARS)]).dt.replace_time_zone("UTC"))
     return data.with_columns([pl.when(gap).then(None).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close", "volume")])
 
 
@@ -115,7 +125,9 @@ def check_feature(
         if feature.fit is not None:
             cuts = [train_end, train_end + (bars - train_end) // 2, bars - 40]
         else:
-            cuts = sorted({feature.warmup_bars(resolved) + 3, bars // 4, bars // 2, train_end + 7, bars - 40})
+            # inside the gap, right after a weekend's reopening, and spread over the series
+            cuts = sorted({feature.warmup_bars(resolved) + 3, REOPEN_BAR, (GAP_BARS[0] + GAP_BARS[1]) // 2, bars // 4,
+                           bars // 2, train_end + 7, bars - 40})
         rng = np.random.default_rng(seed + 1)
     except Exception as exc:  # noqa: BLE001 - report, don't crash the checker
         return LookaheadResult(feature.name, False, detail=f"could not compute: {type(exc).__name__}: {exc}")
@@ -191,3 +203,123 @@ def check_bounded(feature: Feature, params: Mapping[str, Any] | None = None, *, 
                 return (f"declared bounded, but '{column}' of {item_id} at bar {bad} differs when computed in a batch "
                         f"({a[bad]!r} alone, {b[bad]!r} in the batch): its window reaches past its warm-up")
     return None
+
+
+# -- the whole pipeline --------------------------------------------------------------------------------
+@dataclass
+class PipelineResult:
+    ok: bool
+    cut: str  # the instant t
+    compared: int  # values at or before t compared
+    detail: str = ""
+
+
+def _perturbed_lake(lake, target, cut_us: int, rng: np.random.Generator, *, hole: int = 20) -> None:
+    """Copy ``lake`` to ``target`` with every bar after ``cut_us`` changed (all symbols): prices moved by a
+    random walk, volumes redrawn, and the ``hole`` bars right after the cut removed (a gap that starts
+    before t turns longer). The last bar of every symbol is kept, so the lake's span is unchanged."""
+    import shutil
+
+    import polars as pl
+
+    shutil.copytree(lake, target)
+    for path in sorted(target.rglob("*.parquet")):
+        frame = pl.read_parquet(path)
+        stamps = frame["ts"].dt.epoch("us").to_numpy()
+        after = stamps > cut_us
+        if not after.any():
+            continue
+        n = int(after.sum())
+        factor = np.ones(frame.height)
+        factor[after] = np.exp(np.cumsum(rng.normal(0.0, 0.02, n))) * rng.uniform(0.5, 2.0)
+        columns = {c: frame[c].to_numpy() * factor for c in ("open", "high", "low", "close")}
+        volume = frame["volume"].to_numpy().copy()
+        volume[after] = rng.lognormal(8, 2, n)
+        keep = np.ones(frame.height, dtype=bool)
+        first_after = np.flatnonzero(after)[:hole]
+        keep[first_after[first_after < frame.height - 1]] = False
+        changed = frame.with_columns(*[pl.Series(c, v) for c, v in columns.items()], pl.Series("volume", volume))
+        changed.filter(pl.Series(keep)).write_parquet(path)
+
+
+def check_pipeline(cfg, work, *, seed: int = 0) -> list[PipelineResult]:
+    """Build ``cfg``'s lake, then the same lake with every bar after t changed, and compare every value at
+    or before t of the two datasets: cleaning, gap filling, features, the cross-asset reference,
+    normalization and fitted regimes together.
+
+    The instants t: the common training cut (everything fitted is fitted before it; an earlier t would
+    change legitimately fitted statistics) and a point in the test span. Both lakes have a two-bar hole
+    ending at each t (so t is inside a gap, and the changed lake makes that gap longer): a fill rule that
+    looks at a gap's length fails here.
+    """
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.train.data import load_hf, read_manifest, read_timestamps
+
+    work = Path(work)
+    lake = Path(str(cfg.data.lake)).expanduser()
+    builder = IterativeFinancialDatasetBuilder(cfg)
+    train_cut, validation_cut = builder.common_cuts(builder.discover()[0])
+    if train_cut is None:
+        raise ValueError("the pipeline check needs data.split.method=date with cuts derived from the lake")
+    cuts = [np.datetime64(train_cut.replace(tzinfo=None), "us"),
+            np.datetime64((validation_cut + (validation_cut - train_cut) / 2).replace(tzinfo=None), "us")]
+    cut_us = [int(c.astype(np.int64)) for c in cuts]
+
+    def build(lake_root: Path, out: Path):
+        variant = OmegaConf.merge(cfg, {"data": {"lake": str(lake_root), "dataset": str(out)}})
+        IterativeFinancialDatasetBuilder(variant).run(force=True)
+        manifest = read_manifest(out)
+        hf = load_hf(out, manifest).with_format("numpy")
+        values = {str(row["item_id"]): np.stack(row["target"]).astype(np.float64) for row in hf}
+        return manifest, values, read_timestamps(out, manifest)
+
+    holed = work / "lake"
+    _holed_lake(lake, holed, cut_us)
+    manifest, base, stamps = build(holed, work / "base")
+    rng = np.random.default_rng(seed)
+    results = []
+    for k, (cut, at) in enumerate(zip(cuts, cut_us)):
+        _perturbed_lake(holed, work / f"lake-{k}", at, rng)
+        _, other, other_stamps = build(work / f"lake-{k}", work / f"perturbed-{k}")
+        compared, problem = 0, ""
+        for item_id, values in base.items():
+            if item_id not in other:
+                problem = f"{item_id} disappeared when bars after {cut} changed"
+                break
+            head = int(np.searchsorted(stamps[item_id], cut, side="right"))
+            if not np.array_equal(stamps[item_id][:head], other_stamps[item_id][:head]):
+                problem = f"{item_id}: the bar time stamps at or before {cut} changed"
+                break
+            a, b = values[:, :head], other[item_id][:, :head]
+            same = (np.isnan(a) & np.isnan(b)) | (a == b)
+            compared += same.size
+            if not same.all():
+                variate, bar = (int(i) for i in np.argwhere(~same)[0])
+                problem = (f"{item_id}: '{manifest['variates'][variate]}' at {stamps[item_id][bar]} changed when bars "
+                           f"after {cut} changed ({a[variate, bar]!r} -> {b[variate, bar]!r})")
+                break
+        results.append(PipelineResult(not problem, str(cut), compared, problem))
+    return results
+
+
+def _holed_lake(lake, target, cuts_us: list[int]) -> None:
+    """Copy ``lake`` to ``target`` without the last two bars at or before each cut (in the file holding it)."""
+    import shutil
+
+    import polars as pl
+
+    shutil.copytree(lake, target)
+    for path in sorted(target.rglob("*.parquet")):
+        frame = pl.read_parquet(path)
+        stamps = frame["ts"].dt.epoch("us").to_numpy()
+        keep = np.ones(frame.height, dtype=bool)
+        for cut in cuts_us:
+            before = np.flatnonzero(stamps <= cut)
+            if len(before) and (stamps > cut).any():
+                keep[before[-2:]] = False
+        if not keep.all():
+            frame.filter(pl.Series(keep)).write_parquet(path)

@@ -188,9 +188,27 @@ def enabled_features(cfg, registry: FeatureRegistry) -> list[tuple[Feature, dict
         missing = [c for c in feature.inputs if c not in OHLCV_COLUMNS]
         if missing:
             raise ConfigError(f"feature '{name}' needs columns {missing} that the lake does not have", key="features.enabled")
+        if "volume" in feature.inputs and "volume" not in cfg.data.columns:
+            continue  # instruments without volume (FX spot, indices): see volume_free_skips()
         clash = sorted(set(outputs) & set(names))
         if clash:
             raise ConfigError(f"feature '{name}' would overwrite variates {clash}", key="features.enabled")
         names.extend(outputs)
         resolved.append((feature, params, outputs))
     return resolved
+
+
+def volume_free_skips(cfg) -> list[str]:
+    """Enabled features left out because the profile's data.columns leave out volume."""
+    if "volume" in cfg.data.columns:
+        return []
+    registry = load_plugins().features
+    skipped = []
+    for name in cfg.features.enabled:
+        try:
+            feature = registry.get(name)
+        except PluginError:
+            continue
+        if "volume" in feature.inputs:
+            skipped.append(name)
+    return skipped

@@ -154,6 +154,12 @@ class IterativeFinancialDatasetBuilder:
         self._weekdays = calendars.weekdays_rule(self.data.weekdays)
         self.calendars: dict[str, calendars.Calendar] = {}
         self.notes: list[str] = []
+        from ohlcv.plugins import volume_free_skips
+
+        without_volume = volume_free_skips(cfg)
+        if without_volume:
+            self.notes.append(f"data.columns leave out volume: features that read it are skipped "
+                              f"({', '.join(without_volume)})")
         if self._split_method == "fraction":
             self.notes.append(
                 "data.split.method=fraction cuts each symbol at its own share of its bars: with symbols of "
@@ -241,7 +247,7 @@ class IterativeFinancialDatasetBuilder:
         self._resolve_calendars(all_sources)
         self._drop_peerless_features(all_sources)
         if self._split_method == "date" and self._split_dates[0] is None:
-            self._split_dates = self._common_cuts(all_sources)
+            self._split_dates = self.common_cuts(all_sources)
         # cross-asset features depend on every symbol of the lake, not only on this shard's
         fingerprint = self.fingerprint(all_sources if self.pipeline.needs_reference else sources)
         existing = self.out / "manifest.json"
@@ -324,7 +330,7 @@ class IterativeFinancialDatasetBuilder:
                                             f"{np.datetime64('today', 'Y')}-12-31")
             self.calendars[asset_class] = calendar
 
-    def _common_cuts(self, sources: list[SymbolSource]):
+    def common_cuts(self, sources: list[SymbolSource]):
         """Split timestamps common to every series: at data.split.train / validation of the selection's span.
 
         The span comes from the time stamps of each symbol's first and last readable file (only the
@@ -669,10 +675,9 @@ class IterativeFinancialDatasetBuilder:
         items = [e for meta in batch_meta for e in meta["entries"] if "item_id" in e]
         reports = [e["report"] for meta in batch_meta for e in meta["entries"]]
         if not items and reports:
-            raise OhlcvError(
-                f"every selected symbol was quarantined ({len(reports)}); see the reasons with `ohlcv build` "
-                "without --quiet, or relax data.cleaning"
-            )
+            reasons = "; ".join(f"{r['item_id']}: {r['quarantined']}" for r in reports[:5])
+            more = f"; and {len(reports) - 5} more" if len(reports) > 5 else ""
+            raise OhlcvError(f"every selected symbol was quarantined ({len(reports)}): {reasons}{more}")
         norm = self._normalization(items)
         staging = work / "final"
         if staging.exists():
