@@ -10,8 +10,11 @@ Prints ratios, never asserts. Three questions:
    (each in a fresh process). Target: 10x <= 1.3 x 1x.
 3. Distance to the I/O limit: the build's time against a bare Polars read of
    the same files plus an Arrow write of the same rows. Target: <= 3x.
+4. The cost of trading calendars: the same number of bars laid on NYSE
+   sessions and the FX week (equities and FX, each on its venue's calendar)
+   against the same lake around the clock. Target: <= 1.10x.
 
-Usage: python benchmarks/build.py [--bars 2000] [--symbols 100,1000] [--rss 50] [--workdir DIR]
+Usage: python benchmarks/build.py [--bars 2000] [--symbols 100,1000] [--rss 50] [--calendar 200] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -31,15 +34,30 @@ from pathlib import Path
 CLASSES = ["crypto", "equity", "fx", "commodity"]
 
 
-def make_lake(root: Path, symbols: int, bars: int) -> Path:
+def make_lake(root: Path, symbols: int, bars: int, *, classes=CLASSES, calendars=None, freq: str = "1h") -> Path:
+    """A sample lake; each class on its venue's calendar (``calendars=None``) or as given ({}: all 24/7)."""
     from ohlcv.lake.sample import generate_sample_lake
 
-    per_class = -(-symbols // len(CLASSES))
-    generate_sample_lake(root, symbols_per_class=per_class, asset_classes=CLASSES, bars=bars, seed=1)
+    per_class = -(-symbols // len(classes))
+    generate_sample_lake(root, symbols_per_class=per_class, asset_classes=classes, bars=bars, seed=1,
+                         calendars=calendars, freq=freq)
     return root
 
 
-def ohlcv_build(lake: Path, out: Path, batch_size: int = 10) -> float:
+def row_count(lake: Path) -> int:
+    import polars as pl
+
+    return int(pl.scan_parquet(str(lake / "**" / "*.parquet"), hive_partitioning=False).select(pl.len()).collect().item())
+
+
+def span_hours(lake: Path) -> float:
+    import polars as pl
+
+    stamps = pl.scan_parquet(str(lake / "**" / "*.parquet"), hive_partitioning=False).select("ts").collect()["ts"]
+    return (stamps.max() - stamps.min()).total_seconds() / 3600
+
+
+def ohlcv_build(lake: Path, out: Path, batch_size: int = 10, *extra: str) -> float:
     from ohlcv.build.builder import IterativeFinancialDatasetBuilder
     from ohlcv.config import load_profile
 
@@ -48,7 +66,7 @@ def ohlcv_build(lake: Path, out: Path, batch_size: int = 10) -> float:
     cfg = load_profile(
         "hourly",
         [f"data.lake={lake}", f"data.dataset={out}", f"data.batch_size={batch_size}", "data.cleaning.min_length=100",
-         "features.enabled=[log_return]", "features.params.log_return.horizons=[1]"],
+         "features.enabled=[log_return]", "features.params.log_return.horizons=[1]", *extra],
     ).cfg
     start = time.perf_counter()
     IterativeFinancialDatasetBuilder(cfg).run(force=True)
@@ -149,6 +167,7 @@ def main() -> None:
     parser.add_argument("--symbols", default="100,1000")
     parser.add_argument("--rss", type=int, default=50, help="symbols in the 1x lake of the memory test")
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--calendar", type=int, default=200, help="symbols of the calendar-cost lakes (0: skip)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ohlcv-bench-"))
@@ -163,7 +182,8 @@ def main() -> None:
     results: dict[str, object] = {"bars": args.bars}
     for count in [int(s) for s in args.symbols.split(",")]:
         lake = make_lake(work / f"lake{count}", count, args.bars)
-        rows = count * args.bars
+        # every class covers the period of `bars` NYSE hours, so venues that trade longer have more bars
+        rows = row_count(lake)
         # the median of three builds (the machine's speed varies by ±20% from run to run); the naive
         # baseline, at minutes per run, is measured once
         ours = statistics.median(ohlcv_build(lake, work / f"ours{count}", args.batch_size) for _ in range(3))
@@ -178,6 +198,22 @@ def main() -> None:
         results[str(count)] = {"rows": rows, "ohlcv_s": ours, "naive_s": naive, "bare_per_symbol_s": per_symbol,
                                "bare_one_scan_s": one_scan}
         shutil.rmtree(work / f"naive{count}", ignore_errors=True)
+    for asset_class, venue in (("equity", "XNYS"), ("fx", "weekdays")) if args.calendar else ():
+        # the same bars per symbol over about the same months (so the same month files): hourly bars on the
+        # venue's sessions, and around the clock at a coarser step that spans as long
+        sessions = make_lake(work / f"{venue}", args.calendar, args.bars, classes=[asset_class])
+        step = max(1, round(span_hours(sessions) / args.bars))
+        clock = make_lake(work / f"{venue}-clock", args.calendar, args.bars, classes=[asset_class], calendars={},
+                          freq=f"{step}h")
+        on_sessions = statistics.median(ohlcv_build(sessions, work / f"{venue}-out", args.batch_size) for _ in range(3))
+        continuous = statistics.median(
+            ohlcv_build(clock, work / f"{venue}-clock-out", args.batch_size, f"data.calendars.{asset_class}=continuous",
+                        f"data.freq={step}h")
+            for _ in range(3)
+        )
+        print(f"calendar {venue}, {args.calendar} symbols x {args.bars} bars: {on_sessions:.2f} s on its sessions "
+              f"against {continuous:.2f} s around the clock ({step}h bars, same span) -> {on_sessions / continuous:.2f}x")
+        results[f"calendar_{venue}"] = {"sessions_s": on_sessions, "continuous_s": continuous}
     small = make_lake(work / "rss1", args.rss, args.bars)
     large = make_lake(work / "rss10", args.rss * 10, args.bars)
     rss1 = peak_rss_of_build(small, work / "rss1-out", args.batch_size)

@@ -119,10 +119,15 @@ def check_dataset(dataset: Path, cfg, *, max_series: int | None = None, seed: in
             report.problems.append(f"variate '{name}' is missing {where}: {causes.get(name, _GAPS)}")
         elif share > 0.1:
             report.warnings.append(f"variate '{name}' is missing in {share:.0%} of bars")
-    if report.too_short:
+    if report.too_short and len(report.too_short) == report.series:
         report.problems.append(
-            f"{len(report.too_short)} series have a training span shorter than context + horizon ({need}): "
-            "raise data.cleaning.min_length or shorten data.context_length"
+            f"every series has a training span shorter than context + horizon ({need}): "
+            "raise data.cleaning.min_length, move data.split.train_end later or shorten data.context_length"
+        )
+    elif report.too_short:  # with a common date split, symbols that start late have short training spans
+        report.warnings.append(
+            f"{len(report.too_short)} of {report.series} series have a training span shorter than context + "
+            f"horizon ({need}); training skips them, evaluation still uses their test span"
         )
     if report.max_tokens > int(cfg.model.max_seq_len):
         report.problems.append(f"a sample has {report.max_tokens} tokens > model.max_seq_len {cfg.model.max_seq_len}")

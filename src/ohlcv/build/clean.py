@@ -409,15 +409,16 @@ def clean_batch(
     spans = counts.select(KEY, "_bars", "_first", "_last")
     _tally(counts.drop("_bars", "_first", "_last"), reports, ids)
     bars = kept.lazy().filter(good).select(KEY, "item_id", "ts", *PRICES, "volume")
-    grids = None if not sessions and freq.seconds is not None and freq.unit != "B" and _complete(spans, freq) else \
-        _grids(spans, venue, freq)
-    if grids is None:
+    closed: dict[int, int] = {}
+    if not sessions and freq.seconds is not None and freq.unit != "B" and _complete(spans, freq):
+        grid = None
+    else:
+        grid, closed = _grids(spans, venue, freq)
+    if grid is None:
         # no symbol of the batch has a gap: nothing to re-grid (the common case for clean lakes)
         gridded = bars.collect()
         summary = [(k, 0, 0, n, n) for k, n, _, _ in spans.iter_rows() if n]
-        closed: dict[int, int] = {}
     else:
-        grid, closed = grids
         gridded = _to_grid(bars, grid, settings.max_ffill_gap).collect()
         summary = gridded.group_by(KEY).agg(
             pl.col("_fill").sum(),
@@ -528,13 +529,14 @@ def _session_labels(frame: "pl.DataFrame", venue: dict[int, Calendar], sessions:
 def _grids(spans: "pl.DataFrame", venue: dict[int, Calendar], freq: Frequency):
     """The bar grid of every symbol from its first to its last bar, and its count of closed-market bars.
 
-    Returns (grid frame with ``_k`` and ``ts``, {symbol key: clock bars while the venue was closed}).
-    Continuous venues use Polars' datetime ranges (any frequency, months included).
+    Returns (grid frame with ``_k`` and ``ts``, or None when every symbol already has every bar of
+    its grid; {symbol key: clock bars while the venue was closed}). Continuous venues use Polars'
+    datetime ranges (any frequency, months included).
     """
     import polars as pl
 
     keys, stamps, closed = [], [], {}
-    continuous = []
+    continuous, complete = [], True
     bounds_us = spans.select(KEY, "_bars", pl.col("_first").dt.epoch("us"), pl.col("_last").dt.epoch("us"))
     for k, n, lo, hi in bounds_us.iter_rows():
         if not n:
@@ -549,8 +551,13 @@ def _grids(spans: "pl.DataFrame", venue: dict[int, Calendar], freq: Frequency):
             labels = calendar.labels(lo, hi, freq)
         keys.append(np.full(len(labels), k, dtype=np.uint32))
         stamps.append(labels)
+        complete &= len(labels) == n  # the symbol's bars are distinct labels of this grid: all there
         step = freq.seconds * 1_000_000 if freq.seconds else freq.n * 86_400_000_000
         closed[k] = max(0, (hi - lo) // step + 1 - len(labels))
+    if complete and continuous:
+        complete = _complete(spans.filter(pl.col(KEY).is_in(continuous)), freq) if freq.seconds else False
+    if complete:  # no symbol has a gap: no grid to join
+        return None, closed
     frames = []
     if continuous:
         bounds = spans.filter(pl.col(KEY).is_in(continuous))

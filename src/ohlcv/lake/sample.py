@@ -10,7 +10,8 @@ Each asset class trades on its real calendar (:data:`SAMPLE_CALENDARS`, the
 shipped profiles' defaults): crypto around the clock, FX on weekdays (closed
 Friday 17:00 to Sunday 17:00 New York), equities in NYSE sessions with their
 holidays and early closes, with volume spikes at the open and the close.
-``bars`` counts the bars each symbol trades.
+Every class covers the same period: ``bars`` bars of the lake's sparsest
+calendar, so a venue that trades more hours has more bars.
 
 ``dirt`` injects each kind of defect the builder must handle, one kind per
 symbol, and :func:`generate_sample_lake` returns exactly what it injected so
@@ -159,10 +160,16 @@ def generate_sample_lake(
     dirt_queue = [kind for kind in DIRT_KINDS if kind in set(dirt)]
     venues = dict(SAMPLE_CALENDARS if calendars is None else calendars)
 
+    # every class covers the same period: ``bars`` bars of the sparsest calendar of the lake (a venue
+    # that trades more hours has more bars), so that a split at common dates fits every class
+    layouts = {c: _session_bars(venues.get(c, "continuous"), t0, frequency, bars) for c in classes}
+    if len(layouts) > 1:
+        end = max(layout[0][-1] for layout in layouts.values())
+        layouts = {c: _session_bars(venues.get(c, "continuous"), t0, frequency, bars, until=end) for c in classes}
     for asset_class in classes:
         price, vol, volume = _CLASS_STYLE.get(asset_class, (100.0, 0.008, 10_000.0))
-        ts, hours, seasonal = _session_bars(venues.get(asset_class, "continuous"), t0, frequency, bars)
-        returns = _simulate_class(rng, symbols_per_class, bars, vol)
+        ts, hours, seasonal = layouts[asset_class]
+        returns = _simulate_class(rng, symbols_per_class, len(ts), vol)
         for i in range(symbols_per_class):
             symbol = f"{asset_class[:3].upper()}{i:03d}"
             item_id = f"{asset_class}/{symbol}"
@@ -186,15 +193,18 @@ def generate_sample_lake(
     return lake
 
 
-def _session_bars(venue: str, t0: datetime, frequency, bars: int):
-    """The first ``bars`` bar labels of ``venue``'s calendar from ``t0`` (datetime64[s]), each bar's
-    hour of day (UTC), and the volume's intraday shape (None: the default around-the-clock shape)."""
+def _session_bars(venue: str, t0: datetime, frequency, bars: int, until=None):
+    """The first ``bars`` bar labels of ``venue``'s calendar from ``t0`` (datetime64[s]) — or every label
+    up to ``until`` —, each bar's hour of day (UTC), and the volume's intraday shape (None: the default
+    around-the-clock shape)."""
     from ohlcv.calendars import US_PER_DAY, resolve
 
     calendar = resolve({"sample": venue}, "sample")
     step = frequency.seconds * 1_000_000
     start = int(np.datetime64(t0.replace(tzinfo=None), "us").astype(np.int64))
-    if calendar.continuous:
+    if until is not None:
+        labels = calendar.labels(start, int(np.datetime64(until, "us").astype(np.int64)), frequency)
+    elif calendar.continuous:
         labels = start + step * np.arange(bars, dtype=np.int64)
     else:
         span = bars * step * 2 + 10 * US_PER_DAY  # enough calendar time for most venues, grown if not
