@@ -100,7 +100,7 @@ def test_every_clean_symbol_is_in_the_dataset_in_uni2ts_schema(dirty):
     assert manifest["series"] == len(ids) and manifest["variates"] == ["open", "high", "low", "close", "volume", "log_return_1"]
     row = hf.with_format("numpy")[0]
     target = np.stack(row["target"])
-    assert target.dtype == np.float32 and target.shape == (6, 1500)
+    assert target.dtype == np.float32 and target.shape == (6, manifest["items"][0]["length"])
     assert str(row["freq"]) == "1h"
     assert set(hf.features) == {"item_id", "start", "freq", "target"}
     # the first 3 bars of each gap are filled (causal), the rest stay missing (NaN) for the observed mask
@@ -135,10 +135,16 @@ def test_check_fails_when_series_are_too_short_for_the_windows(dirty):
     from ohlcv.build.check import check_dataset
 
     _, result = dirty
+    # longer than some training spans (the equities': NYSE hours are the sparsest): those are skipped, a warning
     cfg = _cfg(Path("unused"), result.out, "data.context_length=1500", "data.prediction_length=48", "model.patch_sizes=[64]")
     report = check_dataset(result.out, cfg)
+    assert any("training span shorter than context + horizon" in w and "training skips them" in w
+               for w in report.warnings)
+    # longer than every training span: nothing to train on
+    cfg = _cfg(Path("unused"), result.out, "data.context_length=9000", "data.prediction_length=48", "model.patch_sizes=[64]")
+    report = check_dataset(result.out, cfg)
     assert not report.ok
-    assert any("training span shorter than context + horizon" in p for p in report.problems)
+    assert any("every series has a training span shorter than context + horizon" in p for p in report.problems)
 
 
 def test_rebuild_is_up_to_date_and_identical(dirty, tmp_path):

@@ -91,7 +91,14 @@ class Calendar:
             return labels, labels + step
         # the venue's grid is laid out once per whole-year span and sliced: a build asks for the same
         # years symbol after symbol (measured: laying out NYSE hours per symbol made a build 1.8x slower)
-        labels, ends = _year_grid(self, freq, _year(start_us - US_PER_DAY), _year(end_us + US_PER_DAY))
+        try:
+            labels, ends = _year_grid(self, freq, _year(start_us - US_PER_DAY), _year(end_us + US_PER_DAY))
+        except ConfigError as exc:  # name the span the build asked for, not the widened one
+            if "cannot cover" not in str(exc):
+                raise
+            cause = str(exc).split(" (", 1)[1] if " (" in str(exc) else ""
+            raise ConfigError(f"calendar '{self.name}' cannot cover {_day(start_us)} to {_day(end_us)}"
+                              + (f" ({cause}" if cause else ""), key="data.calendars") from None
         lo = int(np.searchsorted(ends, start_us, side="right"))
         hi = int(np.searchsorted(labels, end_us, side="right"))
         return labels[lo:hi], ends[lo:hi]
