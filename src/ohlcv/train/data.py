@@ -63,22 +63,42 @@ def read_timestamps(dataset: Path, manifest: dict[str, Any] | None = None) -> di
     }
 
 
-def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "train", lead: int = 0):
+def span_bounds(item: dict[str, Any], span: str, lead: int = 0) -> tuple[int, int]:
+    """The bars [start, end) of ``span`` (``train`` or ``validation`` with ``lead`` bars of context) of a series."""
+    if span == "train":
+        return 0, int(item["train_end"])
+    return max(0, int(item["train_end"]) - lead), int(item["validation_end"])
+
+
+def trainable_items(manifest: dict[str, Any], span: str, min_length: int, lead: int = 0) -> list[dict[str, Any]]:
+    """The series whose ``span`` holds at least ``min_length`` bars.
+
+    With a date split common to every series, a symbol that starts late has a short (or empty)
+    training span: training skips it, evaluation still uses its test span.
+    """
+    kept = []
+    for item in manifest["items"]:
+        start, end = span_bounds(item, span, lead)
+        if end - start >= min_length:
+            kept.append(item)
+    return kept
+
+
+def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "train", lead: int = 0,
+                       min_length: int = 1):
     """uni2ts's ``HuggingFaceDatasetIndexer`` over the dataset, each series cut to ``span``.
 
     ``train``: bars [0, train_end). ``validation``: bars [train_end - lead, validation_end), i.e.
-    the validation span preceded by ``lead`` bars of context.
+    the validation span preceded by ``lead`` bars of context. Series whose span is shorter than
+    ``min_length`` bars are left out (see :func:`trainable_items`).
     """
     import datasets
     import numpy as np
     from uni2ts.data.indexer import HuggingFaceDatasetIndexer
 
     datasets.disable_progress_bars()
-    bounds = {
-        item["item_id"]: (0, item["train_end"]) if span == "train"
-        else (max(0, item["train_end"] - lead), item["validation_end"])
-        for item in manifest["items"]
-    }
+    bounds = {item["item_id"]: span_bounds(item, span, lead) for item in manifest["items"]}
+    keep = {item["item_id"] for item in trainable_items(manifest, span, min_length, lead)}
 
     class SpanIndexer(HuggingFaceDatasetIndexer):
         """Series cut at the end of the span (the dataset itself holds whole series)."""
@@ -92,4 +112,7 @@ def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "
                         entry[field] = np.asarray(entry[field])[..., bound[0] : bound[1]]
             return entry
 
-    return SpanIndexer(load_hf(dataset, manifest))
+    hf = load_hf(dataset, manifest)
+    if len(keep) < len(bounds):
+        hf = hf.select([i for i, item_id in enumerate(hf["item_id"]) if str(item_id) in keep])
+    return SpanIndexer(hf)
