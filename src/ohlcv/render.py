@@ -80,14 +80,14 @@ def render_plugins(console: "Console", plugins: "Plugins") -> None:
     table = Table(title="Registered features", title_justify="left")
     table.add_column("feature", style="bold", no_wrap=True)
     table.add_column("family", no_wrap=True)
-    table.add_column("outputs", overflow="fold")
+    table.add_column("outputs (kind)", overflow="fold")
     table.add_column("warm-up", justify="right", no_wrap=True)
     table.add_column("plugin", no_wrap=True)
     table.add_column("distribution", overflow="fold")
     for entry in plugins.features:
         feature, info = entry.feature, entry.plugin
         try:
-            outputs = ", ".join(feature.output_names())
+            outputs = ", ".join(f"{name} ({kind.value})" for name, kind in feature.output_kinds().items())
             warmup = str(feature.warmup_bars())
         except Exception as exc:  # noqa: BLE001 - show, don't crash
             outputs, warmup = f"(error: {exc})", "?"
