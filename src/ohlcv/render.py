@@ -267,24 +267,41 @@ def render_pretrain_result(console: "Console", result) -> None:
 
 
 def render_evaluation(console: "Console", result) -> None:
-    for variate in next(iter(result.aggregate.values())):
-        table = Table(title=f"{variate}: {result.windows} test windows (price units)", title_justify="left")
-        for column in ("model", "CRPS", "MASE", "MSIS", "MAE", "cov 50/80/95", "direction", "CRPS/naive", "MASE/naive"):
-            table.add_column(column, justify="right" if column != "model" else "left", no_wrap=True)
+    import math
+
+    def p(value: float) -> str:
+        return "–" if not math.isfinite(value) else f"{value:.3f}" if value >= 0.001 else f"{value:.0e}"
+
+    for variate, info in result.variates.items():
+        yard = info["yardstick"]
+        removed = f", {info['windows_removed']} removed for all" if info["windows_removed"] else ""
+        table = Table(title=f"{variate} ({info['kind']}; {info['units']}): {info['windows']} windows{removed}; "
+                            f"the one to beat: {yard}", title_justify="left")
+        for column in ("forecaster", "CRPS", "MASE", "MSIS", "cov 50/80/95", "direction (p)", f"CRPS/{yard}",
+                       f"MAE/{yard}", "DM p CRPS", "DM p |err|"):
+            table.add_column(column, justify="right" if column != "forecaster" else "left", no_wrap=True)
         for model, by_variate in result.aggregate.items():
+            if variate not in by_variate:
+                continue
             m, r = by_variate[variate], result.relative[model][variate]
+            dm = result.significance.get(model, {}).get(variate, {}).get(yard)
             better = r["crps"] < 1
             table.add_row(
-                escape(model), f"{m['crps']:.4g}", f"{m['mase']:.3f}", f"{m['msis']:.3f}", f"{m['mae']:.4g}",
-                f"{m['coverage_50']:.2f}/{m['coverage_80']:.2f}/{m['coverage_95']:.2f}", f"{m['directional_accuracy']:.2f}",
-                f"[{'green' if better else 'red'}]{r['crps']:.3f}[/]", f"{r['mase']:.3f}",
+                escape(model), f"{m['crps']:.4g}", f"{m['mase']:.3f}", f"{m['msis']:.3f}",
+                f"{m['coverage_50']:.2f}/{m['coverage_80']:.2f}/{m['coverage_95']:.2f}",
+                f"{m['directional_accuracy']:.2f} ({p(m['direction_p'])})",
+                f"[{'green' if better else 'red'}]{r['crps']:.3f}[/]", f"{r['mae']:.3f}",
+                p(dm["crps"]["p_value"]) if dm else "", p(dm["abs_error"]["p_value"]) if dm else "",
             )
         console.print(table)
-        ratio = result.relative["model"][variate]["crps"]
-        console.print(
-            f"{escape(variate)}: the model {'beats' if ratio < 1 else '[bold red]does not beat[/]'} "
-            f"the naive random walk on CRPS (ratio {ratio:.3f})"
-        )
+        for model in result.models:
+            console.print(escape(result.verdict(variate, model)))
+            summary = result.ic.get(model, {}).get(variate)
+            if summary:
+                console.print(f"  IC {summary['ic']['mean']:.3f} (t {summary['ic']['t']:.2f}), rank IC "
+                              f"{summary['rank_ic']['mean']:.3f} (t {summary['rank_ic']['t']:.2f}) over {summary['origins']} origins")
+    for flag in result.flags():
+        console.print(f"[bold yellow]calibration:[/] {escape(flag)}")
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(f"metrics.json, metrics.csv, report.md and {len(result.plots)} plots in {escape(str(result.out))}")
