@@ -307,6 +307,27 @@ def render_evaluation(console: "Console", result) -> None:
     console.print(f"metrics.json, metrics.csv, report.md and {len(result.plots)} plots in {escape(str(result.out))}")
 
 
+def render_backtest(console: "Console", result) -> None:
+    import math
+
+    for variate, info in result.overall.items():
+        table = Table(title=f"{variate}: model vs {info['yardstick']} per fold (refit: {result.refit})", title_justify="left")
+        for column in ("fold", "first origin", "CRPS ratio", "DM p", "cov 80", "direction"):
+            table.add_column(column, justify="left" if column in ("fold", "first origin") else "right", no_wrap=True)
+        for fold, p in zip(result.folds, info["fold_dm_p"]):
+            ratio = fold["relative"]["model"][variate]["crps"]
+            m = fold["aggregate"]["model"][variate]
+            table.add_row(str(fold["fold"]), str(fold["span"]["first_origin"]),
+                          f"[{'green' if ratio < 1 else 'red'}]{ratio:.3f}[/]",
+                          (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}") if p is not None and math.isfinite(p) else "–",
+                          f"{m['coverage_80']:.2f}", f"{m['directional_accuracy']:.2f}")
+        console.print(table)
+        console.print(escape(result.verdict(variate)))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print(f"backtest.json, report.md, plots/folds.png and one evaluation per fold in {escape(str(result.out))}")
+
+
 def render_finetune_result(console: "Console", result) -> None:
     s = result.summary
     before, after = s["val_loss_before"], s["val_loss_after"]

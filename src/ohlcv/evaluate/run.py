@@ -66,6 +66,8 @@ class EvalResult:
     models: list[str] = field(default_factory=list)  # the learned forecasters (and their recalibrated copies)
     conformal: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # forecaster -> variate -> baseline -> loss -> [(origin time, mean loss difference)], for pooling folds
+    differences: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def verdict(self, variate: str, model: str = "model") -> str:
         """One sentence: does ``model`` beat the one to beat on CRPS, with the DM p-value."""
@@ -475,6 +477,7 @@ def summarize_scores(store, variates_info, learned, *, horizon: int, stride: int
     calibration: dict = {}
     ic: dict = {}
     by_step: dict = {}
+    differences: dict = {}
     per_asset: list[dict[str, Any]] = []
     overlap = max(1, math.ceil(horizon / stride))  # consecutive windows whose forecasts overlap
     for variate, info in variates_info.items():
@@ -507,7 +510,10 @@ def summarize_scores(store, variates_info, learned, *, horizon: int, stride: int
                 for loss in ("crps", "abs_error"):
                     attr = "crps_scaled" if loss == "crps" else "ae_scaled"
                     diffs = [getattr(s, attr) - getattr(other[item], attr) for item, _t, s in entries]
-                    tests[loss] = diebold_mariano(by_origin(keys, diffs), overlap).to_dict()
+                    origins, series = by_origin(keys, diffs)
+                    tests[loss] = diebold_mariano(series, overlap).to_dict()
+                    differences.setdefault(name, {}).setdefault(variate, {}).setdefault(baseline, {})[loss] = list(
+                        zip(origins, series.tolist()))
                 significance.setdefault(name, {}).setdefault(variate, {})[baseline] = tests
             if name in learned or name == info["yardstick"]:
                 calibration.setdefault(name, {})[variate] = _calibration(entries, aggregate[name][variate])
@@ -517,7 +523,7 @@ def summarize_scores(store, variates_info, learned, *, horizon: int, stride: int
                 if summary is not None:
                     ic.setdefault(name, {})[variate] = summary
     return {"variates": variates_info, "aggregate": aggregate, "relative": relative, "significance": significance,
-            "calibration": calibration, "ic": ic, "by_step": by_step, "per_asset": per_asset}
+            "calibration": calibration, "ic": ic, "by_step": by_step, "per_asset": per_asset, "differences": differences}
 
 
 def _calibration(entries, aggregate: dict[str, float]) -> dict[str, Any]:

@@ -59,15 +59,17 @@ def diebold_mariano(differences: np.ndarray, horizon: int = 1) -> DMResult:
     return DMResult(statistic, float(2 * student_t.sf(abs(statistic), n - 1)), n, mean)
 
 
-def by_origin(keys: list, values: list[np.ndarray]) -> np.ndarray:
-    """Mean of ``values`` over the series sharing an origin, in time order (``keys``: per series, origin times)."""
+def by_origin(keys: list, values: list[np.ndarray]) -> tuple[list, np.ndarray]:
+    """The origins in time order, and the mean of ``values`` over the series sharing each
+    (``keys``: per series, its origin times; ``values``: per series, one value per origin)."""
     sums: dict = {}
     for origin_keys, origin_values in zip(keys, values):
         for key, value in zip(origin_keys, origin_values):
             if np.isfinite(value):
                 total, count = sums.get(key, (0.0, 0))
                 sums[key] = (total + float(value), count + 1)
-    return np.array([sums[k][0] / sums[k][1] for k in sorted(sums)])
+    ordered = sorted(sums)
+    return ordered, np.array([sums[k][0] / sums[k][1] for k in ordered])
 
 
 MIN_ASSETS_FOR_IC = 5
