@@ -277,7 +277,7 @@ def render_evaluation(console: "Console", result) -> None:
         removed = f", {info['windows_removed']} removed for all" if info["windows_removed"] else ""
         table = Table(title=f"{variate} ({info['kind']}; {info['units']}): {info['windows']} windows{removed}; "
                             f"the one to beat: {yard}", title_justify="left")
-        for column in ("forecaster", "CRPS", "MASE", "MSIS", "cov 50/80/95", "direction (p)", f"CRPS/{yard}",
+        for column in ("forecaster", "CRPS", "MASE", "MSIS", "cov 50/80/95", "dir. steps/windows (p)", f"CRPS/{yard}",
                        f"MAE/{yard}", "DM p CRPS", "DM p |err|"):
             table.add_column(column, justify="right" if column != "forecaster" else "left", no_wrap=True)
         for model, by_variate in result.aggregate.items():
@@ -289,7 +289,7 @@ def render_evaluation(console: "Console", result) -> None:
             table.add_row(
                 escape(model), f"{m['crps']:.4g}", f"{m['mase']:.3f}", f"{m['msis']:.3f}",
                 f"{m['coverage_50']:.2f}/{m['coverage_80']:.2f}/{m['coverage_95']:.2f}",
-                f"{m['directional_accuracy']:.2f} ({p(m['direction_p'])})",
+                f"{m['directional_accuracy']:.2f}/{m['direction_window_accuracy']:.2f} ({p(m['direction_p'])})",
                 f"[{'green' if better else 'red'}]{r['crps']:.3f}[/]", f"{r['mae']:.3f}",
                 p(dm["crps"]["p_value"]) if dm else "", p(dm["abs_error"]["p_value"]) if dm else "",
             )

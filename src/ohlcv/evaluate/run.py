@@ -733,7 +733,7 @@ def render_report(result: EvalResult, settings: dict[str, Any], dataset) -> str:
         lines += [f"## {variate} ({info['kind']}; {info['units']})", "",
                   f"The one to beat: **{yard}** ({DESCRIPTIONS.get(yard, yard)}). {info['windows']} windows scored"
                   + (f", {info['windows_removed']} removed for every forecaster." if info["windows_removed"] else "."), "",
-                  f"| forecaster | CRPS | MASE | MSIS | coverage 50/80/95 | direction (steps; p on windows) | CRPS / {yard} | "
+                  f"| forecaster | CRPS | MASE | MSIS | coverage 50/80/95 | direction: steps / windows (p) | CRPS / {yard} | "
                   f"MAE / {yard} | DM p CRPS | DM p abs. error |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, by_variate in result.aggregate.items():
@@ -745,7 +745,7 @@ def render_report(result: EvalResult, settings: dict[str, Any], dataset) -> str:
             p_abs = _p(dm["abs_error"]["p_value"]) if dm and math.isfinite(dm["abs_error"]["p_value"]) else "–"
             lines.append(f"| {name} | {m['crps']:.4g} | {m['mase']:.3f} | {m['msis']:.3f} | "
                          f"{m['coverage_50']:.2f} / {m['coverage_80']:.2f} / {m['coverage_95']:.2f} | "
-                         f"{m['directional_accuracy']:.2f} ({m['direction_n']}, {_p(m['direction_p'])}) | "
+                         f"{m['directional_accuracy']:.2f} / {m['direction_window_accuracy']:.2f} ({_p(m['direction_p'])}) | "
                          f"{r['crps']:.3f} | {r['mae']:.3f} | {p_crps} | {p_abs} |")
         lines += [""] + [f"- {result.verdict(variate, model)}." for model in result.models] + [""]
         other = [(name, b, tests) for name in result.models
