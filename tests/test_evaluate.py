@@ -112,3 +112,18 @@ def test_evaluate_errors_are_one_line(trained, cli, tmp_path):
     bad = cli("evaluate", "--profile", "hourly", "--model", str(root), "--dataset", str(root / "ds"),
               "evaluate.baselines.return=[naive]")
     assert bad.exit_code == 2 and "evaluate.baselines.return: unknown baselines ['naive']" in bad.stderr
+
+
+def test_conformal_recalibration_is_reported_beside_the_raw_model(trained):
+    root, model = trained
+    raw = evaluate(load_profile("hourly", [f"data.dataset={root / 'ds'}", *TINY, *SMALL]), str(model),
+                   dataset=root / "ds", out=root / "raw", write=False)
+    loaded = load_profile("hourly", [f"data.dataset={root / 'ds'}", *TINY, *SMALL, "evaluate.calibrate=conformal",
+                                     "evaluate.calibration_windows=2"])
+    calibrated = evaluate(loaded, str(model), dataset=root / "ds", out=root / "cal", write=False)
+    assert calibrated.models == ["model", "model+conformal"]
+    assert calibrated.aggregate["model"] == raw.aggregate["model"]  # the raw model is untouched
+    fitted = calibrated.conformal["model"]["close"]
+    assert fitted["windows"] > 0 and len(fitted["shift_by_step"]["80"]) == 24
+    assert calibrated.aggregate["model+conformal"]["close"]["crps"] != raw.aggregate["model"]["close"]["crps"]
+    assert "model+conformal" in calibrated.significance and "model+conformal" in calibrated.calibration
