@@ -94,8 +94,8 @@ class EvalResult:
         return {"variates": self.variates, "span": self.span, "windows_total": self.windows,
                 "aggregate": self.aggregate, "relative": self.relative, "significance": self.significance,
                 "calibration": self.calibration, "ic": self.ic, "error_by_step": self.by_step,
-                "conformal": self.conformal, "verdicts": {v: self.verdict(v, m) for v in self.variates
-                                                          for m in self.models[:1]},
+                "conformal": self.conformal,
+                "verdicts": {m: {v: self.verdict(v, m) for v in self.variates} for m in self.models},
                 "flags": self.flags(), "notes": self.notes, "per_asset": self.per_asset}
 
 
