@@ -33,7 +33,8 @@ def test_wrong_typed_override_is_one_line_exit_2(cli):
     assert "data.context_length" in result.stderr and "override" in result.stderr
 
 
-@pytest.mark.parametrize("command", [["build"], ["pretrain"], ["finetune", "--from", "m"], ["evaluate", "--model", "m"], ["check"]])
+@pytest.mark.parametrize("command", [["build"], ["pretrain"], ["finetune", "--from", "m"], ["evaluate", "--model", "m"],
+                                     ["backtest", "--from", "m"], ["check"]])
 def test_every_command_validates_its_profile(cli, command):
     bad = cli(*command, "--profile", "hourly", "trainer.precision=bf16-true")
     assert bad.exit_code == 2 and "trainer.precision" in bad.stderr

@@ -1,14 +1,20 @@
-"""`ohlcv evaluate`: a tiny pre-trained model against the baselines on the test span, with outputs."""
+"""`ohlcv evaluate`: a tiny pre-trained model against the baselines of each variate's kind, on the same windows."""
 
 from __future__ import annotations
 
 import csv
 import json
+import types
 
 import pytest
 
-from ohlcv.evaluate.windows import statsforecast_available
+from ohlcv.config import load_profile
+from ohlcv.errors import ConfigError
+from ohlcv.evaluate.baselines import statsforecast_available
+from ohlcv.evaluate.run import check_model_fits, evaluate
 from tests.test_pretrain import TINY, pretrain_tiny
+
+SMALL = ["evaluate.windows=3", "evaluate.num_samples=16", "evaluate.variates=[close,log_return_1]"]
 
 
 @pytest.fixture(scope="module")
@@ -17,33 +23,80 @@ def trained(tmp_path_factory):
     return root, pretrain_tiny(root, asset_classes=["crypto", "fx"], bars=900, seed=4)
 
 
-def test_evaluate_scores_the_model_and_every_baseline_and_writes_the_report(trained, cli):
+def test_evaluate_scores_each_variate_against_the_baselines_of_its_kind_and_writes_the_report(trained, cli):
     root, model = trained
     out = root / "eval"
     result = cli("evaluate", "--profile", "hourly", "--model", str(model), "--zero-shot", str(model),
-                 "--dataset", str(root / "ds"), "--out", str(out), *TINY,
-                 "evaluate.windows=3", "evaluate.num_samples=16", "evaluate.plot_assets=2",
-                 "evaluate.variates=[close,log_return_1]")
+                 "--dataset", str(root / "ds"), "--out", str(out), *TINY, *SMALL, "evaluate.plot_assets=2")
     assert result.exit_code == 0, result.stderr + result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    expected = {"model", "zero_shot", "naive", "seasonal_naive", "drift"} | ({"autoets"} if statsforecast_available() else set())
-    assert set(metrics["aggregate"]) == expected
-    for model in metrics["aggregate"].values():
-        assert set(model) == {"close", "log_return_1"}  # aggregated per variate, never across variates
-        assert {"crps", "mase", "msis", "mae", "mse", "coverage_50", "coverage_80", "coverage_95",
-                "directional_accuracy"} <= set(model["close"])
-    assert metrics["relative_to_naive"]["naive"]["close"]["crps"] == pytest.approx(1.0)
-    assert metrics["settings"]["units"].startswith("prices")
+    prices = {"random_walk", "drift", "seasonal_naive"} | ({"autoets"} if statsforecast_available() else set())
+    returns = {"zero_student_t", "zero_normal", "historical_mean"}
+    assert set(metrics["aggregate"]) == {"model", "zero_shot"} | prices | returns
+    assert set(metrics["aggregate"]["random_walk"]) == {"close"}  # baselines only where their kind is scored
+    assert set(metrics["aggregate"]["zero_normal"]) == {"log_return_1"}
+    assert metrics["variates"]["close"]["kind"] == "price" and metrics["variates"]["close"]["yardstick"] == "random_walk"
+    assert metrics["variates"]["log_return_1"]["kind"] == "return"
+    assert metrics["variates"]["log_return_1"]["yardstick"] == "zero_student_t"
+    assert metrics["settings"]["units"]["close"].startswith("price") and "return" in metrics["settings"]["units"]["log_return_1"]
+    assert "weighted quantile loss" in metrics["settings"]["crps"]
+    assert metrics["relative"]["random_walk"]["close"]["crps"] == pytest.approx(1.0)
+    for variate in ("close", "log_return_1"):
+        yard = metrics["variates"][variate]["yardstick"]
+        test = metrics["significance"]["model"][variate][yard]
+        assert 0 <= test["crps"]["p_value"] <= 1 and 0 <= test["abs_error"]["p_value"] <= 1
+        assert test["crps"]["n"] == 3  # 3 origins shared by the 4 series
+        assert len(metrics["error_by_step"]["model"][variate]) == 24
+        assert sum(metrics["calibration"]["model"][variate]["pit_histogram"]) == pytest.approx(1.0)
+    # every forecaster on the same windows: same count per asset
+    per_asset = metrics["per_asset"]
+    assert len({(r["item_id"], r["variate"], r["windows"]) for r in per_asset}) == 8
     with open(out / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == len(expected) * 2 * 4  # models x variates x assets
-    if not statsforecast_available():
-        assert "AutoETS skipped" in (out / "report.md").read_text()
+    assert [r for r in rows if r["item_id"] == "ALL" and r["model"] == "model" and r["variate"] == "close"]
+    assert all(r["mae"] == "" for r in rows if r["item_id"] == "ALL")  # no MAE averaged over assets
     report = (out / "report.md").read_text()
-    assert "naive random walk" in report and "## close" in report
+    assert "The one to beat: **random_walk**" in report and "The one to beat: **zero_student_t**" in report
+    assert "mean weighted quantile loss" in report and "crypto/CRY000" in report and "DM p CRPS" in report
+    assert "the random walk on CRPS" in report or "random walk on CRPS, p =" in report
     plots = sorted(p.name for p in (out / "plots").iterdir())
-    assert "relative_per_asset.png" in plots and sum(p.startswith("forecast_") for p in plots) == 2
-    assert "CRPS/naive" in result.stdout
+    assert {"relative_per_asset.png", "error_by_step_close.png", "calibration_log_return_1.png"} <= set(plots)
+    assert sum(p.startswith("forecast_") for p in plots) == 2
+    assert "the one to beat: random_walk" in result.stdout and "DM p CRPS" in result.stdout
+
+    as_json = cli("evaluate", "--profile", "hourly", "--model", str(model), "--dataset", str(root / "ds"),
+                  "--out", str(root / "eval-json"), "--json", *TINY, *SMALL)
+    assert as_json.exit_code == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["variates"]["close"]["yardstick"] == "random_walk"
+
+
+def test_adding_a_second_model_changes_no_number_of_the_first(trained):
+    root, model = trained
+    loaded = load_profile("hourly", [f"data.dataset={root / 'ds'}", *TINY, *SMALL])
+    alone = evaluate(loaded, str(model), dataset=root / "ds", out=root / "alone", write=False)
+    both = evaluate(loaded, str(model), dataset=root / "ds", out=root / "both", zero_shot=str(model), write=False)
+    rows = lambda result: {(r["model"], r["item_id"], r["variate"]): r for r in result.per_asset  # noqa: E731
+                           if r["model"] != "zero_shot"}
+    assert rows(alone) == rows(both)
+    assert alone.significance["model"] == both.significance["model"]
+
+
+def test_a_model_trained_with_other_variates_or_context_is_refused(trained, cli, tmp_path):
+    root, model = trained
+    result = cli("evaluate", "--profile", "hourly", "--model", str(model), "--dataset", str(root / "ds"),
+                 "--out", str(tmp_path / "e"), *TINY, *SMALL, "data.context_length=144")
+    assert result.exit_code == 2
+    assert "context: trained 168, evaluated 144" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    loaded = load_profile("hourly", [f"data.dataset={root / 'ds'}", *TINY])
+    module = types.SimpleNamespace(patch_sizes=[16, 32, 64])
+    manifest = json.loads((root / "ds" / "manifest.json").read_text())
+    other = dict(manifest, variates=manifest["variates"] + ["rsi"])
+    with pytest.raises(ConfigError, match=r"variates: trained on 6, the dataset has 7 \(extra \['rsi'\], missing \[\]\)"):
+        check_model_fits(str(model), module, loaded.cfg, other, [])
+    notes = []
+    lenient = load_profile("hourly", [f"data.dataset={root / 'ds'}", *TINY, "evaluate.allow_mismatch=true"])
+    check_model_fits(str(model), module, lenient.cfg, other, notes)
+    assert "evaluated anyway" in notes[0]
 
 
 def test_evaluate_errors_are_one_line(trained, cli, tmp_path):
@@ -56,3 +109,21 @@ def test_evaluate_errors_are_one_line(trained, cli, tmp_path):
     hub = cli("evaluate", "--profile", "hourly", "--model", "Salesforce/moirai-does-not-exist",
               "--dataset", str(root / "ds"), "--out", str(tmp_path / "e"), env={"HF_HUB_OFFLINE": "1"})
     assert hub.exit_code == 1 and "cannot load 'Salesforce/moirai-does-not-exist'" in hub.stderr
+    bad = cli("evaluate", "--profile", "hourly", "--model", str(root), "--dataset", str(root / "ds"),
+              "evaluate.baselines.return=[naive]")
+    assert bad.exit_code == 2 and "evaluate.baselines.return: unknown baselines ['naive']" in bad.stderr
+
+
+def test_conformal_recalibration_is_reported_beside_the_raw_model(trained):
+    root, model = trained
+    raw = evaluate(load_profile("hourly", [f"data.dataset={root / 'ds'}", *TINY, *SMALL]), str(model),
+                   dataset=root / "ds", out=root / "raw", write=False)
+    loaded = load_profile("hourly", [f"data.dataset={root / 'ds'}", *TINY, *SMALL, "evaluate.calibrate=conformal",
+                                     "evaluate.calibration_windows=2"])
+    calibrated = evaluate(loaded, str(model), dataset=root / "ds", out=root / "cal", write=False)
+    assert calibrated.models == ["model", "model+conformal"]
+    assert calibrated.aggregate["model"] == raw.aggregate["model"]  # the raw model is untouched
+    fitted = calibrated.conformal["model"]["close"]
+    assert fitted["windows"] > 0 and len(fitted["shift_by_step"]["80"]) == 24
+    assert calibrated.aggregate["model+conformal"]["close"]["crps"] != raw.aggregate["model"]["close"]["crps"]
+    assert "model+conformal" in calibrated.significance and "model+conformal" in calibrated.calibration

@@ -249,3 +249,25 @@ def test_the_plugin_in_the_writing_plugins_guide_passes_the_check():
         assert check_feature(feature).ok
         assert check_warmup(feature) is None
         assert feature.bounded and check_bounded(feature) is None
+
+
+def test_every_output_declares_a_kind_and_the_declaration_is_checked():
+    from ohlcv.features import Feature, Kind
+    from ohlcv.plugins import load_plugins
+
+    registry = load_plugins().features
+    kinds = {name: kind for entry in registry for name, kind in entry.feature.output_kinds().items()}
+    assert kinds["log_return_1"] is Kind.return_ and kinds["rv_24"] is Kind.volatility and kinds["rsi"] is Kind.oscillator
+    assert kinds["sma_10"] is Kind.price and kinds["macd"] is Kind.indicator
+
+    def make(kinds):
+        return Feature(name="two", family="indicator", inputs=("close",), outputs=["a", "b"], warmup=0,
+                       exprs=lambda p: [], kinds=kinds)
+
+    assert make(["return", "volatility"]).output_kinds() == {"a": Kind.return_, "b": Kind.volatility}
+    assert make("volume").output_kinds() == {"a": Kind.volume, "b": Kind.volume}
+    assert make(Kind.indicator).output_kinds()["b"] is Kind.indicator
+    with pytest.raises(PluginError, match="kinds 'prices' must be among price, return"):
+        make("prices")
+    with pytest.raises(PluginError, match="declares 1 kinds for 2 outputs"):
+        make(["price"]).output_kinds()

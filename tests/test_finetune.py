@@ -36,7 +36,7 @@ def test_build_pretrain_finetune_evaluate_end_to_end(pretrained, cli):
                     str(root / "eval"), *common, "evaluate.windows=2", "evaluate.num_samples=8", "evaluate.variates=[close]")
     assert evaluated.exit_code == 0, evaluated.stderr + evaluated.stdout
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
-    assert {"model", "zero_shot", "naive", "seasonal_naive", "drift"} <= set(metrics["aggregate"])
+    assert {"model", "zero_shot", "random_walk", "seasonal_naive", "drift"} <= set(metrics["aggregate"])
     assert (root / "eval" / "report.md").is_file() and (root / "eval" / "plots" / "relative_per_asset.png").is_file()
 
 

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ohlcv.evaluate.windows import BASELINES, cut_windows, rolling_origins
+from ohlcv.evaluate.baselines import BASELINES
+from ohlcv.evaluate.windows import cut_windows, rolling_origins
 
 
 @settings(max_examples=200, deadline=None)
@@ -30,7 +31,7 @@ def test_no_forecast_window_value_reaches_its_context(length, test_share, contex
 def test_baselines_on_a_trending_series():
     rng = np.random.default_rng(0)
     context = (np.arange(200, dtype=float) * 0.5 + rng.normal(0, 0.1, 200))[None, :]
-    naive = BASELINES["naive"](context, 10, 200, rng)
+    naive = BASELINES["random_walk"](context, 10, 200, rng)
     drift = BASELINES["drift"](context, 10, 200, rng)
     seasonal = BASELINES["seasonal_naive"](context, 10, 200, rng, season=24)
     assert naive.shape == drift.shape == seasonal.shape == (1, 200, 10)
@@ -51,3 +52,23 @@ def test_autoets_baseline_where_statsforecast_is_installed():
     assert np.abs(np.median(samples[0], axis=0) - future).mean() < 1.0  # it follows trend and season
     low, high = np.quantile(samples[0], [0.1, 0.9], axis=0)
     assert (high > low).all()
+
+
+def test_return_and_volatility_baselines():
+    rng = np.random.default_rng(4)
+    returns = (0.02 * rng.standard_t(4, size=(50, 200)))
+    zero_t = BASELINES["zero_student_t"](returns, 6, 2000, rng)
+    zero_n = BASELINES["zero_normal"](returns, 6, 2000, rng)
+    assert np.abs(np.median(zero_t, axis=1)).max() < 0.003 and np.abs(np.median(zero_n, axis=1)).max() < 0.003
+    # the Student-t has fatter tails than the normal of the same data
+    def kurtosis(x):
+        return ((x - x.mean()) ** 4).mean() / x.var() ** 2
+    assert kurtosis(zero_t.ravel()) > kurtosis(zero_n.ravel()) + 1
+    assert np.std(zero_n) == pytest.approx(np.sqrt(np.mean(returns ** 2)), rel=0.05)
+    hist = BASELINES["historical_mean"](returns + 0.5, 3, 4000, rng)
+    assert hist.mean() == pytest.approx(0.5 + returns.mean(), abs=0.002)
+    vol = 0.01 + 0.002 * np.sin(np.arange(300) / 20)[None, :]
+    vol[0, -1] = 0.02  # a jump at the end: the EWMA level barely moves, persistence follows it
+    ewma = BASELINES["ewma"](vol, 4, 500, rng)
+    persistence = BASELINES["persistence"](vol, 4, 500, rng)
+    assert np.median(ewma[0]) < 0.0125 and np.median(persistence[0, :, 0]) == pytest.approx(0.02, abs=0.001)

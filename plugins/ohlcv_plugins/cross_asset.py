@@ -116,17 +116,18 @@ def _relative_strength(params):
 FEATURES = [
     Feature(name="class_return", family="cross_asset", inputs=("close",), outputs=["class_return"], warmup=1,
             exprs=_class_return, reference=_reference,
-            description="equal-weighted one-bar log return of the asset's class, leaving the asset out"),
+            description="equal-weighted one-bar log return of the asset's class, leaving the asset out", kinds="return"),
     Feature(name="class_beta", family="cross_asset", inputs=("close",),
             outputs=lambda p: [f"class_beta_{int(p['window'])}", f"class_corr_{int(p['window'])}"],
             warmup=lambda p: int(p["window"]), frame=_beta_corr_frame, reference=_reference, params={"window": 168},
             description="rolling beta and correlation of the asset's returns to its class (leave-one-out)"),
     Feature(name="relative_strength", family="cross_asset", inputs=("close",), outputs=["relative_strength"],
             warmup=1, exprs=_relative_strength, reference=_reference,
-            description="the asset's return standardised within its class, 0 (weakest) to 1 (strongest)"),
+            description="the asset's return standardised within its class, 0 (weakest) to 1 (strongest)",
+            kinds="oscillator"),
     Feature(name="class_dispersion", family="cross_asset", inputs=("close",), outputs=["class_dispersion"],
             warmup=1, exprs=_dispersion, reference=_reference,
-            description="cross-sectional standard deviation of one-bar log returns in the class"),
+            description="cross-sectional standard deviation of one-bar log returns in the class", kinds="volatility"),
 ]
 
 

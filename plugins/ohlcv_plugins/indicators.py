@@ -113,6 +113,7 @@ def _ma_feature(kind: str) -> Feature:
         frame=frame,
         params={"windows": [10, 20, 50], "engine": "talib"},
         description=f"{'simple' if kind == 'sma' else 'exponential'} moving average of close, per window",
+        kinds="price",
     )
 
 
@@ -158,7 +159,7 @@ def _atr_frame(frame, p):
 
 
 # -- the other TA-Lib indicators ---------------------------------------------------------------------
-def _talib_feature(name, columns, outputs, compute, warmup, params, description) -> Feature:
+def _talib_feature(name, columns, outputs, compute, warmup, params, description, kinds="indicator") -> Feature:
     names = outputs if callable(outputs) else (lambda p, _o=tuple(outputs): list(_o))
     return Feature(
         name=name,
@@ -169,6 +170,7 @@ def _talib_feature(name, columns, outputs, compute, warmup, params, description)
         frame=_talib_frame(columns, compute, names),
         params=params,
         description=description,
+        kinds=kinds,
     )
 
 
@@ -215,28 +217,29 @@ TALIB_FEATURES = [
     _ma_feature("ema"),
     Feature(name="rsi", family="indicator", inputs=("close",), outputs=["rsi"],
             warmup=lambda p: int(p["period"]), frame=_rsi_frame, params={"period": 14, "engine": "talib"},
-            description="relative strength index (Wilder), 0-100"),
+            description="relative strength index (Wilder), 0-100", kinds="oscillator"),
     Feature(name="atr", family="indicator", inputs=HLC, outputs=["atr", "natr"],
             warmup=lambda p: int(p["period"]), frame=_atr_frame, params={"period": 14, "engine": "talib"},
-            description="average true range and normalized ATR (% of close)"),
+            description="average true range and normalized ATR (% of close)", kinds="volatility"),
     _talib_feature("macd", ("close",), ["macd", "macd_signal", "macd_hist"], _macd,
                    lambda p: _lookback("MACD", fastperiod=p["fast"], slowperiod=p["slow"], signalperiod=p["signal"]),
                    {"fast": 12, "slow": 26, "signal": 9}, "MACD line, signal line and histogram"),
     _talib_feature("bollinger", ("close",), ["bb_width", "bb_percent_b"], _bbands,
-                   lambda p: int(p["period"]) - 1, {"period": 20, "k": 2.0}, "Bollinger band width and %B"),
+                   lambda p: int(p["period"]) - 1, {"period": 20, "k": 2.0}, "Bollinger band width and %B",
+                   kinds=["volatility", "oscillator"]),
     _talib_feature("adx", HLC, ["adx"], _single("ADX", HLC, "adx"),
-                   lambda p: _lookback("ADX", timeperiod=int(p["period"])), {"period": 14}, "average directional index"),
+                   lambda p: _lookback("ADX", timeperiod=int(p["period"])), {"period": 14}, "average directional index", kinds="oscillator"),
     _talib_feature("stoch", HLC, ["stoch_k", "stoch_d"], _stoch,
                    lambda p: _lookback("STOCH", fastk_period=p["k"], slowk_period=p["smooth"], slowd_period=p["d"]),
-                   {"k": 14, "smooth": 3, "d": 3}, "stochastic oscillator %K and %D"),
+                   {"k": 14, "smooth": 3, "d": 3}, "stochastic oscillator %K and %D", kinds="oscillator"),
     _talib_feature("obv", ("close", "volume"), ["obv"], _single("OBV", ("close", "volume"), "obv", None),
                    0, {}, "on-balance volume"),
     _talib_feature("mfi", HLCV, ["mfi"], _single("MFI", HLCV, "mfi"),
-                   lambda p: int(p["period"]), {"period": 14}, "money flow index"),
+                   lambda p: int(p["period"]), {"period": 14}, "money flow index", kinds="oscillator"),
     _talib_feature("cci", HLC, ["cci"], _single("CCI", HLC, "cci"),
                    lambda p: int(p["period"]) - 1, {"period": 20}, "commodity channel index"),
     _talib_feature("roc", ("close",), ["roc"], _single("ROC", ("close",), "roc"),
-                   lambda p: int(p["period"]), {"period": 10}, "rate of change, %"),
+                   lambda p: int(p["period"]), {"period": 10}, "rate of change, %", kinds="return"),
 ]
 
 
@@ -338,20 +341,20 @@ def _vwap_distance(p):
 POLARS_FEATURES = [
     Feature(name="realized_vol", family="indicator", inputs=("close",), outputs=lambda p: [f"rv_{w}" for w in _windows(p)],
             warmup=lambda p: max(_windows(p)), exprs=_realized_vol, intermediates=_realized_vol_stages, bounded=True,
-            params={"windows": [24, 168]}, description="rolling standard deviation of one-bar log returns"),
+            params={"windows": [24, 168]}, description="rolling standard deviation of one-bar log returns", kinds="volatility"),
     Feature(name="parkinson_vol", family="indicator", inputs=("high", "low"),
             outputs=lambda p: [f"parkinson_{w}" for w in _windows(p)], warmup=lambda p: max(_windows(p)) - 1,
             exprs=_parkinson, intermediates=_parkinson_stages, bounded=True,
-            params={"windows": [24]}, description="Parkinson high-low volatility estimator"),
+            params={"windows": [24]}, description="Parkinson high-low volatility estimator", kinds="volatility"),
     Feature(name="garman_klass_vol", family="indicator", inputs=("open", "high", "low", "close"),
             outputs=lambda p: [f"garman_klass_{w}" for w in _windows(p)], warmup=lambda p: max(_windows(p)) - 1,
             exprs=_garman_klass, intermediates=_garman_klass_stages, bounded=True,
-            params={"windows": [24]}, description="Garman-Klass OHLC volatility estimator"),
+            params={"windows": [24]}, description="Garman-Klass OHLC volatility estimator", kinds="volatility"),
     Feature(name="hl_range", family="indicator", inputs=("high", "low", "close"), outputs=["hl_range"], warmup=0,
-            exprs=_range, bounded=True, description="(high - low) / close"),
+            exprs=_range, bounded=True, description="(high - low) / close", kinds="volatility"),
     Feature(name="close_location", family="indicator", inputs=("high", "low", "close"), outputs=["close_location"],
             warmup=0, exprs=_close_location, bounded=True,
-            description="where the close sits in the bar's range, 0 (low) to 1 (high)"),
+            description="where the close sits in the bar's range, 0 (low) to 1 (high)", kinds="oscillator"),
     Feature(name="volume_z", family="indicator", inputs=("volume",), outputs=["volume_z"],
             warmup=lambda p: int(p["window"]) - 1, exprs=_volume_z, intermediates=_volume_z_stages, bounded=True,
             params={"window": 168}, description="z-score of log(1 + volume) against its trailing window"),

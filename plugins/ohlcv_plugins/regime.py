@@ -124,12 +124,13 @@ FEATURES = [
             outputs=["vol_regime_low", "vol_regime_mid", "vol_regime_high"],
             warmup=lambda p: int(p["window"]) + int(p["history"]) // 4 + int(p["step"]) - 1, exprs=_vol_regime,
             params={"window": 24, "history": 720, "step": 24},
-            description="one-hot low/mid/high realized volatility against its trailing terciles"),
+            description="one-hot low/mid/high realized volatility against its trailing terciles", kinds="oscillator"),
     Feature(name="trend_regime", family="regime", inputs=("close",), outputs=["trend_slope", "trend_up"],
             warmup=lambda p: int(p["window"]) + int(p["lag"]) - 1, exprs=_trend, params={"window": 168, "lag": 24},
-            description="log slope of the long moving average over `lag` bars, and whether it is rising"),
+            description="log slope of the long moving average over `lag` bars, and whether it is rising",
+            kinds=["indicator", "oscillator"]),
     Feature(name="drawdown", family="regime", inputs=("close",), outputs=["drawdown"], warmup=0, exprs=_drawdown,
-            description="close / running maximum - 1"),
+            description="close / running maximum - 1", kinds="oscillator"),
     Feature(name="gmm_regime", family="regime", inputs=("close",),
             outputs=lambda p: [f"regime_p{i}" for i in range(int(p["components"]))],
             warmup=lambda p: max(int(p["vol_window"]), int(p["trend_window"]) + int(p["trend_lag"]) - 1),
@@ -137,7 +138,7 @@ FEATURES = [
             params={"components": 3, "vol_window": 24, "trend_window": 168, "trend_lag": 24, "seed": 0,
                     "max_fit_points": 20_000},
             description="regime probabilities of a Gaussian mixture on volatility and trend, fitted on the "
-                        "training span, components ordered calm to turbulent"),
+                        "training span, components ordered calm to turbulent", kinds="oscillator"),
 ]
 
 

@@ -34,6 +34,7 @@ def _returns_feature(name: str, formula: Callable, description: str) -> Feature:
         params={"horizons": [1]},
         description=description,
         bounded=True,  # bar t and bar t - h only
+        kinds="return",
     )
 
 

@@ -60,6 +60,12 @@ def _load(profile: str, overrides: Optional[List[str]], extra: Optional[List[str
     return load_profile(profile, list(extra or []) + list(overrides or []))
 
 
+def _stdout_to_stderr(active: bool):
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr) if active else contextlib.nullcontext()
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"ohlcv {__version__}")
@@ -291,8 +297,12 @@ def evaluate(
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where metrics, plots and report.md go."),
     zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="A second model to compare in the same table."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (files are written too)."),
 ) -> None:
-    """Rolling-origin forecasts on the test span, against naive baselines on the same windows, with plots."""
+    """Rolling-origin forecasts on the test span against the baselines of each variate's kind, on the same windows.
+
+    Diebold-Mariano p-values, calibration (PIT, coverage; conformal with evaluate.calibrate=conformal), plots, report.md.
+    """
     import time as _time
 
     from ohlcv.evaluate.run import evaluate as run_evaluate
@@ -301,9 +311,53 @@ def evaluate(
     extra = [f"data.dataset={dataset}"] if dataset is not None else []
     loaded = _load(profile, overrides, extra)
     target = out or Path(str(loaded.cfg.output.runs_dir)) / f"{loaded.name}-evaluate-{_time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_evaluate(loaded, model, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=target,
-                          zero_shot=zero_shot)
-    render_evaluation(_console(), result)
+    with _stdout_to_stderr(as_json):  # libraries print while loading models: keep --json output parseable
+        result = run_evaluate(loaded, model, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=target,
+                              zero_shot=zero_shot)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({"out": str(result.out), **result.to_json()}, indent=2, default=float))
+    else:
+        render_evaluation(_console(), result)
+
+
+@app.command()
+def backtest(
+    profile: str = ProfileOption,
+    overrides: Optional[List[str]] = OverridesArgument,
+    start: str = typer.Option(..., "--from", help="The model: a folder (e.g. RUN/model) or a hub id."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="Walk-forward folds (sets backtest.folds)."),
+    refit: Optional[str] = typer.Option(None, "--refit", help="finetune: fine-tune before each fold; none: the same model (sets backtest.refit)."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
+    lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where folds, plots and report.md go."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Walk-forward backtest: K folds ending with the test span; optionally fine-tune up to each fold (less an embargo)."""
+    import time as _time
+
+    from ohlcv.evaluate.backtest import run_backtest
+    from ohlcv.render import render_backtest
+
+    extra = _data_options(lake, dataset)
+    if folds is not None:
+        extra.append(f"backtest.folds={folds}")
+    if refit is not None:
+        extra.append(f"backtest.refit={refit}")
+    loaded = _load(profile, overrides, extra)
+    _ensure_sample_lake(loaded)
+    target = out or Path(str(loaded.cfg.output.runs_dir)) / f"{loaded.name}-backtest-{_time.strftime('%Y%m%d-%H%M%S')}"
+    with _stdout_to_stderr(as_json):
+        result = run_backtest(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=target,
+                              on_build=_build_first(loaded),
+                              on_fold=lambda fold, total: _console(stderr=as_json).print(f"fold {fold + 1}/{total}"))
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(result.to_json(), indent=2, default=float))
+    else:
+        render_backtest(_console(), result)
 
 
 @profiles_app.command("list")

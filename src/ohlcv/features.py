@@ -38,6 +38,21 @@ def min_observations(window: int) -> int:
     return max(2, min(window, math.ceil(MIN_OBSERVED_SHARE * window)))
 
 
+class Kind(str, Enum):
+    """What an output variate is; evaluation picks its baselines and direction rule from it."""
+
+    price = "price"  # a price level (close, a moving average): baselines are random walks
+    return_ = "return"  # a return (log or simple): the random walk of a price is a zero return
+    volatility = "volatility"  # a volatility or range estimate: persistence and EWMA
+    volume = "volume"  # traded volume
+    oscillator = "oscillator"  # bounded (RSI 0-100, probabilities, one-hots): persistence, historical mean
+    indicator = "indicator"  # anything else (MACD, z-scores, betas): persistence
+
+
+# The lake's own columns.
+OHLCV_KINDS = {"open": Kind.price, "high": Kind.price, "low": Kind.price, "close": Kind.price, "volume": Kind.volume}
+
+
 class Family(str, Enum):
     indicator = "indicator"
     cross_asset = "cross_asset"
@@ -86,6 +101,10 @@ class Feature:
     # warm-up mask to discard every value whose window would reach into the previous series.
     # The test suite checks the claim for every registered feature.
     bounded: bool = False
+    # What each output is (:class:`Kind`): one kind for every output, a list with one kind per output,
+    # or a function of the parameters returning that list. Evaluation reads it to choose baselines
+    # (a random walk for prices, a zero return for returns). Default: ``indicator``.
+    kinds: "Kind | str | Sequence[Kind | str] | Callable[[Params], Sequence[Kind | str]]" = Kind.indicator
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -100,6 +119,8 @@ class Feature:
         if self.exprs is None and (self.intermediates is not None or self.bounded):
             raise PluginError(f"feature '{self.name}': intermediates= and bounded= apply to exprs= features only")
         object.__setattr__(self, "inputs", tuple(self.inputs))
+        if not callable(self.kinds):
+            object.__setattr__(self, "kinds", self._checked_kinds(self.kinds))
 
     def resolve_params(self, overrides: Params | None = None) -> dict[str, Any]:
         merged = dict(self.params)
@@ -120,6 +141,24 @@ class Feature:
         params = self.resolve_params(overrides)
         names = self.outputs(params) if callable(self.outputs) else self.outputs
         return list(names)
+
+    def _checked_kinds(self, kinds) -> "Kind | tuple[Kind, ...]":
+        many = not isinstance(kinds, (str, Kind))
+        try:
+            return tuple(Kind(k) for k in kinds) if many else Kind(kinds)
+        except ValueError:
+            known = ", ".join(k.value for k in Kind)
+            raise PluginError(f"feature '{self.name}': kinds {kinds!r} must be among {known}") from None
+
+    def output_kinds(self, overrides: Params | None = None) -> dict[str, Kind]:
+        """Each output name with its :class:`Kind`."""
+        names = self.output_names(overrides)
+        kinds = self._checked_kinds(self.kinds(self.resolve_params(overrides)) if callable(self.kinds) else self.kinds)
+        if isinstance(kinds, Kind):
+            return {name: kinds for name in names}
+        if len(kinds) != len(names):
+            raise PluginError(f"feature '{self.name}' declares {len(kinds)} kinds for {len(names)} outputs {names}")
+        return dict(zip(names, kinds))
 
     def warmup_bars(self, overrides: Params | None = None) -> int:
         params = self.resolve_params(overrides)

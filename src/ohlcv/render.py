@@ -80,14 +80,14 @@ def render_plugins(console: "Console", plugins: "Plugins") -> None:
     table = Table(title="Registered features", title_justify="left")
     table.add_column("feature", style="bold", no_wrap=True)
     table.add_column("family", no_wrap=True)
-    table.add_column("outputs", overflow="fold")
+    table.add_column("outputs (kind)", overflow="fold")
     table.add_column("warm-up", justify="right", no_wrap=True)
     table.add_column("plugin", no_wrap=True)
     table.add_column("distribution", overflow="fold")
     for entry in plugins.features:
         feature, info = entry.feature, entry.plugin
         try:
-            outputs = ", ".join(feature.output_names())
+            outputs = ", ".join(f"{name} ({kind.value})" for name, kind in feature.output_kinds().items())
             warmup = str(feature.warmup_bars())
         except Exception as exc:  # noqa: BLE001 - show, don't crash
             outputs, warmup = f"(error: {exc})", "?"
@@ -275,27 +275,65 @@ def render_pretrain_result(console: "Console", result) -> None:
 
 
 def render_evaluation(console: "Console", result) -> None:
-    for variate in next(iter(result.aggregate.values())):
-        table = Table(title=f"{variate}: {result.windows} test windows (price units)", title_justify="left")
-        for column in ("model", "CRPS", "MASE", "MSIS", "MAE", "cov 50/80/95", "direction", "CRPS/naive", "MASE/naive"):
-            table.add_column(column, justify="right" if column != "model" else "left", no_wrap=True)
+    import math
+
+    def p(value: float) -> str:
+        return "–" if not math.isfinite(value) else f"{value:.3f}" if value >= 0.001 else f"{value:.0e}"
+
+    for variate, info in result.variates.items():
+        yard = info["yardstick"]
+        removed = f", {info['windows_removed']} removed for all" if info["windows_removed"] else ""
+        table = Table(title=f"{variate} ({info['kind']}; {info['units']}): {info['windows']} windows{removed}; "
+                            f"the one to beat: {yard}", title_justify="left")
+        for column in ("forecaster", "CRPS", "MASE", "MSIS", "cov 50/80/95", "dir. steps/windows (p)", f"CRPS/{yard}",
+                       f"MAE/{yard}", "DM p CRPS", "DM p |err|"):
+            table.add_column(column, justify="right" if column != "forecaster" else "left", no_wrap=True)
         for model, by_variate in result.aggregate.items():
+            if variate not in by_variate:
+                continue
             m, r = by_variate[variate], result.relative[model][variate]
+            dm = result.significance.get(model, {}).get(variate, {}).get(yard)
             better = r["crps"] < 1
             table.add_row(
-                escape(model), f"{m['crps']:.4g}", f"{m['mase']:.3f}", f"{m['msis']:.3f}", f"{m['mae']:.4g}",
-                f"{m['coverage_50']:.2f}/{m['coverage_80']:.2f}/{m['coverage_95']:.2f}", f"{m['directional_accuracy']:.2f}",
-                f"[{'green' if better else 'red'}]{r['crps']:.3f}[/]", f"{r['mase']:.3f}",
+                escape(model), f"{m['crps']:.4g}", f"{m['mase']:.3f}", f"{m['msis']:.3f}",
+                f"{m['coverage_50']:.2f}/{m['coverage_80']:.2f}/{m['coverage_95']:.2f}",
+                f"{m['directional_accuracy']:.2f}/{m['direction_window_accuracy']:.2f} ({p(m['direction_p'])})",
+                f"[{'green' if better else 'red'}]{r['crps']:.3f}[/]", f"{r['mae']:.3f}",
+                p(dm["crps"]["p_value"]) if dm else "", p(dm["abs_error"]["p_value"]) if dm else "",
             )
         console.print(table)
-        ratio = result.relative["model"][variate]["crps"]
-        console.print(
-            f"{escape(variate)}: the model {'beats' if ratio < 1 else '[bold red]does not beat[/]'} "
-            f"the naive random walk on CRPS (ratio {ratio:.3f})"
-        )
+        for model in result.models:
+            console.print(escape(result.verdict(variate, model)))
+            summary = result.ic.get(model, {}).get(variate)
+            if summary:
+                console.print(f"  IC {summary['ic']['mean']:.3f} (t {summary['ic']['t']:.2f}), rank IC "
+                              f"{summary['rank_ic']['mean']:.3f} (t {summary['rank_ic']['t']:.2f}) over {summary['origins']} origins")
+    for flag in result.flags():
+        console.print(f"[bold yellow]calibration:[/] {escape(flag)}")
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(f"metrics.json, metrics.csv, report.md and {len(result.plots)} plots in {escape(str(result.out))}")
+
+
+def render_backtest(console: "Console", result) -> None:
+    import math
+
+    for variate, info in result.overall.items():
+        table = Table(title=f"{variate}: model vs {info['yardstick']} per fold (refit: {result.refit})", title_justify="left")
+        for column in ("fold", "first origin", "CRPS ratio", "DM p", "cov 80", "direction"):
+            table.add_column(column, justify="left" if column in ("fold", "first origin") else "right", no_wrap=True)
+        for fold, p in zip(result.folds, info["fold_dm_p"]):
+            ratio = fold["relative"]["model"][variate]["crps"]
+            m = fold["aggregate"]["model"][variate]
+            table.add_row(str(fold["fold"]), str(fold["span"]["first_origin"]),
+                          f"[{'green' if ratio < 1 else 'red'}]{ratio:.3f}[/]",
+                          (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}") if p is not None and math.isfinite(p) else "–",
+                          f"{m['coverage_80']:.2f}", f"{m['directional_accuracy']:.2f}")
+        console.print(table)
+        console.print(escape(result.verdict(variate)))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print(f"backtest.json, report.md, plots/folds.png and one evaluation per fold in {escape(str(result.out))}")
 
 
 def render_finetune_result(console: "Console", result) -> None:

@@ -66,14 +66,15 @@ def _supertrend(frame, params):
 FEATURES = [
     Feature(name="pta_kama", family="indicator", inputs=("close",), outputs=lambda p: [f"pta_kama_{int(p['length'])}"],
             warmup=lambda p: int(p["length"]), frame=_kama, params={"length": 10},
-            description="Kaufman adaptive moving average (pandas-ta)"),
+            description="Kaufman adaptive moving average (pandas-ta)", kinds="price"),
     Feature(name="pta_hma", family="indicator", inputs=("close",), outputs=lambda p: [f"pta_hma_{int(p['length'])}"],
             warmup=lambda p: int(p["length"]) + int(int(p["length"]) ** 0.5) - 1, frame=_hma, params={"length": 9},
-            description="Hull moving average (pandas-ta)"),
+            description="Hull moving average (pandas-ta)", kinds="price"),
     Feature(name="pta_supertrend", family="indicator", inputs=("high", "low", "close"),
             outputs=["pta_supertrend_dist", "pta_supertrend_dir"], warmup=lambda p: int(p["length"]),
             frame=_supertrend, params={"length": 7, "multiplier": 3.0},
-            description="close relative to the SuperTrend line, and its direction (+1 / -1) (pandas-ta)"),
+            description="close relative to the SuperTrend line, and its direction (+1 / -1) (pandas-ta)",
+            kinds=["indicator", "oscillator"]),
 ]
 
 

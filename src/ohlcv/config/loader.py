@@ -323,9 +323,26 @@ def validate(cfg: DictConfig, source: str) -> None:
         if finetune[key] <= 0:
             fail(f"finetune.{key}", f"must be a positive integer, got {finetune[key]}")
     evaluate = cfg.evaluate
-    for key in ("windows", "num_samples"):
+    for key in ("windows", "num_samples", "calibration_windows"):
         if evaluate[key] <= 0:
             fail(f"evaluate.{key}", f"must be a positive integer, got {evaluate[key]}")
+    from ohlcv.evaluate.baselines import BASELINES
+    from ohlcv.features import Kind
+
+    kinds = [k.value for k in Kind]
+    for kind, names in evaluate.baselines.items():
+        if kind not in kinds:
+            fail(f"evaluate.baselines.{kind}", f"'{kind}' is not a variate kind; kinds: {', '.join(kinds)}")
+        unknown = sorted(set(names) - set(BASELINES))
+        if unknown or not names:
+            fail(f"evaluate.baselines.{kind}", f"unknown baselines {unknown or '(empty list)'}; choose from {sorted(BASELINES)}")
+    for variate, kind in evaluate.kinds.items():
+        if kind not in kinds:
+            fail(f"evaluate.kinds.{variate}", f"'{kind}' is not a variate kind; kinds: {', '.join(kinds)}")
+    if cfg.backtest.folds <= 0:
+        fail("backtest.folds", f"must be a positive integer, got {cfg.backtest.folds}")
+    if cfg.backtest.embargo is not None and cfg.backtest.embargo < 0:
+        fail("backtest.embargo", f"must be 0 or more bars, got {cfg.backtest.embargo}")
     precision = str(cfg.trainer.precision)
     if precision == "bf16-true":
         fail("trainer.precision", "bf16-true fails inside uni2ts; use auto or bf16-mixed")

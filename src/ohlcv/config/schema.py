@@ -57,6 +57,16 @@ class FinetunePattern(str, Enum):
     head_only = "head_only"
 
 
+class Calibration(str, Enum):
+    none = "none"
+    conformal = "conformal"  # split conformal per horizon step, fitted on the validation span
+
+
+class Refit(str, Enum):
+    none = "none"  # evaluate the same model at every fold
+    finetune = "finetune"  # fine-tune it on the data before each fold (less an embargo) first
+
+
 class Distribution(str, Enum):
     student_t = "student_t"
     normal_fixed_scale = "normal_fixed_scale"
@@ -206,8 +216,22 @@ class EvaluateConfig:
     num_samples: int = 100
     plot_assets: int = 4
     seasonality: Optional[int] = None  # null: from the frequency (24 for hourly)
-    baselines: List[str] = field(default_factory=lambda: ["naive", "seasonal_naive", "drift"])
+    # Per variate kind (price, return, volatility, volume, oscillator, indicator): the baselines scored, the
+    # first being the one to beat. A kind given here replaces its default list (ohlcv.evaluate.baselines).
+    baselines: Dict[str, List[str]] = field(default_factory=dict)
     variates: List[str] = field(default_factory=list)  # target variates to score; empty: every target
+    kinds: Dict[str, str] = field(default_factory=dict)  # variate -> kind, overriding the features' declarations
+    calibrate: Calibration = Calibration.none
+    calibration_windows: int = 20  # per series, on the validation span
+    allow_mismatch: bool = False  # evaluate a model trained with other variates / context / patch anyway
+    seed: int = 0  # every forecaster samples with its own seed derived from this one
+
+
+@dataclass
+class BacktestConfig:
+    folds: int = 3  # the last fold is the profile's test span; earlier ones step back by windows x stride bars
+    refit: Refit = Refit.none
+    embargo: Optional[int] = None  # bars left out between fine-tuning data and the fold; null: the horizon
 
 
 @dataclass
@@ -240,5 +264,6 @@ class Profile:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    backtest: BacktestConfig = field(default_factory=BacktestConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -3,9 +3,17 @@
 Forecasts come from uni2ts's ``MoiraiForecast`` around a ``MoiraiModule``
 loaded from a local Hugging Face folder (``ohlcv pretrain``'s ``RUN/model``)
 or a hub id. Values are de-normalized with the dataset's saved statistics, so
-metrics are in price units; baselines (naive random walk, seasonal naive,
-drift) forecast exactly the same windows. Metrics are kept per variate and
-per asset and aggregated per variate only: volume never swamps prices.
+every variate is scored in its own units; each scored variate is compared with
+the baselines of its kind (a random walk for a price, a zero return for a
+return), the first of which is "the one to beat".
+
+Every forecaster is scored on the same (series, origin) windows: a window that
+any forecaster cannot be scored on is removed for all of them, and the count is
+reported. Each forecaster samples with its own seed (derived from
+``evaluate.seed``, its name, the series and the variate), so adding a model
+changes no other row. Differences against the baselines come with
+Diebold–Mariano p-values; calibration with PIT and coverage; optionally a
+conformally recalibrated copy of each model (``evaluate.calibrate``).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,20 +30,82 @@ import numpy as np
 
 from ohlcv.config.loader import atomic_write_text, write_resolved_profile
 from ohlcv.errors import ConfigError, OhlcvError
-from ohlcv.evaluate.metrics import METRICS, score
-from ohlcv.evaluate.windows import BASELINES, cut_windows, rolling_origins, statsforecast_available
+from ohlcv.evaluate.baselines import BASELINES, DEFAULT_BASELINES, DESCRIPTIONS, SHORT_NAMES, statsforecast_available
+from ohlcv.evaluate.calibrate import Conformal, apply_conformal, fit_conformal
+from ohlcv.evaluate.metrics import (
+    INTERVALS, METRICS, RELIABILITY_LEVELS, WindowScores, direction_counts, seasonal_errors, summarize, usable,
+    window_scores,
+)
+from ohlcv.evaluate.stats import by_origin, diebold_mariano, information_coefficient
+from ohlcv.evaluate.windows import cut_windows, rolling_origins
+from ohlcv.features import Kind
 from ohlcv.freq import parse_freq
+
+COVERAGE_TOLERANCE = 0.10  # flag a central interval whose coverage is further than this from nominal
+PIT_DISPERSION_TOLERANCE = 0.2  # flag 12 x var(PIT) outside 1 +- this (1 for a calibrated forecast)
+PIT_BIAS_TOLERANCE = 0.1  # flag a mean PIT further than this from 0.5
+SIGNIFICANCE = 0.05
+AGGREGATED = ("crps", "mase", "msis", "coverage_50", "coverage_80", "coverage_95")  # scale-free: averaged over assets
+RELATIVE = ("crps", "mase", "msis", "mae", "mse")
 
 
 @dataclass
 class EvalResult:
     out: Path
-    aggregate: dict[str, dict[str, dict[str, float]]]  # model -> variate -> metric -> value
-    relative: dict[str, dict[str, dict[str, float]]]  # model -> variate -> metric -> value / naive's
+    variates: dict[str, dict[str, Any]]  # variate -> kind, units, baselines, the one to beat, windows kept/dropped
+    aggregate: dict[str, dict[str, dict[str, float]]]  # forecaster -> variate -> metric -> value
+    relative: dict[str, dict[str, dict[str, float]]]  # forecaster -> variate -> metric -> value / the one to beat's
+    significance: dict[str, dict[str, dict[str, dict[str, Any]]]]  # forecaster -> variate -> baseline -> loss -> DM
+    calibration: dict[str, dict[str, dict[str, Any]]]  # forecaster -> variate -> PIT, reliability, flags
+    ic: dict[str, dict[str, Any]]  # forecaster -> variate -> IC summary (or absent)
+    by_step: dict[str, dict[str, list[float]]]  # forecaster -> variate -> scaled CRPS per horizon step
     per_asset: list[dict[str, Any]] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
-    windows: int = 0
+    windows: int = 0  # (series, origin) windows cut
+    span: dict[str, Any] = field(default_factory=dict)  # first origin, last forecast bar, symbols
+    models: list[str] = field(default_factory=list)  # the learned forecasters (and their recalibrated copies)
+    conformal: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # forecaster -> variate -> baseline -> loss -> [(origin time, mean loss difference)], for pooling folds
+    differences: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def verdict(self, variate: str, model: str = "model") -> str:
+        """One sentence: does ``model`` beat the one to beat on CRPS, with the DM p-value."""
+        info = self.variates[variate]
+        base = info["yardstick"]
+        name = SHORT_NAMES.get(base, base)
+        dm = self.significance.get(model, {}).get(variate, {}).get(base, {}).get("crps")
+        ratio = self.relative.get(model, {}).get(variate, {}).get("crps", float("nan"))
+        if dm is None or not math.isfinite(dm["p_value"]):
+            return f"{model}: too few origins for a significance test against the {name} (CRPS ratio {ratio:.3f})"
+        p = _p(dm["p_value"])
+        if dm["p_value"] < SIGNIFICANCE and dm["statistic"] < 0:
+            return f"{model} beats the {name} on CRPS, p = {p} (ratio {ratio:.3f})"
+        if dm["p_value"] < SIGNIFICANCE:
+            return f"{model} is significantly worse than the {name} on CRPS, p = {p} (ratio {ratio:.3f})"
+        return f"{model}: no significant difference from the {name} on CRPS, p = {p} (ratio {ratio:.3f})"
+
+    def flags(self) -> list[str]:
+        """Calibration flags of the models (the baselines' calibration is in ``calibration`` too, unflagged)."""
+        return [f"{model} / {variate}: {flag}" for model, by_variate in self.calibration.items() if model in self.models
+                for variate, info in by_variate.items() for flag in info["flags"]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"variates": self.variates, "span": self.span, "windows_total": self.windows,
+                "aggregate": self.aggregate, "relative": self.relative, "significance": self.significance,
+                "calibration": self.calibration, "ic": self.ic, "error_by_step": self.by_step,
+                "conformal": self.conformal,
+                "verdicts": {m: {v: self.verdict(v, m) for v in self.variates} for m in self.models},
+                "flags": self.flags(), "notes": self.notes, "per_asset": self.per_asset}
+
+
+def _p(value: float) -> str:
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def seed_for(base: int, *parts: str) -> int:
+    """A seed that depends on ``base`` and the names only (not on which other forecasters run)."""
+    return int(np.random.SeedSequence([int(base), *(zlib.crc32(p.encode()) for p in parts)]).generate_state(1)[0])
 
 
 def load_module(spec: str):
@@ -57,18 +128,71 @@ def load_module(spec: str):
         ) from None
 
 
+def trained_with(spec: str) -> dict[str, Any] | None:
+    """What a model folder written by ``ohlcv pretrain``/``finetune`` was trained with (its run folder's
+    profile.yaml and run.json): variates, context length, patch size. None for other models."""
+    run = Path(spec).expanduser().parent
+    if not ((run / "profile.yaml").is_file() and (run / "run.json").is_file()):
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        profile = OmegaConf.load(run / "profile.yaml")
+        summary = json.loads((run / "run.json").read_text())
+    except Exception:  # noqa: BLE001 - an unreadable run folder: nothing to compare with
+        return None
+    info: dict[str, Any] = {"context": int(profile.data.context_length)}
+    if summary.get("command") == "finetune":
+        info["patch"] = int(profile.finetune.patch_size)
+    manifest = Path(str(summary.get("dataset", ""))) / "manifest.json"
+    if summary.get("dataset") and manifest.is_file():
+        info["variates"] = json.loads(manifest.read_text())["variates"]
+    elif isinstance(summary.get("variates"), int):
+        info["variates"] = summary["variates"]
+    return info
+
+
+def check_model_fits(spec: str, module, cfg, manifest: dict[str, Any], notes: list[str]) -> None:
+    """Refuse (exit 2, one line) a model trained with other variates, context or patch size than this run's."""
+    patch = int(cfg.finetune.patch_size)
+    sizes = [int(p) for p in module.patch_sizes]
+    if patch not in sizes:
+        raise ConfigError(f"the model {spec} has patch sizes {sizes}, not {patch}", key="finetune.patch_size")
+    info = trained_with(spec)
+    if info is None:
+        notes.append(f"{spec}: no ohlcv run folder beside it, so its training variates and context are not checked")
+        return
+    differences = []
+    variates = manifest["variates"]
+    trained = info.get("variates")
+    if isinstance(trained, list) and trained != variates:
+        extra, missing = sorted(set(variates) - set(trained)), sorted(set(trained) - set(variates))
+        detail = f"extra {extra}, missing {missing}" if extra or missing else "in another order"
+        differences.append(f"variates: trained on {len(trained)}, the dataset has {len(variates)} ({detail})")
+    elif isinstance(trained, int) and trained != len(variates):
+        differences.append(f"variates: trained on {trained}, the dataset has {len(variates)}")
+    if info["context"] != int(cfg.data.context_length):
+        differences.append(f"context: trained {info['context']}, evaluated {int(cfg.data.context_length)}")
+    if "patch" in info and info["patch"] != patch:
+        differences.append(f"patch: trained {info['patch']}, evaluated {patch}")
+    if not differences:
+        return
+    message = f"the model {spec} does not match this evaluation: " + "; ".join(differences)
+    if bool(cfg.evaluate.allow_mismatch):
+        notes.append(message + " (evaluated anyway: evaluate.allow_mismatch=true)")
+        return
+    raise ConfigError(message + "; evaluate with the profile and dataset it was trained on, "
+                      "or set evaluate.allow_mismatch=true", key="--model")
+
+
 def _forecaster(module, cfg, targets: int, covariates: int):
     from uni2ts.model.moirai import MoiraiForecast
 
-    patch = int(cfg.finetune.patch_size)
-    sizes = tuple(int(p) for p in module.patch_sizes)
-    if patch not in sizes:
-        raise ConfigError(f"the model has patch sizes {list(sizes)}, not {patch}", key="finetune.patch_size")
     model = MoiraiForecast(
         module=module,
         prediction_length=int(cfg.data.prediction_length),
         context_length=int(cfg.data.context_length),
-        patch_size=patch,
+        patch_size=int(cfg.finetune.patch_size),
         num_samples=int(cfg.evaluate.num_samples),
         target_dim=targets,
         feat_dynamic_real_dim=0,
@@ -78,8 +202,8 @@ def _forecaster(module, cfg, targets: int, covariates: int):
     return model
 
 
-def _model_samples(forecaster, context: np.ndarray, target_idx: list[int], cov_idx: list[int]) -> np.ndarray:
-    """(windows, samples, horizon, targets) in the dataset's (normalized) units."""
+def _model_samples(forecaster, context: np.ndarray, target_idx: list[int], cov_idx: list[int], seed: int) -> np.ndarray:
+    """(windows, samples, horizon, targets) in the dataset's (normalized) units, sampled with ``seed``."""
     import torch
 
     past = np.transpose(context[:, target_idx, :], (0, 2, 1))  # (windows, context, targets)
@@ -94,6 +218,7 @@ def _model_samples(forecaster, context: np.ndarray, target_idx: list[int], cov_i
         seen = np.isfinite(cov)
         inputs["past_feat_dynamic_real"] = torch.as_tensor(np.where(seen, cov, 0.0), dtype=torch.float32)
         inputs["past_observed_feat_dynamic_real"] = torch.as_tensor(seen)
+    torch.manual_seed(seed)
     with torch.no_grad():
         samples = forecaster(**inputs).float().numpy()
     if samples.ndim == 3:
@@ -107,6 +232,65 @@ def _denormalize(values: np.ndarray, group: dict | None, index: int) -> np.ndarr
     return values * group["scale"][index] + group["center"][index]
 
 
+def bar_times(item: dict[str, Any], freq: str, index: np.ndarray) -> list[str]:
+    """ISO timestamps of bars ``index`` of a series (its start plus whole bars of its frequency)."""
+    import pandas as pd
+
+    try:
+        offset = pd.tseries.frequencies.to_offset(freq)
+        start = pd.Timestamp(item["start"])
+        return [(start + int(i) * offset).isoformat() for i in index]
+    except (ValueError, TypeError, KeyError):
+        return [f"bar {int(i)}" for i in index]
+
+
+def baselines_by_kind(cfg, notes: list[str]) -> dict[str, list[str]]:
+    chosen = {kind: list(names) for kind, names in DEFAULT_BASELINES.items()}
+    for kind, names in cfg.evaluate.baselines.items():
+        chosen[str(kind)] = [str(n) for n in names]
+    if not statsforecast_available() and any("autoets" in names for names in chosen.values()):
+        for names in chosen.values():
+            if "autoets" in names and len(names) > 1:
+                names.remove("autoets")
+        notes.append("AutoETS skipped: statsforecast is not installed beside this stack (pip install statsforecast)")
+    return chosen
+
+
+@dataclass
+class _Row:
+    """One dataset row as the evaluation needs it."""
+
+    item_id: str
+    item: dict[str, Any]
+    values: np.ndarray  # (variates, time) in the manifest's variate order, normalized
+    group: dict | None
+
+
+def _rows(dataset: Path, manifest: dict[str, Any]):
+    import datasets
+
+    from ohlcv.train.data import load_hf
+
+    datasets.disable_progress_bars()
+    names, targets, covariates = manifest["variates"], manifest["targets"], manifest["covariates"]
+    order = [names.index(v) for v in targets] + [names.index(v) for v in covariates]
+    norm = manifest["normalization"]
+    groups = {k: {"center": np.array(v["center"]), "scale": np.array(v["scale"])} for k, v in norm["groups"].items()}
+    items = {item["item_id"]: item for item in manifest["items"]}
+    for row in load_hf(dataset, manifest).with_format("numpy"):
+        item_id = str(row["item_id"])
+        parts = [np.stack(row["target"]).astype(np.float64)]
+        if covariates:
+            parts.append(np.stack(row["past_feat_dynamic_real"]).astype(np.float64))
+        stacked = np.concatenate(parts)
+        values = np.empty_like(stacked)
+        for position, index in enumerate(order):
+            values[index] = stacked[position]
+        item = items[item_id]
+        key = item_id if norm["scope"] == "symbol" else item["asset_class"]
+        yield _Row(item_id, item, values, groups.get(key))
+
+
 def evaluate(
     loaded,
     model_spec: str,
@@ -114,11 +298,16 @@ def evaluate(
     dataset: Path,
     out: Path,
     zero_shot: str | None = None,
-    seed: int = 0,
+    shift: int = 0,
     on_item: Callable[[str], None] | None = None,
+    write: bool = True,
 ) -> EvalResult:
-    import torch
+    """Score ``model_spec`` (and ``zero_shot``) and the baselines on the test span of ``dataset``.
 
+    ``shift`` moves every series' train/validation/test boundaries by that many
+    bars (negative: earlier), which is how ``ohlcv backtest`` evaluates a fold.
+    """
+    from ohlcv.evaluate.kinds import UNITS, variate_kinds
     from ohlcv.train.data import read_manifest
 
     cfg = loaded.cfg
@@ -127,118 +316,255 @@ def evaluate(
     horizon, context = int(cfg.data.prediction_length), int(cfg.data.context_length)
     stride = int(cfg.evaluate.stride or horizon)
     season = int(cfg.evaluate.seasonality or parse_freq(manifest["freq"]).season_length)
-    samples_n = int(cfg.evaluate.num_samples)
-    unknown = sorted(set(cfg.evaluate.baselines) - set(BASELINES))
-    if unknown:
-        raise ConfigError(f"unknown baselines {unknown}; choose from {sorted(BASELINES)}", key="evaluate.baselines")
-    if "naive" not in cfg.evaluate.baselines:
-        raise ConfigError("the naive baseline is the yardstick of every relative metric; keep it", key="evaluate.baselines")
-    baselines = list(cfg.evaluate.baselines)
-    notes = []
-    if "autoets" in baselines and not statsforecast_available():
-        baselines.remove("autoets")
-        notes.append("AutoETS skipped: statsforecast is not installed beside this stack (pip install statsforecast)")
-    names = manifest["variates"]
-    targets, covariates = manifest["targets"], manifest["covariates"]
+    samples_n, seed = int(cfg.evaluate.num_samples), int(cfg.evaluate.seed)
+    notes: list[str] = []
+    names, targets, covariates = manifest["variates"], manifest["targets"], manifest["covariates"]
     wanted = list(cfg.evaluate.variates) or list(targets)
     missing = [v for v in wanted if v not in targets]
     if missing:
         raise ConfigError(f"{missing} are not target variates of this dataset ({', '.join(targets)})", key="evaluate.variates")
+    kinds, kind_notes = variate_kinds(cfg, dataset, wanted)
+    notes += kind_notes
+    by_kind = baselines_by_kind(cfg, notes)
     target_idx = [names.index(v) for v in targets]
     cov_idx = [names.index(v) for v in covariates]
+    specs = {"model": model_spec} | ({"zero_shot": zero_shot} if zero_shot else {})
+    models = {}
+    for name, spec in specs.items():
+        module = load_module(spec)
+        check_model_fits(spec, module, cfg, manifest, notes)
+        models[name] = _forecaster(module, cfg, len(targets), len(covariates))
     out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(seed)
-    models = {"model": _forecaster(load_module(model_spec), cfg, len(targets), len(covariates))}
-    if zero_shot:
-        models["zero_shot"] = _forecaster(load_module(zero_shot), cfg, len(targets), len(covariates))
-    norm = manifest["normalization"]
-    groups = {k: {"center": np.array(v["center"]), "scale": np.array(v["scale"])} for k, v in norm["groups"].items()}
+    conformal: dict[str, dict[str, Conformal]] = {}
+    if cfg.evaluate.calibrate.value == "conformal":
+        conformal = _fit_conformal(models, dataset, manifest, cfg, wanted, shift, season, seed, notes)
 
-    import datasets
-
-    datasets.disable_progress_bars()
-    from ohlcv.train.data import load_hf
-
-    hf = load_hf(dataset, manifest).with_format("numpy")
-    items = {item["item_id"]: item for item in manifest["items"]}
-    rng = np.random.default_rng(seed)
-    per_asset: list[dict[str, Any]] = []
+    store: dict[str, dict[str, list[tuple[str, list[str], WindowScores]]]] = {}
+    kept = {v: 0 for v in wanted}
+    dropped = {v: 0 for v in wanted}
     plot_data: list[dict[str, Any]] = []
-    total_windows = 0
-    for row in hf:
-        item_id = str(row["item_id"])
-        item = items[item_id]
-        parts = [np.stack(row["target"]).astype(np.float64)]
-        if covariates:
-            parts.append(np.stack(row["past_feat_dynamic_real"]).astype(np.float64))
-        stacked = np.concatenate(parts)
-        values = np.empty_like(stacked)  # back to the manifest's variate order
-        for position, index in enumerate(target_idx + cov_idx):
-            values[index] = stacked[position]
-        origins = rolling_origins(values.shape[1], item["validation_end"], context, horizon,
-                                  int(cfg.evaluate.windows), stride)
+    total_windows, symbols, first, last = 0, [], None, None
+    for row in _rows(dataset, manifest):
+        test_start = int(row.item["validation_end"]) + shift
+        length = row.values.shape[1]
+        origins = rolling_origins(length, test_start, context, horizon, int(cfg.evaluate.windows), stride)
         if not len(origins):
             continue
         total_windows += len(origins)
-        cut = cut_windows(values, origins, context, horizon)
-        forecasts = {name: _model_samples(model, cut.context, target_idx, cov_idx) for name, model in models.items()}
-        key = item_id if norm["scope"] == "symbol" else item["asset_class"]
-        group = groups.get(key)
+        symbols.append(row.item_id)
+        times = bar_times(row.item, manifest["freq"], origins)
+        ends = bar_times(row.item, manifest["freq"], origins + horizon - 1)
+        first = min(first or times[0], times[0])
+        last = max(last or ends[-1], ends[-1])
+        cut = cut_windows(row.values, origins, context, horizon)
+        forecasts = {name: _model_samples(model, cut.context, target_idx, cov_idx, seed_for(seed, name, row.item_id))
+                     for name, model in models.items()}
         for variate in wanted:
-            v = names.index(variate)
-            t = targets.index(variate)
-            ctx = _denormalize(cut.context[:, v, :], group, v)
-            label = _denormalize(cut.label[:, v, :], group, v)
-            candidates = {name: _denormalize(f[..., t], group, v) for name, f in forecasts.items()}
-            for baseline in baselines:
+            v, t, kind = names.index(variate), targets.index(variate), kinds[variate]
+            ctx = _denormalize(cut.context[:, v, :], row.group, v)
+            label = _denormalize(cut.label[:, v, :], row.group, v)
+            scale = seasonal_errors(ctx, season)
+            candidates = {name: _denormalize(f[..., t], row.group, v) for name, f in forecasts.items()}
+            for name in list(candidates):
+                if variate in conformal.get(name, {}):
+                    candidates[f"{name}+conformal"] = apply_conformal(candidates[name], scale, conformal[name][variate])
+            for baseline in by_kind[kind.value]:
+                rng = np.random.default_rng(seed_for(seed, baseline, row.item_id, variate))
                 candidates[baseline] = BASELINES[baseline](ctx, horizon, samples_n, rng, season=season)
+            keep = np.logical_and.reduce([usable(label, s, ctx, season) for s in candidates.values()])
+            kept[variate] += int(keep.sum())
+            dropped[variate] += int((~keep).sum())
+            if not keep.any():
+                continue
+            kept_times = [tm for tm, k in zip(times, keep) if k]
             for name, samples in candidates.items():
-                per_asset.append({"model": name, "item_id": item_id, "variate": variate, "windows": len(origins),
-                                  **score(label, samples, ctx, season)})
+                rng = np.random.default_rng(seed_for(seed, name, row.item_id, variate, "pit"))
+                scores = window_scores(label[keep], samples[keep], ctx[keep], season,
+                                       from_zero=kind is Kind.return_, rng=rng)
+                store.setdefault(name, {}).setdefault(variate, []).append((row.item_id, kept_times, scores))
             if variate == wanted[0] and len(plot_data) < int(cfg.evaluate.plot_assets):
-                plot_data.append({"item_id": item_id, "variate": variate, "context": ctx[-1], "label": label[-1],
-                                  "samples": candidates["model"][-1]})
+                at = int(np.flatnonzero(keep)[-1])
+                bars = np.arange(origins[at] - context, origins[at] + horizon)
+                plot_data.append({"item_id": row.item_id, "variate": variate, "context": ctx[at], "label": label[at],
+                                  "samples": candidates["model"][at],
+                                  "baseline": candidates[by_kind[kind.value][0]][at],
+                                  "baseline_name": by_kind[kind.value][0], "times": bar_times(row.item, manifest["freq"], bars)})
         if on_item is not None:
-            on_item(item_id)
-    if not per_asset:
+            on_item(row.item_id)
+    if not store:
         raise OhlcvError(
-            f"no test window fits: series need context {context} + horizon {horizon} bars at or after the test span; "
-            "lower evaluate.windows / data.context_length or rebuild with a longer test span"
+            f"no test window fits: series need context {context} + horizon {horizon} bars at or after the test span, "
+            "with every value observed; lower evaluate.windows / data.context_length or rebuild with a longer test span"
         )
-    aggregate, relative = _aggregate(per_asset, list(models) + baselines, wanted)
-    plots = _plots(out, plot_data, per_asset, wanted[0], horizon)
-    result = EvalResult(out=out, aggregate=aggregate, relative=relative, per_asset=per_asset, plots=plots,
-                        windows=total_windows, notes=notes)
-    _write_outputs(loaded, result, model_spec, zero_shot, dataset, manifest, season)
-    return result
+    for variate in wanted:
+        if dropped[variate]:
+            notes.append(f"{variate}: {dropped[variate]} of {kept[variate] + dropped[variate]} windows removed for every "
+                         "forecaster (a missing value, or one forecaster could not be scored there)")
+    variates_info = {
+        v: {"kind": kinds[v].value, "units": UNITS[kinds[v]], "baselines": by_kind[kinds[v].value],
+            "yardstick": by_kind[kinds[v].value][0], "windows": kept[v], "windows_removed": dropped[v]}
+        for v in wanted if kept[v]
+    }
+    learned = [n for n in store if n in models or n.endswith("+conformal")]
+    result = summarize_scores(store, variates_info, learned, horizon=horizon, stride=stride)
+    result.update(out=out, windows=total_windows, models=learned, notes=notes,
+                  span={"first_origin": first, "last_forecast_bar": last, "symbols": symbols,
+                        "series": len(symbols), "shift": shift},
+                  conformal={m: {v: c.to_dict() for v, c in by_v.items()} for m, by_v in conformal.items()})
+    evaluation = EvalResult(**result)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        evaluation.plots = _plots(out, plot_data, evaluation, store)
+        _write_outputs(loaded, evaluation, model_spec, zero_shot, dataset, manifest, season, stride)
+    return evaluation
 
 
-def _aggregate(per_asset, models, variates):
+def _fit_conformal(models, dataset, manifest, cfg, wanted, shift, season, seed, notes) -> dict[str, dict[str, Conformal]]:
+    """Split conformal shifts per model and variate from windows on the validation span."""
+    names, targets = manifest["variates"], manifest["targets"]
+    target_idx = [names.index(v) for v in targets]
+    cov_idx = [names.index(v) for v in manifest["covariates"]]
+    horizon, context = int(cfg.data.prediction_length), int(cfg.data.context_length)
+    stride = int(cfg.evaluate.stride or horizon)
+    pooled: dict[tuple[str, str], list[list[np.ndarray]]] = {}
+    for row in _rows(dataset, manifest):
+        end = int(row.item["validation_end"]) + shift  # calibration windows end inside the validation span
+        origins = rolling_origins(end, int(row.item["train_end"]) + shift, context, horizon,
+                                  int(cfg.evaluate.calibration_windows), stride)
+        if not len(origins):
+            continue
+        cut = cut_windows(row.values, origins, context, horizon)
+        for name, model in models.items():
+            samples = _model_samples(model, cut.context, target_idx, cov_idx, seed_for(seed, name, row.item_id, "calibration"))
+            for variate in wanted:
+                v, t = names.index(variate), targets.index(variate)
+                ctx = _denormalize(cut.context[:, v, :], row.group, v)
+                label = _denormalize(cut.label[:, v, :], row.group, v)
+                forecast = _denormalize(samples[..., t], row.group, v)
+                keep = usable(label, forecast, ctx, season)
+                if keep.any():
+                    parts = pooled.setdefault((name, variate), [[], [], []])
+                    parts[0].append(label[keep])
+                    parts[1].append(forecast[keep])
+                    parts[2].append(seasonal_errors(ctx[keep], season))
+    fitted: dict[str, dict[str, Conformal]] = {}
+    for name in models:
+        for variate in wanted:
+            parts = pooled.get((name, variate))
+            if not parts:
+                notes.append(f"conformal: no validation window for {name} / {variate}; not recalibrated")
+                continue
+            fitted.setdefault(name, {})[variate] = fit_conformal(*(np.concatenate(p) for p in parts))
+    return fitted
+
+
+def _geomean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    return float(np.exp(np.mean(np.log(finite)))) if finite else float("nan")
+
+
+def summarize_scores(store, variates_info, learned, *, horizon: int, stride: int) -> dict[str, Any]:
+    """Aggregates, ratios to the one to beat, DM tests, calibration, IC and error by step.
+
+    ``store``: forecaster -> variate -> [(item_id, origin times, WindowScores)], every forecaster with the
+    same windows; ``variates_info``: variate -> {"kind", "baselines", "yardstick", ...}; ``learned``: the
+    forecasters tested against every baseline (the others are tested against the one to beat).
+    """
     aggregate: dict = {}
     relative: dict = {}
-    for model in models:
-        aggregate[model], relative[model] = {}, {}
-        for variate in variates:
-            rows = [r for r in per_asset if r["model"] == model and r["variate"] == variate]
-            naive = {r["item_id"]: r for r in per_asset if r["model"] == "naive" and r["variate"] == variate}
-            aggregate[model][variate] = {m: _nanmean([r[m] for r in rows]) for m in METRICS}
-            ratios = {}
-            for metric in ("crps", "mase", "msis", "mae", "mse"):
-                values = [r[metric] / naive[r["item_id"]][metric] for r in rows
-                          if naive[r["item_id"]][metric] and math.isfinite(r[metric] / naive[r["item_id"]][metric])]
-                ratios[metric] = float(np.exp(np.mean(np.log(values)))) if values and min(values) > 0 else _nanmean(values)
-            relative[model][variate] = ratios
-    return aggregate, relative
+    significance: dict = {}
+    calibration: dict = {}
+    ic: dict = {}
+    by_step: dict = {}
+    differences: dict = {}
+    per_asset: list[dict[str, Any]] = []
+    overlap = max(1, math.ceil(horizon / stride))  # consecutive windows whose forecasts overlap
+    for variate, info in variates_info.items():
+        yard = {item: scores for item, _t, scores in store[info["yardstick"]][variate]}
+        yard_rows = {item: summarize(scores) for item, scores in yard.items()}
+        for name in store:
+            entries = store[name].get(variate)
+            if not entries:
+                continue
+            rows = []
+            for item, _times, scores in entries:
+                row = {"model": name, "item_id": item, "variate": variate, "kind": info["kind"],
+                       "windows": len(scores.scale), **summarize(scores)}
+                for metric in RELATIVE:
+                    base = yard_rows[item][metric]
+                    row[f"{metric}_relative"] = row[metric] / base if base else float("nan")
+                rows.append(row)
+            per_asset.extend(rows)
+            hits = np.concatenate([s.hits.ravel() for _i, _t, s in entries])
+            calls = np.concatenate([s.window_hits for _i, _t, s in entries])
+            aggregate.setdefault(name, {})[variate] = ({m: _mean([r[m] for r in rows]) for m in AGGREGATED}
+                                                       | direction_counts(hits, calls))
+            relative.setdefault(name, {})[variate] = {m: _geomean([r[f"{m}_relative"] for r in rows]) for m in RELATIVE}
+            by_step.setdefault(name, {})[variate] = np.concatenate([s.crps_by_step() for _i, _t, s in entries]).mean(axis=0).tolist()
+            keys = [t for _i, t, _s in entries]
+            compare = info["baselines"] if name in learned else ([info["yardstick"]] if name != info["yardstick"] else [])
+            for baseline in compare:
+                other = {item: scores for item, _t, scores in store[baseline][variate]}
+                tests = {}
+                for loss in ("crps", "abs_error"):
+                    attr = "crps_scaled" if loss == "crps" else "ae_scaled"
+                    diffs = [getattr(s, attr) - getattr(other[item], attr) for item, _t, s in entries]
+                    origins, series = by_origin(keys, diffs)
+                    tests[loss] = diebold_mariano(series, overlap).to_dict()
+                    differences.setdefault(name, {}).setdefault(variate, {}).setdefault(baseline, {})[loss] = list(
+                        zip(origins, series.tolist()))
+                significance.setdefault(name, {}).setdefault(variate, {})[baseline] = tests
+            if name in learned or name == info["yardstick"]:
+                calibration.setdefault(name, {})[variate] = _calibration(entries, aggregate[name][variate])
+            if info["kind"] in (Kind.price.value, Kind.return_.value):
+                summary = information_coefficient(keys, [s.forecast_move for _i, _t, s in entries],
+                                                  [s.realised_move for _i, _t, s in entries])
+                if summary is not None:
+                    ic.setdefault(name, {})[variate] = summary
+    return {"variates": variates_info, "aggregate": aggregate, "relative": relative, "significance": significance,
+            "calibration": calibration, "ic": ic, "by_step": by_step, "per_asset": per_asset, "differences": differences}
 
 
-def _nanmean(values) -> float:
+def _calibration(entries, aggregate: dict[str, float]) -> dict[str, Any]:
+    pit = np.concatenate([s.pit.ravel() for _i, _t, s in entries])
+    reliability = np.concatenate([s.reliability for _i, _t, s in entries]).mean(axis=0)
+    histogram = np.histogram(pit, bins=10, range=(0.0, 1.0))[0] / max(len(pit), 1)
+    dispersion = float(12 * pit.var()) if len(pit) else float("nan")
+    flags = []
+    off = {w: aggregate[f"coverage_{w}"] - w / 100 for w in INTERVALS}
+    far = {w: d for w, d in off.items() if abs(d) > COVERAGE_TOLERANCE}
+    if far:
+        coverage = "/".join(f"{aggregate[f'coverage_{w}']:.2f}" for w in INTERVALS)
+        direction = "too narrow" if all(d < 0 for d in far.values()) else "too wide" if all(d > 0 for d in far.values()) else "miscalibrated"
+        flags.append(f"coverage {coverage} at {'/'.join(str(w) for w in INTERVALS)}%: more than "
+                     f"{int(COVERAGE_TOLERANCE * 100)} points from nominal (intervals {direction})")
+    if dispersion > 1 + PIT_DISPERSION_TOLERANCE:
+        flags.append(f"PIT U-shaped (12 var = {dispersion:.2f} > {1 + PIT_DISPERSION_TOLERANCE}): overconfident")
+    elif dispersion < 1 - PIT_DISPERSION_TOLERANCE:
+        flags.append(f"PIT hump-shaped (12 var = {dispersion:.2f} < {1 - PIT_DISPERSION_TOLERANCE}): underconfident")
+    if len(pit) and abs(pit.mean() - 0.5) > PIT_BIAS_TOLERANCE:
+        flags.append(f"PIT mean {pit.mean():.2f}: forecasts biased {'low' if pit.mean() > 0.5 else 'high'}")
+    return {"pit_histogram": histogram.tolist(), "pit_mean": float(pit.mean()) if len(pit) else float("nan"),
+            "pit_dispersion": dispersion, "reliability": dict(zip((str(r) for r in RELIABILITY_LEVELS), reliability.tolist())),
+            "flags": flags}
+
+
+def _mean(values) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _plots(out: Path, plot_data, per_asset, variate: str, horizon: int) -> list[Path]:
+def _dates(times: list[str]):
+    import pandas as pd
+
+    try:
+        return pd.to_datetime(times)
+    except (ValueError, TypeError):
+        return None
+
+
+def _plots(out: Path, plot_data, result: EvalResult, store) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,49 +574,97 @@ def _plots(out: Path, plot_data, per_asset, variate: str, horizon: int) -> list[
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for entry in plot_data:
-        ctx, label, samples = entry["context"], entry["label"], entry["samples"]
-        shown = ctx[-max(3 * horizon, 48):]
-        x_ctx = np.arange(-len(shown), 0)
-        x_fc = np.arange(0, horizon)
+        ctx, label, samples, base = entry["context"], entry["label"], entry["samples"], entry["baseline"]
+        horizon = len(label)
+        shown = min(len(ctx), max(3 * horizon, 48))
+        dates = _dates(entry["times"])
+        x = dates if dates is not None else np.arange(-len(ctx), horizon)
+        x_ctx, x_fc = x[len(ctx) - shown:len(ctx)], x[len(ctx):]
         fig, ax = plt.subplots(figsize=(10, 4.2), dpi=110)
-        ax.plot(x_ctx, shown, color="#333333", lw=1.2, label="context")
+        ax.plot(x_ctx, ctx[-shown:], color="#333333", lw=1.2, label="context")
         ax.plot(x_fc, label, color="#111111", lw=1.6, ls="--", label="realised")
         for (low, high), alpha in (((0.025, 0.975), 0.15), ((0.1, 0.9), 0.25), ((0.25, 0.75), 0.4)):
             ax.fill_between(x_fc, np.quantile(samples, low, axis=0), np.quantile(samples, high, axis=0),
-                            color="#1f77b4", alpha=alpha, lw=0, label=f"{int(round((high - low) * 100))}% interval")
-        ax.plot(x_fc, np.median(samples, axis=0), color="#1f77b4", lw=1.8, label="median forecast")
-        ax.axvline(-0.5, color="#999999", lw=0.8)
-        # keep the axis on the data and the 80% band: a few extreme samples must not flatten the picture
-        visible = np.concatenate([shown, label, np.quantile(samples, [0.1, 0.9], axis=0).ravel()])
+                            color="#1f77b4", alpha=alpha, lw=0, label=f"model {int(round((high - low) * 100))}%")
+        ax.plot(x_fc, np.median(samples, axis=0), color="#1f77b4", lw=1.8, label="model median")
+        b_low, b_high = np.quantile(base, [0.1, 0.9], axis=0)
+        ax.plot(x_fc, np.median(base, axis=0), color="#d62728", lw=1.2, label=f"{entry['baseline_name']} median")
+        ax.plot(x_fc, b_low, color="#d62728", lw=0.8, ls=":", label=f"{entry['baseline_name']} 80%")
+        ax.plot(x_fc, b_high, color="#d62728", lw=0.8, ls=":")
+        visible = np.concatenate([ctx[-shown:], label, np.quantile(samples, [0.1, 0.9], axis=0).ravel(), b_low, b_high])
         visible = visible[np.isfinite(visible)]
-        if visible.size:
+        if visible.size:  # keep the axis on the data and the 80% bands: extreme samples must not flatten it
             low, high = visible.min(), visible.max()
             pad = 0.15 * (high - low or abs(high) or 1.0)
             ax.set_ylim(low - pad, high + pad)
-        ax.set_title(f"{entry['item_id']} — {variate}: last test window")
-        ax.set_xlabel("bars relative to the forecast origin")
-        ax.set_ylabel(variate)
-        ax.legend(loc="upper left", fontsize=8, ncol=3)
+        ax.set_title(f"{entry['item_id']} — {entry['variate']}: last scored test window")
+        ax.set_xlabel("time (UTC)" if dates is not None else "bars relative to the forecast origin")
+        ax.set_ylabel(f"{entry['variate']} [{result.variates[entry['variate']]['units']}]", fontsize=8)
+        ax.legend(loc="upper left", fontsize=7, ncol=4)
         ax.grid(alpha=0.3)
+        fig.autofmt_xdate()
         fig.tight_layout()
         path = folder / f"forecast_{entry['item_id'].replace('/', '_')}.png"
         fig.savefig(path)
         plt.close(fig)
         paths.append(path)
-    rows = [r for r in per_asset if r["model"] == "model" and r["variate"] == variate]
-    naive = {r["item_id"]: r for r in per_asset if r["model"] == "naive" and r["variate"] == variate}
-    assets = [r["item_id"] for r in rows]
-    if assets:
-        crps = [r["crps"] / naive[r["item_id"]]["crps"] if naive[r["item_id"]]["crps"] else np.nan for r in rows]
-        mase = [r["mase"] / naive[r["item_id"]]["mase"] if naive[r["item_id"]]["mase"] else np.nan for r in rows]
-        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(assets) + 2), 4.2), dpi=110)
-        x = np.arange(len(assets))
-        ax.bar(x - 0.2, crps, 0.4, label="CRPS / naive", color="#1f77b4")
-        ax.bar(x + 0.2, mase, 0.4, label="MASE / naive", color="#ff7f0e")
-        ax.axhline(1.0, color="#333333", lw=1, ls="--", label="naive (random walk) = 1")
-        ax.set_xticks(x, assets, rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel("model / naive (lower is better)")
-        ax.set_title(f"{variate}: model relative to the naive baseline, per asset")
+    for variate, info in result.variates.items():
+        fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
+        for name, by_variate in result.by_step.items():
+            if variate in by_variate:
+                curve = by_variate[variate]
+                ax.plot(np.arange(1, len(curve) + 1), curve, lw=2.0 if name in result.models else 1.0,
+                        ls="-" if name in result.models else "--", label=name)
+        ax.set_xlabel("forecast step (bars after the origin)")
+        ax.set_ylabel("quantile loss / seasonal error")
+        ax.set_title(f"{variate}: error by forecast step")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = folder / f"error_by_step_{variate}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+        for name, by_variate in result.calibration.items():
+            if variate not in by_variate:
+                continue
+            cal = by_variate[variate]
+            if name in result.models:
+                left.step(np.linspace(0.05, 0.95, 10), np.asarray(cal["pit_histogram"]) * 10, where="mid", label=name)
+            levels = [float(k) for k in cal["reliability"]]
+            right.plot(levels, list(cal["reliability"].values()), marker="o", ms=3, label=name)
+        left.axhline(1.0, color="#333333", ls="--", lw=1, label="calibrated")
+        left.set_xlabel("PIT")
+        left.set_ylabel("density")
+        left.set_title(f"{variate}: PIT histogram")
+        left.legend(fontsize=7)
+        right.plot([0, 1], [0, 1], color="#333333", ls="--", lw=1, label="calibrated")
+        right.fill_between([0, 1], [-COVERAGE_TOLERANCE, 1 - COVERAGE_TOLERANCE], [COVERAGE_TOLERANCE, 1 + COVERAGE_TOLERANCE],
+                           color="#999999", alpha=0.2, lw=0, label=f"±{int(COVERAGE_TOLERANCE * 100)} points")
+        right.set_xlabel("nominal coverage of the central interval")
+        right.set_ylabel("observed coverage")
+        right.set_xlim(0, 1)
+        right.set_ylim(0, 1)
+        right.set_title(f"{variate}: reliability")
+        right.legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / f"calibration_{variate}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    variate = next(iter(result.variates))
+    rows = [r for r in result.per_asset if r["model"] == "model" and r["variate"] == variate]
+    if rows:
+        yard = result.variates[variate]["yardstick"]
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4.2), dpi=110)
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r["crps_relative"] for r in rows], 0.4, label=f"CRPS / {yard}", color="#1f77b4")
+        ax.bar(x + 0.2, [r["mase_relative"] for r in rows], 0.4, label=f"MASE / {yard}", color="#ff7f0e")
+        ax.axhline(1.0, color="#333333", lw=1, ls="--", label=f"{yard} = 1")
+        ax.set_xticks(x, [r["item_id"] for r in rows], rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(f"model / {yard} (lower is better)")
+        ax.set_title(f"{variate}: model relative to the one to beat, per asset")
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
@@ -301,43 +675,110 @@ def _plots(out: Path, plot_data, per_asset, variate: str, horizon: int) -> list[
     return paths
 
 
-def _write_outputs(loaded, result: EvalResult, model_spec, zero_shot, dataset, manifest, season) -> None:
+CSV_FIELDS = ["model", "item_id", "variate", "kind", "windows", *METRICS, "direction_n", "direction_windows", "direction_p",
+              "crps_relative", "mase_relative", "msis_relative", "mae_relative", "mse_relative", "dm_p_crps", "dm_p_abs_error"]
+
+
+def _write_outputs(loaded, result: EvalResult, model_spec, zero_shot, dataset, manifest, season, stride) -> None:
     cfg = loaded.cfg
     out = result.out
     settings = {
         "model": model_spec, "zero_shot": zero_shot, "dataset": str(dataset),
         "dataset_content_hash": manifest.get("content_hash"), "windows_total": result.windows,
-        "windows_per_series": int(cfg.evaluate.windows), "stride": int(cfg.evaluate.stride or cfg.data.prediction_length),
+        "windows_per_series": int(cfg.evaluate.windows), "stride": stride,
         "context_length": int(cfg.data.context_length), "prediction_length": int(cfg.data.prediction_length),
-        "num_samples": int(cfg.evaluate.num_samples), "seasonality": season,
-        "units": "prices (de-normalized with the dataset's statistics)",
-        "notes": result.notes,
+        "num_samples": int(cfg.evaluate.num_samples), "seasonality": season, "seed": int(cfg.evaluate.seed),
+        "calibrate": cfg.evaluate.calibrate.value,
+        "units": {v: info["units"] for v, info in result.variates.items()},
+        "crps": "mean weighted quantile loss over levels 0.1-0.9 (GluonTS mean_wQuantileLoss), scale-free",
     }
-    atomic_write_text(out / "metrics.json", json.dumps(
-        {"settings": settings, "aggregate": result.aggregate, "relative_to_naive": result.relative,
-         "per_asset": result.per_asset}, indent=2, default=float) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps({"settings": settings, **result.to_json()}, indent=2,
+                                                       default=float) + "\n")
     with open(out / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["model", "item_id", "variate", "windows", *METRICS])
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(result.per_asset)
+        for row in result.per_asset:
+            writer.writerow(row)
+        for name, by_variate in result.aggregate.items():  # aggregate rows: mean over assets, MAE/MSE as ratios only
+            for variate, metrics in by_variate.items():
+                yard = result.variates[variate]["yardstick"]
+                dm = result.significance.get(name, {}).get(variate, {}).get(yard, {})
+                rel = result.relative[name][variate]
+                writer.writerow({"model": name, "item_id": "ALL", "variate": variate, "kind": result.variates[variate]["kind"],
+                                 "windows": result.variates[variate]["windows"], **metrics,
+                                 **{f"{m}_relative": rel[m] for m in RELATIVE},
+                                 "dm_p_crps": dm.get("crps", {}).get("p_value", ""),
+                                 "dm_p_abs_error": dm.get("abs_error", {}).get("p_value", "")})
     write_resolved_profile(loaded, out)
-    lines = [f"# Evaluation of `{model_spec}`", "",
-             f"Dataset `{dataset}`; {result.windows} rolling-origin windows on the test span "
-             f"(context {settings['context_length']}, horizon {settings['prediction_length']}, stride {settings['stride']}); "
-             f"{settings['num_samples']} samples; metrics in price units.", ""]
-    for variate in next(iter(result.aggregate.values())):
-        lines += [f"## {variate}", "", "| model | CRPS | MASE | MSIS | MAE | coverage 50/80/95 | direction | CRPS / naive | MASE / naive |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for model, by_variate in result.aggregate.items():
-            m, r = by_variate[variate], result.relative[model][variate]
-            lines.append(f"| {model} | {m['crps']:.4g} | {m['mase']:.3f} | {m['msis']:.3f} | {m['mae']:.4g} | "
+    atomic_write_text(out / "report.md", render_report(result, settings, dataset))
+
+
+def render_report(result: EvalResult, settings: dict[str, Any], dataset) -> str:
+    span = result.span
+    lines = [f"# Evaluation of `{settings['model']}`", "",
+             f"Dataset `{dataset}`; test span {span['first_origin']} to {span['last_forecast_bar']} "
+             f"(first forecast origin to last forecast bar), {span['series']} series: {', '.join(span['symbols'])}.", "",
+             f"{result.windows} rolling-origin windows (context {settings['context_length']}, horizon "
+             f"{settings['prediction_length']}, stride {settings['stride']}); {settings['num_samples']} samples per "
+             f"forecaster, each with its own seed. Every forecaster is scored on the same windows.", "",
+             "CRPS here is the mean weighted quantile loss (levels 0.1–0.9, divided by the sum of |actual|: "
+             "scale-free); MASE and MSIS are divided by the window's seasonal error; MAE and MSE are in the "
+             "variate's units, so they appear per asset and, across assets, only as ratios. p-values: "
+             "Diebold–Mariano with the Harvey–Leybourne–Newbold correction, on per-window losses averaged over "
+             "the series sharing an origin; direction: hit rate over every step (from the last observed value for a "
+             "level, from zero for a return), p: binomial test against 50% on one call per window (the move over "
+             "the horizon). Definitions: docs/evaluate.md.", ""]
+    for variate, info in result.variates.items():
+        yard = info["yardstick"]
+        lines += [f"## {variate} ({info['kind']}; {info['units']})", "",
+                  f"The one to beat: **{yard}** ({DESCRIPTIONS.get(yard, yard)}). {info['windows']} windows scored"
+                  + (f", {info['windows_removed']} removed for every forecaster." if info["windows_removed"] else "."), "",
+                  f"| forecaster | CRPS | MASE | MSIS | coverage 50/80/95 | direction: steps / windows (p) | CRPS / {yard} | "
+                  f"MAE / {yard} | DM p CRPS | DM p abs. error |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, by_variate in result.aggregate.items():
+            if variate not in by_variate:
+                continue
+            m, r = by_variate[variate], result.relative[name][variate]
+            dm = result.significance.get(name, {}).get(variate, {}).get(yard, {})
+            p_crps = _p(dm["crps"]["p_value"]) if dm and math.isfinite(dm["crps"]["p_value"]) else "–"
+            p_abs = _p(dm["abs_error"]["p_value"]) if dm and math.isfinite(dm["abs_error"]["p_value"]) else "–"
+            lines.append(f"| {name} | {m['crps']:.4g} | {m['mase']:.3f} | {m['msis']:.3f} | "
                          f"{m['coverage_50']:.2f} / {m['coverage_80']:.2f} / {m['coverage_95']:.2f} | "
-                         f"{m['directional_accuracy']:.2f} | {r['crps']:.3f} | {r['mase']:.3f} |")
-        verdict = result.relative["model"][variate]["crps"]
-        lines += ["", ("The model beats the naive random walk on CRPS." if verdict < 1 else
-                       "**The model does not beat the naive random walk on CRPS.**") + f" (ratio {verdict:.3f})", ""]
+                         f"{m['directional_accuracy']:.2f} / {m['direction_window_accuracy']:.2f} ({_p(m['direction_p'])}) | "
+                         f"{r['crps']:.3f} | {r['mae']:.3f} | {p_crps} | {p_abs} |")
+        lines += [""] + [f"- {result.verdict(variate, model)}." for model in result.models] + [""]
+        other = [(name, b, tests) for name in result.models
+                 for b, tests in result.significance.get(name, {}).get(variate, {}).items() if b != yard]
+        if other:
+            lines += ["Against the other baselines (DM p-value on CRPS / on absolute error; negative statistic: the "
+                      "model is better):", ""]
+            lines += [f"- {name} vs {b}: p = {_p(t['crps']['p_value'])} (stat {t['crps']['statistic']:.2f}) / "
+                      f"p = {_p(t['abs_error']['p_value'])} (stat {t['abs_error']['statistic']:.2f})"
+                      for name, b, t in other if math.isfinite(t["crps"]["p_value"])] + [""]
+        for name in result.models:
+            summary = result.ic.get(name, {}).get(variate)
+            if summary:
+                lines += [f"Cross-sectional skill of {name} over {summary['origins']} origins: IC mean "
+                          f"{summary['ic']['mean']:.3f} (sd {summary['ic']['sd']:.3f}, t {summary['ic']['t']:.2f}); "
+                          f"rank IC mean {summary['rank_ic']['mean']:.3f} (sd {summary['rank_ic']['sd']:.3f}, "
+                          f"t {summary['rank_ic']['t']:.2f}).", ""]
+        flags = [f"{name}: {flag}" for name, by_v in result.calibration.items() if name in result.models
+                 for flag in by_v.get(variate, {}).get("flags", [])]
+        lines += [f"**Calibration flag** — {flag}" for flag in flags] + ([""] if flags else [])
+        per_asset = [r for r in result.per_asset if r["variate"] == variate and r["model"] in result.models + [yard]]
+        lines += ["Per asset (MAE in the variate's units):", "",
+                  f"| forecaster | asset | windows | CRPS | MASE | MAE | coverage 80 | direction | CRPS / {yard} |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['model']} | {r['item_id']} | {r['windows']} | {r['crps']:.4g} | {r['mase']:.3f} | {r['mae']:.4g} | "
+                  f"{r['coverage_80']:.2f} | {r['directional_accuracy']:.2f} | {r['crps_relative']:.3f} |" for r in per_asset]
+        lines += [""]
+    for model, by_variate in result.conformal.items():
+        for variate, info in by_variate.items():
+            lines += [f"Conformal recalibration of {model} / {variate}: fitted on {info['windows']} validation windows; "
+                      f"reported as `{model}+conformal` beside the raw model.", ""]
     for note in result.notes:
         lines += [f"Note: {note}", ""]
     for plot in result.plots:
         lines += [f"![{plot.stem}](plots/{plot.name})", ""]
-    atomic_write_text(out / "report.md", "\n".join(lines))
+    return "\n".join(lines)
