@@ -244,3 +244,17 @@ def test_a_gap_length_dependent_fill_fails_the_whole_pipeline_check(session_lake
     results = check_pipeline(cfg, tmp_path / "work")
     assert not all(r.ok for r in results)
     assert any("changed when bars after" in r.detail for r in results)
+
+
+def test_evaluation_dates_are_the_real_bar_times_across_a_weekend(real_lake, tmp_path):
+    from ohlcv.evaluate.run import _rows
+
+    result = IterativeFinancialDatasetBuilder(_cfg(real_lake, tmp_path / "ds", "features.enabled=[log_return]")).run()
+    row = next(r for r in _rows(result.out, result.manifest) if r.item_id == "fx/EURUSD")
+    from ohlcv.evaluate.run import bar_times
+
+    stamps = row.item["times"]
+    friday = int(np.flatnonzero(np.diff(stamps) > np.timedelta64(24, "h"))[0])  # the last bar before a weekend
+    times = bar_times(row.item, result.manifest["freq"], np.array([friday, friday + 1]))
+    assert times[0][:10] != times[1][:10] and np.datetime64(times[1][:19]) - np.datetime64(times[0][:19]) > np.timedelta64(40, "h")
+    assert times[1].endswith("+00:00")  # real time stamps, in UTC; not start + i hours

@@ -233,9 +233,14 @@ def _denormalize(values: np.ndarray, group: dict | None, index: int) -> np.ndarr
 
 
 def bar_times(item: dict[str, Any], freq: str, index: np.ndarray) -> list[str]:
-    """ISO timestamps of bars ``index`` of a series (its start plus whole bars of its frequency)."""
+    """ISO timestamps (UTC) of bars ``index`` of a series: the real bar times the dataset keeps
+    (``timestamps.parquet``: session bars skip nights, weekends and holidays), or, for a dataset
+    built before they were kept, its start plus whole bars of its frequency."""
     import pandas as pd
 
+    stamps = item.get("times")
+    if stamps is not None and len(index) and 0 <= int(np.min(index)) and int(np.max(index)) < len(stamps):
+        return [pd.Timestamp(stamps[int(i)]).tz_localize("UTC").isoformat() for i in index]
     try:
         offset = pd.tseries.frequencies.to_offset(freq)
         start = pd.Timestamp(item["start"])
@@ -269,7 +274,7 @@ class _Row:
 def _rows(dataset: Path, manifest: dict[str, Any]):
     import datasets
 
-    from ohlcv.train.data import load_hf
+    from ohlcv.train.data import load_hf, read_timestamps
 
     datasets.disable_progress_bars()
     names, targets, covariates = manifest["variates"], manifest["targets"], manifest["covariates"]
@@ -277,6 +282,7 @@ def _rows(dataset: Path, manifest: dict[str, Any]):
     norm = manifest["normalization"]
     groups = {k: {"center": np.array(v["center"]), "scale": np.array(v["scale"])} for k, v in norm["groups"].items()}
     items = {item["item_id"]: item for item in manifest["items"]}
+    times = read_timestamps(dataset, manifest)
     for row in load_hf(dataset, manifest).with_format("numpy"):
         item_id = str(row["item_id"])
         parts = [np.stack(row["target"]).astype(np.float64)]
@@ -286,7 +292,7 @@ def _rows(dataset: Path, manifest: dict[str, Any]):
         values = np.empty_like(stacked)
         for position, index in enumerate(order):
             values[index] = stacked[position]
-        item = items[item_id]
+        item = {**items[item_id], "times": times.get(item_id)}
         key = item_id if norm["scope"] == "symbol" else item["asset_class"]
         yield _Row(item_id, item, values, groups.get(key))
 
