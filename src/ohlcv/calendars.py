@@ -59,6 +59,9 @@ class Calendar:
 
     name: str
     weekdays: WeekdaysRule = field(default_factory=WeekdaysRule)
+    # intraday exchange bars: "open" starts them at each session's open (9:30, 10:30, ...), "clock" on the
+    # clock (9:00, 10:00, ...: every clock bar that overlaps a session); vendors use both
+    alignment: str = "open"
 
     @property
     def continuous(self) -> bool:
@@ -72,7 +75,7 @@ class Calendar:
         if self.name == WEEKDAYS:
             closed = f", closed {', '.join(self.weekdays.holidays)}" if self.weekdays.holidays else ""
             return f"weekdays (Friday {self.weekdays.close} to Sunday {self.weekdays.close} {self.weekdays.timezone}{closed})"
-        return self.name
+        return self.name + (" (clock-aligned bars)" if self.exchange and self.alignment == "clock" else "")
 
     def grid(self, start_us: int, end_us: int, freq: Frequency) -> tuple[np.ndarray, np.ndarray]:
         """(labels, ends): every bar whose interval [label, end) overlaps [start_us, end_us], sorted.
@@ -108,7 +111,9 @@ class Calendar:
 
 
 def _year(us: int) -> int:
-    return 1970 + int(us // (365.2425 * US_PER_DAY))  # within a day of the truth: only widens the span
+    import numpy as np
+
+    return int(np.datetime64(int(us), "us").astype("datetime64[Y]").astype(np.int64)) + 1970
 
 
 @functools.lru_cache(maxsize=64)
@@ -120,7 +125,7 @@ def _year_grid(calendar: "Calendar", freq: Frequency, first_year: int, last_year
     end = int(np.datetime64(f"{last_year + 1:04d}-01-01", "us").astype(np.int64)) - 1
     step = _step_us(freq)
     if calendar.exchange:
-        labels, ends = _exchange_grid(calendar.name, start, end, freq)
+        labels, ends = _exchange_grid(calendar.name, start, end, freq, clock=calendar.alignment == "clock")
         keep = (ends > start) & (labels <= end)
         return labels[keep], ends[keep]
     first = (start // step) * step
@@ -195,7 +200,8 @@ def _day(us: int) -> str:
     return str(np.datetime64(int(us), "us").astype("datetime64[D]"))
 
 
-def _exchange_grid(name: str, start_us: int, end_us: int, freq: Frequency) -> tuple[np.ndarray, np.ndarray]:
+def _exchange_grid(name: str, start_us: int, end_us: int, freq: Frequency, *, clock: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
     import numpy as np
 
     import pandas as pd
@@ -211,11 +217,19 @@ def _exchange_grid(name: str, start_us: int, end_us: int, freq: Frequency) -> tu
         return empty, empty
     step = _step_us(freq)
     if freq.unit in ("D", "B"):
-        sessions = calendar.sessions_in_range(lo, hi)
-        days = _as_us(sessions)
-        if freq.n > 1:
-            days = days[:: freq.n]
+        if freq.n > 1:  # "every other session" has no anchor a lake and a calendar would agree on
+            raise ConfigError(f"an exchange calendar lays out one session per daily bar; '{freq.canonical}' bars "
+                              f"are not supported on {name} (use 1D, or the continuous calendar)", key="data.freq")
+        days = _as_us(calendar.sessions_in_range(lo, hi))
         return days, days + step
+    if clock:  # every clock-aligned bar that overlaps a session: from the open rounded down to the close
+        opens, closes = _as_us(calendar.opens.loc[lo:hi]), _as_us(calendar.closes.loc[lo:hi])
+        first = opens // step * step
+        counts = -(-(closes - first) // step)
+        session = np.repeat(np.arange(len(first)), counts)
+        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        labels = first[session] + offsets * step
+        return labels, labels + step
     period = pd.Timedelta(seconds=int(freq.seconds or 0))
     labels = _as_us(calendar.trading_index(lo, hi, period, intervals=False, closed="left", force_close=False,
                                            force_break_close=False, curtail_overlaps=True))
@@ -237,7 +251,7 @@ def _as_us(values) -> np.ndarray:
     return np.asarray(index.values.astype("datetime64[us]").astype(np.int64))
 
 
-def resolve(mapping, asset_class: str, weekdays: WeekdaysRule | None = None) -> Calendar:
+def resolve(mapping, asset_class: str, weekdays: WeekdaysRule | None = None, alignment: str = "open") -> Calendar:
     """The calendar of an asset class from ``data.calendars`` (``default`` for classes it does not name)."""
     entries = dict(mapping or {})
     name = entries.get(asset_class, entries.get("default", CONTINUOUS))
@@ -247,7 +261,9 @@ def resolve(mapping, asset_class: str, weekdays: WeekdaysRule | None = None) -> 
         return Calendar(CONTINUOUS)
     if lowered in (WEEKDAYS, "24/5", "fx"):
         return Calendar(WEEKDAYS, weekdays or WeekdaysRule())
-    return Calendar(name.upper(), weekdays or WeekdaysRule())
+    # exchange codes are upper case (XNYS); aliases may not be (us_futures): kept as written unless upper
+    return Calendar(name.upper() if name.upper() == name or name.upper().startswith("X") else name,
+                    weekdays or WeekdaysRule(), alignment)
 
 
 def weekdays_rule(cfg_weekdays) -> WeekdaysRule:
@@ -260,10 +276,12 @@ def weekdays_rule(cfg_weekdays) -> WeekdaysRule:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"unknown time zone '{tz}' (use an IANA name such as America/New_York)",
                           key="data.weekdays.timezone") from None
-    close = str(cfg_weekdays.close)
+    close = str(cfg_weekdays.close).strip()
+    if close.isdigit():  # YAML 1.1 reads an unquoted 18:00 as the base-60 number 1080: turn it back
+        close = f"{int(close) // 60:02d}:{int(close) % 60:02d}"
     hours, _, minutes = close.partition(":")
     if not (hours.isdigit() and (minutes.isdigit() or not minutes) and int(hours) < 24 and int(minutes or 0) < 60):
-        raise ConfigError(f"'{close}' is not a time of day HH:MM", key="data.weekdays.close")
+        raise ConfigError(f"'{close}' is not a time of day HH:MM (00:00 to 23:59)", key="data.weekdays.close")
     holidays = tuple(str(h) for h in cfg_weekdays.holidays)
     for day in holidays:
         month, _, dom = day.partition("-")

@@ -402,7 +402,7 @@ def lake_sample(
     symbols: int = typer.Option(4, "--symbols", help="Symbols per asset class."),
     asset_classes: str = typer.Option("crypto,equity,fx", "--asset-classes", help="Comma-separated asset classes."),
     freq: str = typer.Option("1h", "--freq", help="Bar frequency (1min, 5min, 1h, 1D…)."),
-    bars: int = typer.Option(2000, "--bars", help="Bars per symbol."),
+    bars: int = typer.Option(2000, "--bars", help="Bars per symbol of the sparsest calendar (every class covers the same period)."),
     start: str = typer.Option("2023-01-01", "--start", help="First bar (UTC)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     dirt: Optional[str] = typer.Option(
@@ -423,7 +423,8 @@ def lake_sample(
         seed=seed,
         dirt=kinds,
     )
-    _console().print(f"wrote {len(lake.symbols)} symbols x {bars} bars of {freq} to {directory}")
+    _console().print(f"wrote {len(lake.symbols)} symbols, {bars} bars of {freq} on the sparsest calendar "
+                     f"(every class covers the same period) to {directory}")
     for item_id, counts in lake.injected.items():
         shown = ", ".join(f"{k}={v}" for k, v in counts.items() if not k.startswith("_"))
         _console().print(f"  dirt in {item_id}: {shown}")

@@ -233,12 +233,14 @@ def _perturbed_lake(lake, target, cut_us: int, rng: np.random.Generator, *, hole
         factor = np.ones(frame.height)
         factor[after] = np.exp(np.cumsum(rng.normal(0.0, 0.02, n))) * rng.uniform(0.5, 2.0)
         columns = {c: frame[c].to_numpy() * factor for c in ("open", "high", "low", "close")}
-        volume = frame["volume"].to_numpy().copy()
-        volume[after] = rng.lognormal(8, 2, n)
+        if "volume" in frame.columns:  # (instruments without volume have none to change)
+            volume = frame["volume"].to_numpy().copy()
+            volume[after] = rng.lognormal(8, 2, n)
+            columns["volume"] = volume
         keep = np.ones(frame.height, dtype=bool)
         first_after = np.flatnonzero(after)[:hole]
         keep[first_after[first_after < frame.height - 1]] = False
-        changed = frame.with_columns(*[pl.Series(c, v) for c, v in columns.items()], pl.Series("volume", volume))
+        changed = frame.with_columns(*[pl.Series(c, v) for c, v in columns.items()])
         changed.filter(pl.Series(keep)).write_parquet(path)
 
 
@@ -274,7 +276,13 @@ def check_pipeline(cfg, work, *, seed: int = 0) -> list[PipelineResult]:
         IterativeFinancialDatasetBuilder(variant).run(force=True)
         manifest = read_manifest(out)
         hf = load_hf(out, manifest).with_format("numpy")
-        values = {str(row["item_id"]): np.stack(row["target"]).astype(np.float64) for row in hf}
+        # every variate, in the manifest's order: targets, then past covariates (data.layout: covariates)
+        order = [manifest["variates"].index(v) for v in manifest["targets"] + manifest["covariates"]]
+        values = {}
+        for row in hf:
+            parts = [np.stack(row["target"])] + ([np.stack(row["past_feat_dynamic_real"])] if manifest["covariates"] else [])
+            stacked = np.concatenate(parts).astype(np.float64)
+            values[str(row["item_id"])] = stacked[np.argsort(order)]
         return manifest, values, read_timestamps(out, manifest)
 
     holed = work / "lake"

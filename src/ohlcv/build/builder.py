@@ -36,7 +36,7 @@ from ohlcv import __version__, calendars
 from ohlcv.build import normalize
 from ohlcv.build.pipeline import FeaturePipeline
 from ohlcv.train.data import datasets_version, same_datasets_major
-from ohlcv.build.clean import RULES, CleaningSettings, SymbolReport, clean_batch, read_batch
+from ohlcv.build.clean import RULES, CleaningSettings, SymbolReport, clean_batch, edge_timestamp, read_batch
 from ohlcv.config.loader import atomic_write_text, to_yaml
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.freq import parse_freq
@@ -153,6 +153,7 @@ class IterativeFinancialDatasetBuilder:
         self._split_dates = (_utc(split.train_end), _utc(split.validation_end))
         self._weekdays = calendars.weekdays_rule(self.data.weekdays)
         self.calendars: dict[str, calendars.Calendar] = {}
+        self.split_span: dict[str, str] | None = None
         self.notes: list[str] = []
         from ohlcv.plugins import volume_free_skips
 
@@ -239,13 +240,17 @@ class IterativeFinancialDatasetBuilder:
         all_sources, skipped = self.discover()
         sources = [s for s in all_sources if self.shard is None or self.shard.owns(s.item_id)]
         if not sources and self.shard is None:
+            held = sorted({p.name.split("=", 1)[1] for p in self.lake.glob("asset_class=*/freq=*") if p.is_dir()})
+            hint = (f"; the lake holds freq {', '.join(held)} (e.g. --profile daily for 1D, or data.freq=...)"
+                    if held and self.freq.canonical not in held else "; check data.freq and the lake layout")
             raise OhlcvError(
                 f"{self.lake}: no symbols match (freq {self.freq.canonical}, asset classes "
                 f"{list(self.data.asset_classes) or 'all'}, symbols {list(self.data.symbols) or 'all'}"
-                f"{', shard ' + str(self.shard) if self.shard else ''}); check data.freq and the lake layout"
+                f"{', shard ' + str(self.shard) if self.shard else ''}){hint}"
             )
         self._resolve_calendars(all_sources)
         self._drop_peerless_features(all_sources)
+        self._drop_missing_volume(all_sources)
         if self._split_method == "date" and self._split_dates[0] is None:
             self._split_dates = self.common_cuts(all_sources)
         # cross-asset features depend on every symbol of the lake, not only on this shard's
@@ -305,18 +310,42 @@ class IterativeFinancialDatasetBuilder:
         dropped = [(f, p) for f, p in self.variates.feature_specs if f.reference is not None]
         if not dropped:
             return
-        gone = {n for f, p in dropped for n in f.output_names(p)}
+        self._drop_variates({n for f, p in dropped for n in f.output_names(p)}, lambda f: f.reference is None)
+        self.notes.append(
+            f"cross-asset features ({', '.join(f.name for f, _ in dropped)}) left out: every asset class of this "
+            "selection has a single symbol, so there is no other asset to compare with"
+        )
+
+    def _drop_variates(self, gone: set[str], keep_feature) -> None:
         v = self.variates
         self.variates = _Variates(
             names=[n for n in v.names if n not in gone],
             targets=[n for n in v.targets if n not in gone],
             covariates=[n for n in v.covariates if n not in gone],
-            feature_specs=[(f, p) for f, p in v.feature_specs if f.reference is None],
+            feature_specs=[(f, p) for f, p in v.feature_specs if keep_feature(f)],
         )
-        self.notes.append(
-            f"cross-asset features ({', '.join(f.name for f, _ in dropped)}) left out: every asset class of this "
-            "selection has a single symbol, so there is no other asset to compare with"
-        )
+
+    def _drop_missing_volume(self, sources: list[SymbolSource]) -> None:
+        """A lake whose files have no volume column (FX spot, indices) builds without the volume variate and
+        without the features that read volume, with a note. Only file schemas are read (first file of each
+        symbol)."""
+        import polars as pl
+
+        if "volume" not in self.variates.names or not sources:
+            return
+        for source in sources:
+            for path in source.files[:1]:
+                try:
+                    if "volume" in {c.lower() for c in pl.read_parquet_schema(path)}:
+                        return
+                except Exception:  # noqa: BLE001 - an unreadable file is the build's to report
+                    return
+        dropped = [f.name for f, _ in self.variates.feature_specs if "volume" in f.inputs]
+        gone = {"volume"} | {n for f, p in self.variates.feature_specs if "volume" in f.inputs for n in f.output_names(p)}
+        self._drop_variates(gone, lambda f: "volume" not in f.inputs)
+        self.notes.append("the lake has no volume column: built without the volume variate"
+                          + (f" and the features that read it ({', '.join(dropped)})" if dropped else "")
+                          + "; set data.columns=[open,high,low,close] to say so in the profile")
 
     def _resolve_calendars(self, sources: list[SymbolSource]) -> None:
         """The calendar of every asset class of the selection; an unknown name stops here, before any work."""
@@ -324,7 +353,7 @@ class IterativeFinancialDatasetBuilder:
 
         mapping = dict(self.data.calendars)
         for asset_class in sorted({s.asset_class for s in sources}):
-            calendar = calendars.resolve(mapping, asset_class, self._weekdays)
+            calendar = calendars.resolve(mapping, asset_class, self._weekdays, self.data.session_alignment.value)
             if calendar.exchange:  # validates the name (one line with the known names)
                 calendars.exchange_calendar(calendar.name, f"{np.datetime64('today', 'Y')}-01-01",
                                             f"{np.datetime64('today', 'Y')}-12-31")
@@ -339,19 +368,21 @@ class IterativeFinancialDatasetBuilder:
         """
         from datetime import datetime, timedelta, timezone
 
+        start, end = _utc(self.data.start), _utc(self.data.end)
         first, last = None, None
         for source in sources:
-            lo = _edge_timestamp(source.files, earliest=True)
-            hi = _edge_timestamp(source.files, earliest=False)
-            if lo is not None:
-                first = lo if first is None else min(first, lo)
-            if hi is not None:
-                last = hi if last is None else max(last, hi)
-        start, end = _utc(self.data.start), _utc(self.data.end)
+            lo = edge_timestamp(source.files, earliest=True, start=start, end=end)
+            hi = edge_timestamp(source.files, earliest=False, start=start, end=end)
+            if lo is not None and (first is None or lo < first[0]):
+                first = (lo, source.item_id)
+            if hi is not None and (last is None or hi > last[0]):
+                last = (hi, source.item_id)
         if first is None or last is None:
             return None, None
-        first = max(first, start) if start else first
-        last = min(last, end) if end else last
+        # the symbols that set the span, for the manifest: a stray time stamp shows up here
+        self.split_span = {"first": first[0].isoformat(), "first_set_by": first[1],
+                           "last": last[0].isoformat(), "last_set_by": last[1]}
+        first, last = first[0], last[0]
         span = (last - first).total_seconds()
         train, validation = self._split_fractions
 
@@ -396,6 +427,10 @@ class IterativeFinancialDatasetBuilder:
         reports = {source.item_id: SymbolReport(source.item_id) for source in batch}
         try:
             raw = read_batch(batch, reports)
+            if self.data.bar_label.value == "end" and self.freq.seconds and self.freq.seconds < 86400:
+                import polars as pl  # end-stamped intraday bars: the bar starts one bar earlier
+
+                raw = raw.with_columns(pl.col("ts") - pl.duration(seconds=self.freq.seconds))
             cleaned = clean_batch(
                 raw, self.freq, self.settings, reports, start=_utc(self.data.start), end=_utc(self.data.end),
                 calendars=self.calendars,
@@ -622,15 +657,30 @@ class IterativeFinancialDatasetBuilder:
 
     def _write_batch(self, index: int, batch: list[SymbolSource], frame, reports: list[SymbolReport]) -> dict[str, Any]:
         """Write a prepared batch's data file (in a worker thread); return the content of its marker."""
+        import polars as pl
+
         entries: list[dict[str, Any]] = []
         spans = self._spans(frame, reports) if frame is not None else {}
+        if self.scaler != "none" and self.scope == "symbol":
+            # a symbol with no bars before the training cut (it starts later) has nothing to fit its
+            # scaler on without looking ahead: it is left out, with the reason
+            empty = {item_id for item_id, span in spans.items() if span["train_end"] < 2}
+            for report in reports:
+                if report.item_id in empty:
+                    report.quarantined = ("no bars before the common training cut to fit data.normalization on "
+                                          "(the symbol starts later): use scope asset_class, scaler none, or an "
+                                          "earlier data.split.train_end")
+            if empty:
+                frame = frame.filter(~pl.col("item_id").is_in(sorted(empty)))
+                frame = frame if frame.height else None
+                spans = self._spans(frame, reports) if frame is not None else {}
         values = frame.select(self.variates.names).to_numpy() if frame is not None else None  # (time, variates)
         for source, report in zip(batch, reports):
             entry: dict[str, Any] = {"report": report.to_dict()}
             span = spans.get(source.item_id)
             if span is not None:
                 stats = {}
-                if self.scaler != "none":
+                if self.scaler != "none" and span["train_end"] > 0:  # (per class: fitted on the others' bars)
                     stats = normalize.fit_stats(values[span["offset"] : span["offset"] + span["train_end"]], self.scaler)
                 entry.update(item_id=source.item_id, asset_class=source.asset_class, symbol=source.symbol)
                 entry.update({k: v for k, v in span.items() if k != "offset"}, stats=stats)
@@ -675,8 +725,8 @@ class IterativeFinancialDatasetBuilder:
         items = [e for meta in batch_meta for e in meta["entries"] if "item_id" in e]
         reports = [e["report"] for meta in batch_meta for e in meta["entries"]]
         if not items and reports:
-            reasons = "; ".join(f"{r['item_id']}: {r['quarantined']}" for r in reports[:5])
-            more = f"; and {len(reports) - 5} more" if len(reports) > 5 else ""
+            reasons = "; ".join(f"{r['item_id']}: {r['quarantined']}" for r in reports[:3])
+            more = f"; and {len(reports) - 3} more (run with fewer symbols to see each)" if len(reports) > 3 else ""
             raise OhlcvError(f"every selected symbol was quarantined ({len(reports)}): {reasons}{more}")
         norm = self._normalization(items)
         staging = work / "final"
@@ -699,7 +749,7 @@ class IterativeFinancialDatasetBuilder:
             content_hash = write_hf_dataset(staging / HF_SUBDIR, chunks, variates=self.variates, cache_dir=work / "cache")
         write_timestamps([m.with_suffix(".ts.parquet") for m, _ in with_data], staging / TIMESTAMPS_FILE)
         report = build_report(reports, skipped, started, resumed, batch_count)
-        report["notes"] = list(self.notes)
+        report["notes"] = list(self.notes) + _off_session_notes(reports, self.calendars)
         manifest = {
             "format": FORMAT,
             "name": str(self.cfg.name),
@@ -716,7 +766,7 @@ class IterativeFinancialDatasetBuilder:
                       "validation": float(self.data.split.validation),
                       "train_end": _iso(self._split_dates[0]) if self._split_method == "date" else None,
                       "validation_end": _iso(self._split_dates[1]) if self._split_method == "date" else None,
-                      "common": self._split_method == "date"},
+                      "common": self._split_method == "date", "span": self.split_span},
             "calendars": {asset_class: calendar.describe() for asset_class, calendar in sorted(self.calendars.items())},
             "timestamps": TIMESTAMPS_FILE,
             "items": [
@@ -749,7 +799,8 @@ class IterativeFinancialDatasetBuilder:
         groups: dict[str, list[dict]] = {}
         for item in items:
             key = item["item_id"] if self.scope == "symbol" else item["asset_class"]
-            groups.setdefault(key, []).append(item["stats"])
+            if item["stats"]:  # a symbol with no training bars contributes nothing to its class's statistics
+                groups.setdefault(key, []).append(item["stats"])
         for key, stats in sorted(groups.items()):
             merged = stats[0] if self.scope == "symbol" else normalize.merge_stats(stats, self.scaler)
             center, scale = normalize.center_scale(merged, self.scaler, len(names))
@@ -759,24 +810,6 @@ class IterativeFinancialDatasetBuilder:
 
 def _iso(value) -> str | None:
     return None if value is None else value.isoformat()
-
-
-def _edge_timestamp(files, *, earliest: bool):
-    """The earliest (or latest) time stamp in a symbol's files, trying files from that end; None if unreadable."""
-    import polars as pl
-
-    from ohlcv.build.clean import SymbolReport, to_utc_timestamps
-
-    for path in (files if earliest else reversed(files)):
-        try:
-            frame = pl.read_parquet(path, columns=["ts"])
-            frame, _ = to_utc_timestamps(frame, SymbolReport("probe"))
-            value = frame["ts"].min() if earliest else frame["ts"].max()
-        except Exception:  # noqa: BLE001 - a bad file is skipped here and reported by the build
-            continue
-        if value is not None:
-            return value
-    return None
 
 
 def _utc(text):
@@ -936,6 +969,21 @@ def write_hf_dataset(path: Path, chunks: Iterator[list[dict]], *, variates: _Var
     digests = _write_rows(arrow_file, chunks, variates)
     save_dataset([arrow_file], path, variates, cache_dir=cache_dir)
     return content_hash_of(digests)
+
+
+def _off_session_notes(reports: list[dict], venues: dict) -> list[str]:
+    """A line for each built symbol with 1% or more of its bars outside its sessions (a quarantined one
+    says so in its reason): a time zone or calendar slightly off shows up here."""
+    notes = []
+    for report in reports:
+        off, rows = report["counts"].get("off_session", 0), max(report["rows_read"], 1)
+        if report["quarantined"] or off < 0.01 * rows:
+            continue
+        venue = venues.get(report["item_id"].split("/", 1)[0])
+        notes.append(f"{report['item_id']}: {off} of {rows} bars ({off / rows:.1%}) fall outside the "
+                     f"{venue.describe() if venue else 'venue'} sessions and were dropped; check data.calendars "
+                     "and the lake's time zone")
+    return notes
 
 
 def write_timestamps(parts: list[Path], path: Path) -> None:

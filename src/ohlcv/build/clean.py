@@ -25,6 +25,7 @@ queries, not a handful per symbol.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -41,12 +42,13 @@ PRICES = ("open", "high", "low", "close")
 
 RULES: dict[str, tuple[str, str]] = {
     "files_unreadable": ("file skipped", "the file could not be read as Parquet"),
-    "files_missing_columns": ("file skipped", "a required column (ts, open, high, low, close, volume) is absent"),
+    "files_missing_columns": ("file skipped", "a required column (ts, open, high, low, close) is absent"),
     "files_dtype_repaired": ("repaired", "columns of the wrong type were cast (prices and volume to float64, timestamps parsed)"),
     "files_tz_naive": ("repaired", "timestamps without a time zone were taken as UTC"),
     "files_tz_converted": ("repaired", "timestamps in another time zone were converted to UTC"),
     "bad_timestamp": ("bar dropped", "the timestamp could not be parsed"),
     "out_of_range": ("bar dropped", "outside data.start / data.end"),
+    "future_timestamp": ("bar dropped", "stamped after the build started: a clock, time-zone or parsing error"),
     "non_trading_day": ("bar dropped", "a weekend bar on a business-day (B) grid"),
     "off_session": ("bar dropped", "outside the venue's sessions (data.calendars): the market was closed"),
     "rows_unsorted": ("repaired", "rows out of time order were sorted"),
@@ -149,6 +151,24 @@ def to_utc_timestamps(frame: "pl.DataFrame", report: SymbolReport) -> tuple["pl.
         report.add("files_tz_converted")
     frame = frame.with_columns(pl.col("ts").dt.cast_time_unit("us"))
     return frame, repaired
+
+
+def edge_timestamp(files, *, earliest: bool, start=None, end=None) -> "datetime | None":
+    """The earliest (or latest) usable time stamp in a symbol's files — within [start, end] and not in
+    the future —, trying files from that end; None if none is readable. Only ``ts`` is read."""
+    import polars as pl
+
+    now = datetime.now(timezone.utc)
+    for path in (files if earliest else reversed(files)):
+        try:
+            frame, _ = to_utc_timestamps(pl.read_parquet(path, columns=["ts"]), SymbolReport("probe"))
+            stamps = frame["ts"].drop_nulls()
+            stamps = stamps.filter((stamps <= now) & (stamps >= (start or stamps.min())) & (stamps <= (end or now)))
+        except Exception:  # noqa: BLE001 - a bad file is skipped here and reported by the build
+            continue
+        if stamps.len():
+            return stamps.min() if earliest else stamps.max()
+    return None
 
 
 def _schema_is_clean(schema) -> bool:
@@ -282,6 +302,7 @@ def clean_batch(
     start=None,
     end=None,
     calendars: "Mapping[str, Calendar] | None" = None,
+    now: "datetime | None" = None,
 ) -> "pl.DataFrame":
     """Clean a batch of symbols onto the bar grid of ``freq`` and of each symbol's venue.
 
@@ -309,21 +330,24 @@ def clean_batch(
         frame = frame.with_columns(pl.col("item_id").replace_strict(ids, list(range(len(ids))), return_dtype=pl.UInt32).alias(KEY))
     key = pl.col(KEY)
     ts = pl.col("ts")
-    venue = {k: _calendar_of(item_id, calendars) for k, item_id in enumerate(ids)}
-    sessions = {k for k, cal in venue.items() if not cal.continuous}
-    if sessions:  # bars of venues with sessions: aligned to the bar of the session that contains them
-        frame = frame.with_columns(_session_labels(frame, venue, sessions, freq))
-    else:
-        frame = frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("_session"))
-    on_sessions = key.is_in(sorted(sessions)) if sessions else pl.lit(False)
-    in_range = ts.is_not_null()
+    future = (ts > (now or datetime.now(timezone.utc))).fill_null(False)
+    in_range = ts.is_not_null() & ~future
     if start is not None:
         in_range = in_range & (ts >= start)
     if end is not None:
         in_range = in_range & (ts <= end)
+    venue = {k: _calendar_of(item_id, calendars) for k, item_id in enumerate(ids)}
+    sessions = {k for k, cal in venue.items() if not cal.continuous}
+    if sessions:  # bars of venues with sessions: aligned to the bar of the session that contains them
+        frame = frame.with_columns(_session_labels(frame, venue, sessions, freq, frame.select(in_range).to_series()))
+    else:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("_session"))
+    on_sessions = key.is_in(sorted(sessions)) if sessions else pl.lit(False)
     prices_finite = pl.all_horizontal([pl.col(c).is_finite().fill_null(False) for c in PRICES])
     prices_positive = pl.all_horizontal([(pl.col(c) > 0).fill_null(False) for c in PRICES])
-    weekend = (in_range & (ts.dt.weekday() > 5)) if freq.unit == "B" else pl.lit(False)
+    # the business-day rule of the B frequency, for symbols without a venue calendar (a venue's own sessions
+    # already leave weekends out: counted once, as off_session)
+    weekend = (in_range & ~on_sessions & (ts.dt.weekday() > 5)) if freq.unit == "B" else pl.lit(False)
     same_as_previous = (key == key.shift(1)).fill_null(False)
     # after the sort: a bar whose successor is the same symbol at the same (aligned) time is a duplicate;
     # the sort is stable, so the last of the repeated bars in file order is the one kept
@@ -333,7 +357,8 @@ def clean_batch(
         frame.lazy()
         .with_columns(
             ts.is_null().alias("_bad_ts"),
-            (ts.is_not_null() & ~in_range).alias("_out"),
+            future.alias("_future"),
+            (ts.is_not_null() & ~future & ~in_range).alias("_out"),
             ((ts.diff().dt.total_microseconds() < 0).fill_null(False) & same_as_previous).alias("_back"),
         )
         .sort([KEY, "ts"], maintain_order=True, nulls_last=True)
@@ -357,6 +382,7 @@ def clean_batch(
         staged.group_by(KEY).agg(
             pl.col("_bad_ts").sum().alias("bad_timestamp"),
             pl.col("_out").sum().alias("out_of_range"),
+            pl.col("_future").sum().alias("future_timestamp"),
             pl.col("_weekend").sum().alias("non_trading_day"),
             pl.col("_closed").sum().alias("off_session"),
             pl.col("_back").sum().alias("rows_unsorted"),
@@ -435,8 +461,9 @@ def clean_batch(
         report.bars, report.observed = int(length), int(observed)
         off = report.counts.get("off_session", 0)
         if off > settings.max_off_session * max(report.rows_read, 1):
-            cause = ("the time stamps are in another time zone than the lake says, or the symbol trades on "
-                     "another venue")
+            cause = ("the time stamps are in another time zone than the lake says, the bars are stamped at "
+                     "their end (data.bar_label=end) or on the clock hour (data.session_alignment=clock), or the "
+                     "symbol trades on another venue")
             report.quarantined = (
                 f"{off} of {report.rows_read} bars ({off / max(report.rows_read, 1):.0%}) fall outside the "
                 f"{venue[k].describe()} sessions (> data.cleaning.max_off_session={settings.max_off_session:g}): "
@@ -498,12 +525,15 @@ def _epoch_us(series) -> np.ndarray:
     return series.dt.epoch("us").fill_null(np.iinfo(np.int64).min).to_numpy()
 
 
-def _session_labels(frame: "pl.DataFrame", venue: dict[int, Calendar], sessions: set[int], freq: Frequency):
+def _session_labels(frame: "pl.DataFrame", venue: dict[int, Calendar], sessions: set[int], freq: Frequency,
+                    in_range: "pl.Series"):
     """``_session``: for rows of symbols with sessions, the label of the bar that contains the row's
-    time stamp, or null when no bar does (the venue was closed); null for the other rows."""
+    time stamp, or null when no bar does (the venue was closed); null for the other rows. Only rows
+    in range count (a stray bar decades away is ``out_of_range``, and does not stretch the grid)."""
     import polars as pl
 
     stamps = _epoch_us(frame["ts"])
+    stamps[~in_range.fill_null(False).to_numpy()] = np.iinfo(np.int64).min
     keys = frame[KEY].to_numpy()
     labels_out = np.full(frame.height, np.iinfo(np.int64).min, dtype=np.int64)
     valid = np.zeros(frame.height, dtype=bool)

@@ -27,7 +27,8 @@ from ohlcv.build.builder import (
 from ohlcv.config.loader import atomic_write_text
 from ohlcv.errors import ConfigError, OhlcvError
 
-_SAME = ("format", "freq", "layout", "variates", "targets", "covariates", "profile_hash")
+# a merged dataset is one split and one set of calendars: shards built after the lake grew (other cuts) do not merge
+_SAME = ("format", "freq", "layout", "variates", "targets", "covariates", "profile_hash", "split", "calendars")
 
 
 def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
@@ -132,6 +133,7 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
         "rules": reports[0]["rules"],
         "per_symbol": {k: v for r in reports for k, v in r["per_symbol"].items()},
         "skipped_paths": sorted({p for r in reports for p in r["skipped_paths"]}),
+        "notes": sorted({n for r in reports for n in r.get("notes", [])}),
         "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _atomic_json(staging / "report.json", merged_report)

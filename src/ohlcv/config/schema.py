@@ -20,6 +20,16 @@ class SplitMethod(str, Enum):
     date = "date"
 
 
+class SessionAlignment(str, Enum):
+    open = "open"
+    clock = "clock"
+
+
+class BarLabel(str, Enum):
+    start = "start"
+    end = "end"
+
+
 class Scaler(str, Enum):
     none = "none"
     standard = "standard"
@@ -137,6 +147,11 @@ class DataConfig:
     # exchange code of exchange-calendars (XNYS, XLON, XTKS, CMES, ...); "default" for other classes
     calendars: Dict[str, str] = field(default_factory=lambda: {"default": "continuous"})
     weekdays: WeekdaysConfig = field(default_factory=WeekdaysConfig)
+    # intraday bars of an exchange: open (9:30, 10:30, ... from each session's open) or clock (9:00, 10:00, ...)
+    session_alignment: SessionAlignment = SessionAlignment.open
+    # what a lake time stamp marks: the start of its bar, or its end (many vendors stamp the close: 10:00
+    # for 9:00-10:00); end-stamped intraday bars are moved back one bar when read
+    bar_label: BarLabel = BarLabel.start
     layout: Layout = Layout.joint
     targets: List[str] = field(default_factory=lambda: ["close"])
     context_length: int = MISSING

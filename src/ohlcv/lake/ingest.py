@@ -55,13 +55,20 @@ def _standardise(frame, path: Path):
         first.strip() in ("", "__index_level_0__") or first.startswith("Unnamed")
     ):  # a pandas export: the index (the time stamps) is the unnamed first column
         lower["ts"] = first
+    import polars as pl
+
     rename = {}
     for target, options in _ALIASES.items():
         match = next((lower[o] for o in options if o in lower), None)
+        if match is None and target == "volume":  # FX spot, indices: prices only; the bars keep volume missing
+            continue
         if match is None:
             raise OhlcvError(f"{path}: no '{target}' column (looked for {', '.join(options)})")
         rename[match] = target
-    return frame.rename(rename).select(REQUIRED_COLUMNS)
+    frame = frame.rename(rename)
+    # prices and volume as float64, the lake's clean schema (an int64 volume would be a "repair" at every
+    # build); no volume column where the source has none (the builder then builds without volume)
+    return frame.select("ts", *[pl.col(c).cast(pl.Float64, strict=False) for c in REQUIRED_COLUMNS[1:] if c in frame.columns])
 
 
 def _read(path: Path):
@@ -124,13 +131,15 @@ def ingest(source: Path, lake: Path, *, asset_class: str, freq: str, symbol: str
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_file():
                 existing = pl.read_parquet(target)
-                existing, _ = to_utc_timestamps(existing.select(REQUIRED_COLUMNS), SymbolReport(name))
-                existing = existing.with_columns([pl.col(c).cast(pl.Float64) for c in REQUIRED_COLUMNS[1:]])
+                columns = [c for c in REQUIRED_COLUMNS if c in existing.columns and c in part.columns]
+                existing, _ = to_utc_timestamps(existing.select(columns), SymbolReport(name))
+                existing = existing.with_columns([pl.col(c).cast(pl.Float64) for c in columns[1:]])
+                part = part.select(columns)
                 overlap = existing.join(part.select("ts"), on="ts", how="semi").height
                 stats["replaced"] += overlap
                 stats["added"] += part.height - overlap
                 kept = existing.join(part.select("ts"), on="ts", how="anti")
-                part = pl.concat([kept, part.with_columns([pl.col(c).cast(pl.Float64) for c in REQUIRED_COLUMNS[1:]])]).sort("ts")
+                part = pl.concat([kept, part.with_columns([pl.col(c).cast(pl.Float64) for c in columns[1:]])]).sort("ts")
             else:
                 stats["added"] += part.height
             tmp = target.with_name(f".{target.name}.tmp")
