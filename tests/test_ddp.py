@@ -234,3 +234,37 @@ def test_every_launcher_names_rank_zero_and_only_rank_zeros_children_take_its_ru
     monkeypatch.setenv(distributed.RUN_DIR_ENV, f"{os.getppid() + 1}:{tmp_path / 'chosen'}")  # inherited, not ours
     with pytest.raises(ConfigError, match="--out"):
         run_folder(cfg, "pretrain", None, False)
+
+
+def test_multi_device_training_called_from_python_is_refused_instead_of_relaunching_it(pretrained, tmp_path,
+                                                                                      monkeypatch):
+    from lightning.fabric.strategies.launchers import subprocess_script
+
+    from ohlcv.config import load_profile
+    from ohlcv.errors import ConfigError
+    from ohlcv.train.pretrain import run_pretrain
+
+    def relaunch(*args, **kwargs):
+        raise AssertionError(f"Lightning tried to start {args[0]!r}")
+
+    monkeypatch.setattr(subprocess_script.subprocess, "Popen", relaunch)
+    root, _ = pretrained
+    loaded = load_profile("hourly", [f"data.dataset={root / 'ds'}", *TINY, *TWO_CPUS, "pretrain.max_steps=1"])
+    with pytest.raises(ConfigError, match="through the `ohlcv` command"):
+        run_pretrain(loaded, dataset=root / "ds", out=tmp_path / "run")
+
+
+def test_errors_on_other_ranks_name_the_rank_and_their_summaries_stay_quiet(cli, tmp_path):
+    result = cli("pretrain", "--profile", "hourly", f"output.runs_dir={tmp_path}", env={"RANK": "1", "WORLD_SIZE": "2"})
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("rank 1/2: error:") and "--out" in result.stderr
+
+
+def test_evaluate_says_it_runs_in_one_process_and_other_ranks_leave_at_once(cli, tmp_path):
+    noted = cli("evaluate", "--profile", "hourly", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "ev"),
+                f"data.dataset={tmp_path / 'ds'}", "trainer.devices=2")
+    assert noted.stdout.count("ohlcv evaluate runs in one process on one device") == 1
+    assert noted.exit_code == 1  # then it goes on, alone (here: to find that there is no dataset)
+    other = cli("evaluate", "--profile", "hourly", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "ev"),
+                f"data.dataset={tmp_path / 'ds'}", env={"RANK": "1", "WORLD_SIZE": "2"})
+    assert other.exit_code == 0 and other.stdout == "" and other.stderr == "" and not (tmp_path / "ev").exists()

@@ -63,14 +63,15 @@ def rank_label() -> str:
     return "" if rank == 0 else f"rank {rank}/{world}: "
 
 
-def share_run_dir(run_dir: Path) -> None:
+def share_run_dir(trainer, run_dir: Path) -> None:
     """Tell the processes that Lightning's launcher will start from this one which run folder is theirs.
 
     They re-run the command line from the start, so a timestamped default folder would
     differ by a second; the variable carries this process's id so that an unrelated
     process that merely inherited it (e.g. under torchrun) ignores it.
     """
-    os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{Path(run_dir).resolve()}"
+    if trainer.world_size > 1 and not trainer.strategy.cluster_environment.creates_processes_externally:
+        os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{Path(run_dir).resolve()}"
 
 
 def shared_run_dir() -> Path | None:

@@ -200,7 +200,7 @@ def run_finetune(
     if is_rank_zero():
         write_resolved_profile(loaded, run_dir)
         atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
-    share_run_dir(run_dir)
+    share_run_dir(trainer, run_dir)
     # under DDP both losses are means over every validation window, reduced over the processes (see
     # uni2ts_compat.reduced_across_processes); rank zero's copy is the one every process acts on
     before = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][VAL_KEY])

@@ -304,7 +304,7 @@ def run_pretrain(
     if leader:
         write_resolved_profile(loaded, run_dir)
         _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="running")
-    share_run_dir(run_dir)
+    share_run_dir(trainer, run_dir)
     started = time.perf_counter()
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
     try:
