@@ -179,7 +179,8 @@ def test_a_harmful_finetune_falls_back_to_the_starting_model_in_two_processes(pr
     assert two["val_loss_after"] > two["val_loss_before"]  # really harmful, not merely unchanged
     assert two["improved"] is alone["improved"] is False
     assert out.count("did not improve on the starting model") == 1
-    exported, original = load_file(tmp_path / "two" / "model" / "model.safetensors"), load_file(start / "model.safetensors")
+    exported = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    original = load_file(start / "model.safetensors")
     assert exported.keys() == original.keys() and all(np.array_equal(exported[k], original[k]) for k in original)
 
 
@@ -194,8 +195,10 @@ def test_validation_shares_cover_every_window_once_and_training_shares_reshuffle
     from ohlcv.train.distributed import shard_sampler
 
     data = list(range(45))
-    shares = [list(shard_sampler(data, _Trainer(rank, 2), shuffle=False, seed=0, pad=False)) for rank in (0, 1)]
-    assert sorted(shares[0] + shares[1]) == data and len(shares[0]) == 23 == len(shard_sampler(data, _Trainer(0, 2), shuffle=False, seed=0, pad=False))
+    validation = [shard_sampler(data, _Trainer(rank, 2), shuffle=False, seed=0, pad=False) for rank in (0, 1)]
+    shares = [list(sampler) for sampler in validation]
+    assert sorted(shares[0] + shares[1]) == data  # 45 windows: 23 + 22, none twice
+    assert [len(sampler) for sampler in validation] == [len(share) for share in shares] == [23, 22]
     assert shard_sampler(data, _Trainer(0, 1), shuffle=True, seed=0, pad=True) is None
     samplers = [shard_sampler(data, _Trainer(rank, 2), shuffle=True, seed=0, pad=True) for rank in (0, 1)]
     first = [list(s) for s in samplers]

@@ -107,7 +107,7 @@ def module_kwargs(cfg, *, d_model: int | None = None, num_layers: int | None = N
 
 @functools.lru_cache(maxsize=None)
 def reduced_across_processes(name: str):
-    """uni2ts's Lightning module ``name`` (``MoiraiPretrain``, ``MoiraiFinetune``) with its losses reduced over all processes.
+    """uni2ts's Lightning module ``name`` (``MoiraiPretrain``, ``MoiraiFinetune``), its losses reduced over processes.
 
     Fix 2 (DDP): uni2ts logs every loss with ``sync_dist=True`` but also ``rank_zero_only=True``,
     and Lightning does not reduce a value logged rank-zero-only. Under DDP each process then

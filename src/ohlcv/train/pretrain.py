@@ -73,7 +73,6 @@ def manifest_hash(dataset: Path) -> str:
 def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = None) -> dict[str, Any]:
     """The dataset's manifest; build it first if it is missing or was built from another data section."""
     from ohlcv.build.builder import profile_hash
-
     from ohlcv.train.data import same_datasets_major
 
     manifest_file = dataset / "manifest.json"
