@@ -212,13 +212,16 @@ def test_every_launcher_names_rank_zero_and_only_rank_zeros_children_take_its_ru
     from ohlcv.train import distributed
     from ohlcv.train.runtime import run_folder
 
-    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
-                 distributed.RUN_DIR_ENV):
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_NAME", "LOCAL_RANK", "NODE_RANK",
+                 "GROUP_RANK", distributed.RUN_DIR_ENV):
         monkeypatch.delenv(name, raising=False)
     assert distributed.process_rank() == (0, 1) and distributed.rank_label() == ""
     for env, expected in (({"RANK": "3", "WORLD_SIZE": "8"}, (3, 8)),
                           ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, (1, 2)),
-                          ({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}, (1, 2))):
+                          ({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}, (1, 2)),
+                          # Lightning's launcher inside an interactive SLURM allocation: SLURM's ids are the shell's
+                          ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NAME": "interactive",
+                            "LOCAL_RANK": "1", "WORLD_SIZE": "2"}, (1, 2))):
         with monkeypatch.context() as m:
             for key, value in env.items():
                 m.setenv(key, value)

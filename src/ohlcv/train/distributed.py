@@ -31,24 +31,25 @@ RUN_DIR_ENV = "OHLCV_RUN_DIR"  # "<pid of rank zero>:<run folder>", read by the 
 def process_rank() -> tuple[int, int]:
     """(global rank, world size) of this process from its launcher's environment; (0, 1) when alone.
 
+    SLURM's variables count as Lightning counts them: for a step of several tasks, unless the
+    job is named ``bash`` or ``interactive`` (then Lightning's own launcher starts the processes).
     Under Lightning's launcher on a node other than the first, the exact global rank needs
     ``trainer.num_nodes``; the value returned is then only guaranteed to be non-zero.
     """
     env = os.environ
-    for rank_var, size_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank_var in env and size_var in env:
-            try:
-                return int(env[rank_var]), int(env[size_var])
-            except ValueError:
-                continue
     try:
+        if "RANK" in env and "WORLD_SIZE" in env:
+            return int(env["RANK"]), int(env["WORLD_SIZE"])
+        slurm_tasks = int(env.get("SLURM_NTASKS", "1") or 1)
+        if slurm_tasks > 1 and "SLURM_PROCID" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+            return int(env["SLURM_PROCID"]), slurm_tasks
         local = int(env.get("LOCAL_RANK", "0") or 0)
         node = int(env.get("NODE_RANK", env.get("GROUP_RANK", "0")) or 0)
         world = int(env.get("WORLD_SIZE", "1") or 1)
+        if node > 0:  # another node: not rank zero, whatever the exact rank (which needs trainer.num_nodes)
+            return node * max(1, int(env.get("LOCAL_WORLD_SIZE", "1") or 1)) + local, max(world, 2)
     except ValueError:
         return 0, 1
-    if node > 0:  # another node: not rank zero, whatever the exact rank (which needs trainer.num_nodes)
-        return node * max(1, int(env.get("LOCAL_WORLD_SIZE", "1") or 1)) + local, max(world, 2)
     return local, max(world, local + 1)
 
 
