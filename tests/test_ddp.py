@@ -207,6 +207,21 @@ def test_validation_shares_cover_every_window_once_and_training_shares_reshuffle
     assert set(second[0]) | set(second[1]) == set(data)
 
 
+def test_each_rank_draws_its_own_crops_patch_sizes_and_masks_and_one_process_is_left_alone():
+    from ohlcv.train.distributed import seed_data_for_rank
+
+    draws = []
+    for rank in (0, 1):
+        np.random.seed(0)  # what seed_everything leaves in every process
+        assert callable(seed_data_for_rank(_Trainer(rank, 2), seed=0))
+        draws.append(np.random.rand(4).tolist())
+    assert draws[0] != draws[1]
+    np.random.seed(0)
+    expected = np.random.rand(4).tolist()
+    np.random.seed(0)
+    assert seed_data_for_rank(_Trainer(0, 1), seed=0) is None and np.random.rand(4).tolist() == expected
+
+
 def test_every_launcher_names_rank_zero_and_only_rank_zeros_children_take_its_run_folder(monkeypatch, tmp_path):
     from ohlcv.errors import ConfigError
     from ohlcv.train import distributed

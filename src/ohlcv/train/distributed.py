@@ -199,3 +199,31 @@ def one_process_note(cfg, command: str) -> str | None:
         return None
     return (f"ohlcv {command} runs in one process on one device; trainer.devices={devices} and "
             f"trainer.num_nodes={nodes} apply to pretrain and finetune only")
+
+
+def seed_data_for_rank(trainer, seed: int):
+    """Give this process its own stream of random crops, patch sizes and mask ratios; a worker_init_fn.
+
+    uni2ts's transforms draw from numpy's global generator, which ``seed_everything`` seeds alike
+    in every process, and uni2ts's loader is not a torch DataLoader, so Lightning cannot add its
+    rank-aware worker seeding: without this, rank r's k-th window gets the same crop, patch size
+    and mask ratio on every rank. Alone (one process) nothing changes; returns None.
+    """
+    if trainer.world_size <= 1:
+        return None
+    import random
+
+    import numpy as np
+    import torch
+
+    mine = (int(seed) * 1_000_003 + int(trainer.global_rank) + 1) % 2**32
+    random.seed(mine)
+    np.random.seed(mine)
+
+    def worker_init(worker_id: int) -> None:
+        theirs = (mine * 1_009 + worker_id + 1) % 2**32
+        random.seed(theirs)
+        np.random.seed(theirs)
+        torch.manual_seed(theirs)
+
+    return worker_init

@@ -19,7 +19,14 @@ from typing import Any, Callable
 
 from ohlcv.config.loader import atomic_write_text, write_resolved_profile
 from ohlcv.errors import ConfigError
-from ohlcv.train.distributed import check_launch, is_rank_zero, on_rank_zero, shard_sampler, share_run_dir
+from ohlcv.train.distributed import (
+    check_launch,
+    is_rank_zero,
+    on_rank_zero,
+    seed_data_for_rank,
+    shard_sampler,
+    share_run_dir,
+)
 from ohlcv.train.pretrain import ensure_dataset, export_hf, manifest_hash
 from ohlcv.train.runtime import (
     OWNER_MARK,
@@ -126,6 +133,7 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
             # validation: every window exactly once over all processes, so the reduced loss is the full set's
             sampler = None if world <= 1 else shard_sampler(data, self.trainer, shuffle=train,
                                                             seed=int(cfg.trainer.seed), pad=train)
+            worker_init = seed_data_for_rank(self.trainer, int(cfg.trainer.seed)) if train and world > 1 else None
             return DataLoader(
                 data,
                 batch_size=max(1, int(f.batch_size) // world),
@@ -135,6 +143,7 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
                 sampler=sampler,
                 num_workers=int(cfg.pretrain.num_workers),
                 drop_last=train,
+                worker_init_fn=worker_init,
             )
 
         def train_dataloader(self):

@@ -27,6 +27,7 @@ from ohlcv.train.distributed import (
     is_rank_zero,
     on_rank_zero,
     process_rank,
+    seed_data_for_rank,
     shard_sampler,
     share_run_dir,
 )
@@ -247,6 +248,7 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
             world = self.trainer.world_size if self.trainer is not None else 1
             sampler = None if world <= 1 else shard_sampler(series, self.trainer, shuffle=True,
                                                             seed=int(cfg.trainer.seed), pad=True)
+            worker_init = None if world <= 1 else seed_data_for_rank(self.trainer, int(cfg.trainer.seed))
             return DataLoader(
                 series,
                 batch_size=max(1, int(p.batch_size) // world),
@@ -263,6 +265,7 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
                 ),
                 pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ != "CPUAccelerator",
                 drop_last=True,
+                worker_init_fn=worker_init,
                 persistent_workers=int(p.num_workers) > 0,
             )
 
