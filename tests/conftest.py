@@ -39,8 +39,13 @@ def cli(capsys, monkeypatch):
     return run
 
 
-def run_ohlcv_subprocess(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, python_code: str | None = None):
-    """Run the CLI in a fresh interpreter (for import checks and entry points)."""
+def run_ohlcv_subprocess(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+                         python_code: str | None = None, launcher: tuple[str, ...] = (), timeout: float = 120):
+    """Run the CLI in a fresh interpreter (import checks, entry points, and multi-process runs, which
+    re-run their own command line and so must never run inside pytest).
+
+    ``launcher``: interpreter arguments before ``-m ohlcv``, e.g. ``("-m", "torch.distributed.run", ...)``.
+    """
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    command = [sys.executable, "-c", python_code] if python_code else [sys.executable, "-m", "ohlcv", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=120)
+    command = [sys.executable, "-c", python_code] if python_code else [sys.executable, *launcher, "-m", "ohlcv", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)

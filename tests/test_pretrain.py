@@ -19,11 +19,12 @@ TINY = [
 ]
 
 
-def pretrain_tiny(root: Path, *, asset_classes, bars: int, seed: int) -> Path:
+def pretrain_tiny(root: Path, *, asset_classes, bars: int, seed: int, symbols_per_class: int = 2) -> Path:
     """A sample lake, its dataset and a 2-step tiny pre-training under ``root``; returns the model folder."""
     from ohlcv.train.pretrain import run_pretrain
 
-    sample = generate_sample_lake(root / "lake", symbols_per_class=2, asset_classes=asset_classes, bars=bars, seed=seed)
+    sample = generate_sample_lake(root / "lake", symbols_per_class=symbols_per_class, asset_classes=asset_classes,
+                                  bars=bars, seed=seed)
     loaded = load_profile("hourly", [f"data.lake={sample.root}", f"data.dataset={root / 'ds'}",
                                      f"output.runs_dir={root / 'runs'}", *TINY, "pretrain.max_steps=2"])
     return run_pretrain(loaded, dataset=root / "ds", out=root / "pt").model_dir

@@ -3,6 +3,12 @@
 Runs on one GPU with a generated sample lake: for each size, batch 32, once
 with bf16-mixed and once 32-bit with TF32. Called by benchmarks/gpu/pretrain.sh.
 MFU = (6 x parameters x tokens/s + attention FLOPs) / the GPU's peak FLOP/s.
+
+Then the whole command path on that GPU: ``run_pretrain`` (Lightning, checkpoint,
+export, run.json) for MOIRAI small, once with Lightning's single-device strategy and
+once under DDP with one device -- what ``trainer.devices: auto`` gives a one-GPU box
+with strategy ddp: a process group of one, NCCL collectives, the checkpoint after fit.
+Each must finish with its model exported; tokens/s of the two are printed side by side.
 """
 
 from __future__ import annotations
@@ -83,7 +89,31 @@ def main(out: Path, steps: int = 30, warmup: int = 5) -> None:
             print(json.dumps(results[-1]), flush=True)
             del model, optim, loader
             torch.cuda.empty_cache()
+    results.extend(whole_command(work, base))
     out.write_text(json.dumps(results, indent=2))
+
+
+def whole_command(work: Path, base: list[str], steps: int = 40) -> list[dict]:
+    """``run_pretrain`` on one GPU with strategy auto and with strategy ddp (one device); both must export."""
+    from ohlcv.config import load_profile
+    from ohlcv.train.pretrain import run_pretrain
+    from uni2ts.model.moirai import MoiraiModule
+
+    rows = []
+    for strategy in ("auto", "ddp"):
+        loaded = load_profile("hourly", [*base, "model.size=small", "pretrain.batch_size=32",
+                                         f"pretrain.max_steps={steps}", "pretrain.warmup_steps=5",
+                                         f"pretrain.checkpoint_every_n_steps={steps}", "trainer.accelerator=gpu",
+                                         "trainer.devices=1", f"trainer.strategy={strategy}"])
+        run = work / f"run-{strategy}"
+        summary = run_pretrain(loaded, dataset=work / "ds", out=run).summary
+        MoiraiModule.from_pretrained(str(run / "model"))  # the exported model loads
+        rows.append({"path": "ohlcv pretrain", "strategy": strategy, "devices": 1, "status": summary["status"],
+                     "steps": summary["steps"], "tokens_per_s": summary["tokens_per_second"],
+                     "precision": summary["precision"], "device": summary["device"],
+                     "last_ckpt": (run / "checkpoints" / "last.ckpt").is_file()})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -49,9 +49,12 @@ OverridesArgument = typer.Argument(
 
 
 def _console(stderr: bool = False):
+    """The console; on every process but global rank zero of a multi-process run, stdout stays quiet."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    from ohlcv.train.distributed import is_rank_zero
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, quiet=not stderr and not is_rank_zero())
 
 
 def _load(profile: str, overrides: Optional[List[str]], extra: Optional[List[str]] = None):
@@ -247,9 +250,11 @@ def _build_first(loaded):
 
 def _ensure_sample_lake(loaded) -> None:
     """Profiles with data.sample_if_missing (the demo) generate their sample lake on first use."""
+    from ohlcv.train.distributed import is_rank_zero
+
     cfg = loaded.cfg
     lake = Path(str(cfg.data.lake)).expanduser()
-    if not bool(cfg.data.sample_if_missing) or lake.exists():
+    if not bool(cfg.data.sample_if_missing) or lake.exists() or not is_rank_zero():  # rank zero builds for all
         return
     from ohlcv.lake.sample import generate_sample_lake
 
@@ -306,10 +311,14 @@ def evaluate(
     import time as _time
 
     from ohlcv.evaluate.run import evaluate as run_evaluate
-    from ohlcv.render import render_evaluation
+    from ohlcv.render import render_evaluation, render_notes
+    from ohlcv.train.distributed import is_rank_zero, one_process_note
 
     extra = [f"data.dataset={dataset}"] if dataset is not None else []
     loaded = _load(profile, overrides, extra)
+    render_notes(_console(), [one_process_note(loaded.cfg, "evaluate")])
+    if not is_rank_zero():  # started by torchrun / srun beside rank zero, which evaluates everything
+        return
     target = out or Path(str(loaded.cfg.output.runs_dir)) / f"{loaded.name}-evaluate-{_time.strftime('%Y%m%d-%H%M%S')}"
     with _stdout_to_stderr(as_json):  # libraries print while loading models: keep --json output parseable
         result = run_evaluate(loaded, model, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=target,
@@ -338,7 +347,8 @@ def backtest(
     import time as _time
 
     from ohlcv.evaluate.backtest import run_backtest
-    from ohlcv.render import render_backtest
+    from ohlcv.render import render_backtest, render_notes
+    from ohlcv.train.distributed import is_rank_zero, one_process_note
 
     extra = _data_options(lake, dataset)
     if folds is not None:
@@ -346,6 +356,12 @@ def backtest(
     if refit is not None:
         extra.append(f"backtest.refit={refit}")
     loaded = _load(profile, overrides, extra)
+    note = one_process_note(loaded.cfg, "backtest")
+    if note:  # its fine-tuning folds too: one process, one device
+        render_notes(_console(), [note])
+        loaded = _load(profile, overrides, [*extra, "trainer.devices=1", "trainer.num_nodes=1", "trainer.strategy=auto"])
+    if not is_rank_zero():  # started by torchrun / srun beside rank zero, which runs every fold
+        return
     _ensure_sample_lake(loaded)
     target = out or Path(str(loaded.cfg.output.runs_dir)) / f"{loaded.name}-backtest-{_time.strftime('%Y%m%d-%H%M%S')}"
     with _stdout_to_stderr(as_json):
@@ -508,6 +524,14 @@ def _debug() -> bool:
     return os.environ.get("OHLCV_DEBUG", "").strip() not in ("", "0", "false", "no")
 
 
+def _rank_label() -> str:
+    from rich.markup import escape
+
+    from ohlcv.train.distributed import rank_label
+
+    return escape(rank_label())
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point: one readable line per error, tracebacks only with OHLCV_DEBUG=1."""
     try:
@@ -517,7 +541,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise
         from rich.markup import escape
 
-        _console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}")
+        _console(stderr=True).print(f"{_rank_label()}[bold red]error:[/] {escape(str(exc))}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _console(stderr=True).print("interrupted")
@@ -528,7 +552,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         from rich.markup import escape
 
         _console(stderr=True).print(
-            f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))} "
+            f"{_rank_label()}[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))} "
             "(set OHLCV_DEBUG=1 for the traceback)"
         )
         sys.exit(1)

@@ -253,6 +253,12 @@ def render_preflight(console: "Console", check, run_dir, loaded) -> None:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
+def render_notes(console: "Console", lines) -> None:
+    for line in lines:
+        if line:
+            console.print(f"[yellow]note:[/] {escape(line)}")
+
+
 def render_pretrain_result(console: "Console", result) -> None:
     s = result.summary
     table = Table(title="Pre-training finished", title_justify="left", show_header=False)
@@ -268,6 +274,10 @@ def render_pretrain_result(console: "Console", result) -> None:
         ("patch sizes seen", ", ".join(map(str, s["patch_sizes_seen"]))),
         ("run folder", escape(str(result.run_dir))),
     ]
+    if len(s.get("processes") or []) > 1:
+        rows.insert(0, ("processes", f"{len(s['processes'])} (one per device, DDP)"))
+    if s.get("resumed_from_step"):
+        rows.insert(1, ("resumed from step", f"{s['resumed_from_step']:,}"))
     for what, value in rows:
         table.add_row(what, value)
     console.print(table)
@@ -339,9 +349,11 @@ def render_backtest(console: "Console", result) -> None:
 def render_finetune_result(console: "Console", result) -> None:
     s = result.summary
     before, after = s["val_loss_before"], s["val_loss_after"]
+    processes = int(s.get("processes") or 1)
     console.print(
         f"validation loss: starting model {before:.4f} -> best fine-tuned {after:.4f} "
         f"after {s['steps']:,} steps{' (stopped early)' if s['stopped_early'] else ''}"
+        + (f"; all {s['val_windows']:,} validation windows over {processes} processes" if processes > 1 else "")
     )
     if s["improved"]:
         console.print(f"[bold green]fine-tuning improved the validation loss by {before - after:.4f}[/]")

@@ -19,6 +19,14 @@ from typing import Any, Callable
 
 from ohlcv.config.loader import atomic_write_text, write_resolved_profile
 from ohlcv.errors import ConfigError
+from ohlcv.train.distributed import (
+    check_launch,
+    is_rank_zero,
+    on_rank_zero,
+    seed_data_for_rank,
+    shard_sampler,
+    share_run_dir,
+)
 from ohlcv.train.pretrain import ensure_dataset, export_hf, manifest_hash
 from ohlcv.train.runtime import (
     OWNER_MARK,
@@ -63,10 +71,10 @@ def check_start(module, cfg, variates: int) -> None:
 
 
 def build_model(cfg, module):
-    from uni2ts.model.moirai import MoiraiFinetune
+    from ohlcv.uni2ts_compat import reduced_across_processes
 
     f = cfg.finetune
-    model = MoiraiFinetune(
+    model = reduced_across_processes("MoiraiFinetune")(
         module=module,
         min_patches=int(cfg.pretrain.min_patches),
         min_mask_ratio=float(cfg.pretrain.mask_ratio_min),
@@ -89,7 +97,6 @@ def build_model(cfg, module):
 
 def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
     import lightning as L
-    from torch.utils.data import DistributedSampler
     from uni2ts.data.dataset import EvalDataset, FinetuneDataset
     from uni2ts.data.loader import DataLoader
 
@@ -123,7 +130,10 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
     class FinetuneData(L.LightningDataModule):
         def _loader(self, data, train: bool):
             world = self.trainer.world_size if self.trainer is not None else 1
-            sampler = DistributedSampler(data, shuffle=train, seed=int(cfg.trainer.seed)) if world > 1 else None
+            # validation: every window exactly once over all processes, so the reduced loss is the full set's
+            sampler = None if world <= 1 else shard_sampler(data, self.trainer, shuffle=train,
+                                                            seed=int(cfg.trainer.seed), pad=train)
+            worker_init = seed_data_for_rank(self.trainer, int(cfg.trainer.seed)) if train and world > 1 else None
             return DataLoader(
                 data,
                 batch_size=max(1, int(f.batch_size) // world),
@@ -133,6 +143,7 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
                 sampler=sampler,
                 num_workers=int(cfg.pretrain.num_workers),
                 drop_last=train,
+                worker_init_fn=worker_init,
             )
 
         def train_dataloader(self):
@@ -187,9 +198,20 @@ def run_finetune(
     stopper = L.pytorch.callbacks.EarlyStopping(monitor=VAL_KEY, mode="min", patience=int(cfg.finetune.patience))
     trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.finetune.max_steps),
                            callbacks=[guard, best, stopper])
-    write_resolved_profile(loaded, run_dir)
+    check_launch(trainer)
+    if sizes["val_windows"] < trainer.world_size:
+        raise ConfigError(
+            f"{sizes['val_windows']} validation windows cannot be shared by {trainer.world_size} processes; "
+            "use fewer devices or a longer validation span",
+            key="trainer.devices",
+        )
     summary: dict[str, Any] = {"kind": OWNER_MARK, "command": "finetune", "status": "running", "start": start}
-    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+    if is_rank_zero():
+        write_resolved_profile(loaded, run_dir)
+        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+    share_run_dir(trainer, run_dir)
+    # under DDP both losses are means over every validation window, reduced over the processes (see
+    # uni2ts_compat.reduced_across_processes); rank zero's copy is the one every process acts on
     before = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][VAL_KEY])
     model.train()  # validate() leaves the modules in eval mode
     started = time.perf_counter()
@@ -197,30 +219,37 @@ def run_finetune(
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
     wall = time.perf_counter() - started
     after = float(best.best_model_score) if best.best_model_score is not None else before
-    if best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-        model.load_state_dict(state)
+    before, after = trainer.strategy.broadcast((before, after), src=0)
     improved = after < before
-    if not improved:
-        model.module.load_state_dict(start_state)
-    if trainer.is_global_zero:
+
+    def finish() -> dict[str, Any]:
+        if improved and best.best_model_path:
+            state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+            model.load_state_dict(state)
+        else:
+            model.module.load_state_dict(start_state)
         export_hf(model.module, run_dir / "model")
-    summary.update(
-        status="finished",
-        steps=int(trainer.global_step),
-        stopped_early=bool(stopper.stopped_epoch),
-        val_loss_before=before,
-        val_loss_after=after,
-        improved=improved,
-        exported="fine-tuned (best validation loss)" if improved else "the starting model (fine-tuning did not improve it)",
-        wall_seconds=round(wall, 2),
-        pattern=cfg.finetune.pattern.value,
-        patch_size=int(cfg.finetune.patch_size),
-        dataset=str(dataset),
-        dataset_manifest_hash=manifest_hash(dataset),
-        packages=package_versions(),
-        git_revision=git_revision(),
-        **sizes,
-    )
-    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
-    return FinetuneResult(run_dir=run_dir, model_dir=run_dir / "model", summary=summary)
+        summary.update(
+            status="finished",
+            steps=int(trainer.global_step),
+            stopped_early=bool(stopper.stopped_epoch),
+            val_loss_before=before,
+            val_loss_after=after,
+            improved=improved,
+            exported="fine-tuned (best validation loss)" if improved
+            else "the starting model (fine-tuning did not improve it)",
+            processes=int(trainer.world_size),
+            wall_seconds=round(wall, 2),
+            pattern=cfg.finetune.pattern.value,
+            patch_size=int(cfg.finetune.patch_size),
+            dataset=str(dataset),
+            dataset_manifest_hash=manifest_hash(dataset),
+            packages=package_versions(),
+            git_revision=git_revision(),
+            **sizes,
+        )
+        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    return FinetuneResult(run_dir=run_dir, model_dir=run_dir / "model",
+                          summary=on_rank_zero(trainer, finish, "model and run.json"))

@@ -21,6 +21,16 @@ from typing import Any, Callable
 
 from ohlcv.config.loader import atomic_write_text, write_resolved_profile
 from ohlcv.errors import ConfigError, OhlcvError
+from ohlcv.train.distributed import (
+    check_launch,
+    gather,
+    is_rank_zero,
+    on_rank_zero,
+    process_rank,
+    seed_data_for_rank,
+    shard_sampler,
+    share_run_dir,
+)
 from ohlcv.train.runtime import (
     OWNER_MARK,
     Hardware,
@@ -29,7 +39,6 @@ from ohlcv.train.runtime import (
     loss_guard,
     make_trainer,
     package_versions,
-    process_rank,
     resolve_hardware,
     run_folder,
     wait_for,
@@ -65,18 +74,23 @@ def manifest_hash(dataset: Path) -> str:
 def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = None) -> dict[str, Any]:
     """The dataset's manifest; build it first if it is missing or was built from another data section."""
     from ohlcv.build.builder import profile_hash
+    from ohlcv.train.data import same_datasets_major
 
     manifest_file = dataset / "manifest.json"
-    if manifest_file.is_file():
-        manifest = json.loads(manifest_file.read_text())
-        from ohlcv.train.data import same_datasets_major
 
-        if manifest.get("profile_hash") == profile_hash(cfg) and same_datasets_major(manifest):
-            return manifest
+    def current() -> dict[str, Any] | None:
+        try:
+            manifest = json.loads(manifest_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return manifest if manifest.get("profile_hash") == profile_hash(cfg) and same_datasets_major(manifest) else None
+
+    manifest = current()
+    if manifest is not None:
+        return manifest
     rank, _ = process_rank()
-    if rank > 0:  # under torchrun / SLURM only rank 0 builds; the others wait for its manifest
-        wait_for(manifest_file)
-        return json.loads(manifest_file.read_text())
+    if rank > 0:  # several processes: rank 0 builds; the others wait for its manifest (not a stale one)
+        return wait_for(manifest_file, ready=current)
     if on_build is None:
         from ohlcv.build.builder import IterativeFinancialDatasetBuilder
 
@@ -148,19 +162,26 @@ def _callbacks(run_dir: Path, cfg, stats: dict[str, Any]):
     import torch
 
     class Meter(L.Callback):
-        """Tokens seen, losses and throughput for run.json."""
+        """Tokens seen, losses and throughput for run.json: over every process, the same in each."""
 
         def on_train_start(self, trainer, pl_module):
             stats["started"] = time.perf_counter()
             stats.setdefault("tokens_seen", 0)
+            stats["first_step"] = int(trainer.global_step)
+            stats["tokens_at_start"] = stats["tokens_seen"]  # a resumed run's throughput counts its own tokens
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            value = float(loss.detach().float().item())
+            real = batch["sample_id"] > 0
+            both = torch.stack([loss.detach().double(), real.sum().double()])
+            if trainer.world_size > 1:  # one 2-number all-reduce per step: the mean loss and all tokens
+                both = trainer.strategy.reduce(both, reduce_op="sum")
+            total, tokens = both.tolist()
+            value = total / trainer.world_size
             stats["final_loss"] = value
             stats["best_loss"] = min(stats.get("best_loss", math.inf), value)
-            stats["tokens_seen"] += int((batch["sample_id"] > 0).sum().item())
-            stats["patch_sizes"].update(int(p) for p in torch.unique(batch["patch_size"][batch["sample_id"] > 0]).tolist())
+            stats["tokens_seen"] += int(tokens)
+            stats["patch_sizes"].update(int(p) for p in torch.unique(batch["patch_size"][real]).tolist())
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint):
             checkpoint["ohlcv"] = {"kind": OWNER_MARK, "tokens_seen": stats["tokens_seen"],
@@ -211,7 +232,6 @@ def export_hf(module, target: Path) -> None:
 
 def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
     import lightning as L
-    from torch.utils.data import DistributedSampler
     from uni2ts.data.dataset import TimeSeriesDataset
     from uni2ts.data.loader import DataLoader, PackCollate
 
@@ -226,7 +246,9 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
     class PretrainData(L.LightningDataModule):
         def train_dataloader(self):
             world = self.trainer.world_size if self.trainer is not None else 1
-            sampler = DistributedSampler(series, shuffle=True, seed=int(cfg.trainer.seed)) if world > 1 else None
+            sampler = None if world <= 1 else shard_sampler(series, self.trainer, shuffle=True,
+                                                            seed=int(cfg.trainer.seed), pad=True)
+            worker_init = None if world <= 1 else seed_data_for_rank(self.trainer, int(cfg.trainer.seed))
             return DataLoader(
                 series,
                 batch_size=max(1, int(p.batch_size) // world),
@@ -243,6 +265,7 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
                 ),
                 pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ != "CPUAccelerator",
                 drop_last=True,
+                worker_init_fn=worker_init,
                 persistent_workers=int(p.num_workers) > 0,
             )
 
@@ -270,17 +293,20 @@ def run_pretrain(
     import torch
 
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     model = build_model(cfg)
     datamodule = make_datamodule(cfg, dataset, manifest, model)
     stats: dict[str, Any] = {"patch_sizes": set()}
     hardware = check.hardware
     trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.pretrain.max_steps),
                            callbacks=_callbacks(run_dir, cfg, stats), limit_val_batches=0)
-    leader = process_rank()[0] == 0
+    check_launch(trainer)
+    # the processes of one node share its cores (CPU runs; on GPUs this only bounds the loader's threads)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
+    leader = is_rank_zero()
     if leader:
         write_resolved_profile(loaded, run_dir)
         _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="running")
+    share_run_dir(trainer, run_dir)
     started = time.perf_counter()
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
     try:
@@ -291,16 +317,38 @@ def run_pretrain(
                             wall=time.perf_counter() - started)
         raise
     wall = time.perf_counter() - started
-    if trainer.is_global_zero:
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    # collective: every process takes part, Lightning writes the file on rank zero
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    processes = agree_on_steps(trainer, stats)
+
+    def finish() -> dict[str, Any]:
         export_hf(model.module, run_dir / "model")
-    summary = _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="finished", wall=wall,
-                              step=int(trainer.global_step), write=trainer.is_global_zero)
+        return _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="finished", wall=wall,
+                               step=int(trainer.global_step), processes=processes)
+
+    summary = on_rank_zero(trainer, finish, "model and run.json")
     return PretrainResult(run_dir=run_dir, model_dir=run_dir / "model", summary=summary)
 
 
+def agree_on_steps(trainer, stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """What every process did (collective): the step it started at and ended at, and the patch sizes it drew.
+
+    The patch sizes of all processes are merged into ``stats``. Processes that disagree on
+    the step count mean a broken resume or launch: an error, not a model.
+    """
+    mine = {"rank": int(trainer.global_rank), "first_step": int(stats.get("first_step", 0)),
+            "last_step": int(trainer.global_step), "patch_sizes": sorted(stats.get("patch_sizes", []))}
+    everyone = gather(trainer, mine)
+    for other in everyone:
+        stats["patch_sizes"].update(other.pop("patch_sizes"))
+    ends = sorted({(p["first_step"], p["last_step"]) for p in everyone})
+    if len(ends) > 1:
+        raise OhlcvError(f"the {len(everyone)} processes disagree on the steps they trained (first, last): {ends}")
+    return everyone
+
+
 def _write_run_json(run_dir, cfg, dataset, manifest, check: Preflight, stats, *, status, wall=None, step=None,
-                    write=True):
+                    processes=None):
     from ohlcv.plugins import load_plugins
 
     tokens = int(stats.get("tokens_seen", 0))
@@ -311,11 +359,13 @@ def _write_run_json(run_dir, cfg, dataset, manifest, check: Preflight, stats, *,
         "profile": str(cfg.name),
         "steps": step,
         "max_steps": int(cfg.pretrain.max_steps),
+        "resumed_from_step": stats.get("first_step") or None,
+        "processes": processes or [],
         "final_loss": stats.get("final_loss"),
         "best_loss": None if stats.get("best_loss") in (None, math.inf) else stats["best_loss"],
         "tokens_seen": tokens,
         "wall_seconds": None if wall is None else round(wall, 2),
-        "tokens_per_second": None if not wall else round(tokens / wall, 1),
+        "tokens_per_second": None if not wall else round((tokens - int(stats.get("tokens_at_start", 0))) / wall, 1),
         "patch_sizes_seen": sorted(stats.get("patch_sizes", [])),
         "parameters": check.parameters,
         "variates": check.variates,
@@ -329,6 +379,5 @@ def _write_run_json(run_dir, cfg, dataset, manifest, check: Preflight, stats, *,
         "packages": package_versions(),
         "git_revision": git_revision(),
     }
-    if write:
-        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
     return summary

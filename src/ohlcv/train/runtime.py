@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ohlcv.errors import ConfigError, OhlcvError
 
@@ -77,7 +77,7 @@ def latest_run(cfg, kind: str) -> Path | None:
 def check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".ohlcv-write-test"
+        probe = folder / f".ohlcv-write-test-{os.getpid()}"  # one per process: ranks probe the same folder
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
@@ -115,36 +115,40 @@ def git_revision() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def process_rank() -> tuple[int, int]:
-    """(global rank, world size) of this process under torchrun or SLURM; (0, 1) when alone."""
-    for rank_var, size_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank_var in os.environ and size_var in os.environ:
-            try:
-                return int(os.environ[rank_var]), int(os.environ[size_var])
-            except ValueError:
-                continue
-    return 0, 1
-
-
-def wait_for(path: Path, *, timeout: float = 6 * 3600, poll: float = 5.0) -> None:
-    """Other ranks wait for rank 0 to finish building the dataset."""
+def wait_for(path: Path, *, ready: Callable[[], Any] | None = None, timeout: float = 6 * 3600,
+             poll: float = 5.0) -> Any:
+    """Other ranks wait for rank 0 to finish building the dataset: until ``path`` exists and ``ready()`` is not None."""
     deadline = time.monotonic() + timeout
-    while not path.is_file():
+    while True:
+        if path.is_file():
+            result = ready() if ready is not None else True
+            if result is not None:
+                return result
         if time.monotonic() > deadline:
             raise OhlcvError(f"gave up waiting for {path}: build the dataset first with `ohlcv build`")
         time.sleep(poll)
 
 
 def run_folder(cfg, kind: str, out: Path | None, resume: bool) -> Path:
-    """The run folder of a training command: the one to resume, or a new one that holds no run yet."""
+    """The run folder of a training command: the one to resume, or a new one that holds no run yet.
+
+    Every process of a multi-process run must name the same folder: the processes that
+    Lightning's launcher starts get it from rank zero (:func:`ohlcv.train.distributed.share_run_dir`);
+    under torchrun or srun, where all start at once, ``--out`` is required.
+    """
+    from ohlcv.train.distributed import process_rank, shared_run_dir
+
+    shared = shared_run_dir()
+    if shared is not None:  # started by rank zero, which has already checked the folder
+        return shared
+    if out is None and process_rank()[1] > 1:
+        raise ConfigError("a multi-process run needs one run folder for every rank: pass --out RUN_DIR", key="--out")
     if resume:
         run_dir = Path(out).expanduser() if out is not None else latest_run(cfg, kind)
         if run_dir is None or not (run_dir / "checkpoints" / "last.ckpt").is_file():
             raise OhlcvError(f"nothing to resume: no checkpoints/last.ckpt in {run_dir or cfg.output.runs_dir}")
         assert_own_run(run_dir)
         return run_dir
-    if out is None and process_rank()[1] > 1:
-        raise ConfigError("a multi-process run needs one run folder for every rank: pass --out RUN_DIR", key="--out")
     run_dir = new_run_dir(cfg, kind, out)
     if (run_dir / "checkpoints" / "last.ckpt").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or another --out", key="--out")
@@ -160,10 +164,12 @@ def loss_guard(advice: str):
 
     class Guard(L.Callback):
         def on_before_backward(self, trainer, pl_module, loss):
-            if not torch.isfinite(loss.detach()).all():
-                raise DivergenceError(
-                    f"the loss became {loss.detach().float().item()} at step {trainer.global_step}; {advice}"
-                )
+            here = bool(torch.isfinite(loss.detach()).all())
+            # every process stops at the same step, whichever saw the bad loss (else the others hang in backward)
+            everywhere = trainer.strategy.reduce_boolean_decision(here, all=True) if trainer.world_size > 1 else here
+            if not everywhere:
+                value = loss.detach().float().item() if not here else "NaN or infinite in another process"
+                raise DivergenceError(f"the loss became {value} at step {trainer.global_step}; {advice}")
 
     return Guard()
 
