@@ -336,3 +336,29 @@ def test_a_young_symbol_without_training_bars_is_left_out_of_a_per_symbol_scaler
 def test_a_lake_of_another_frequency_is_named_in_the_error(real_lake, tmp_path):
     with pytest.raises(OhlcvError, match=r"no symbols match \(freq 1min.*the lake holds freq 1D, 1h"):
         IterativeFinancialDatasetBuilder(_cfg(real_lake, tmp_path / "ds", profile="minute")).run()
+
+
+@pytest.mark.slow
+def test_a_symbol_that_starts_after_the_training_cut_is_left_out_of_training_not_in_its_way(tmp_path):
+    from datetime import datetime, timezone
+
+    from ohlcv.train.finetune import run_finetune
+    from ohlcv.train.pretrain import run_pretrain
+    from tests.test_finetune import FT
+    from tests.test_pretrain import TINY
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=3, asset_classes=["crypto"], bars=3000,
+                                calendars={})
+    young = datetime(2023, 4, 15, tzinfo=timezone.utc)  # after the common training cut (2023-04-10)
+    for path in sorted((lake.root / "asset_class=crypto" / "freq=1h" / "symbol=CRY002").rglob("*.parquet")):
+        frame = pl.read_parquet(path).filter(pl.col("ts") >= young)
+        frame.write_parquet(path) if frame.height else path.unlink()
+    loaded = load_profile("hourly", [f"data.lake={lake.root}", f"data.dataset={tmp_path / 'ds'}",
+                                     "data.cleaning.min_length=300", *TINY, "pretrain.max_steps=2", *FT,
+                                     "finetune.max_steps=2"])
+    result = run_pretrain(loaded, dataset=tmp_path / "ds", out=tmp_path / "pt")
+    assert result.summary["status"] == "finished"
+    items = {i["item_id"]: i for i in json.loads((tmp_path / "ds" / "manifest.json").read_text())["items"]}
+    assert items["crypto/CRY002"]["train_end"] == 0  # in the dataset, for evaluation; not trained on
+    tuned = run_finetune(loaded, str(result.model_dir), dataset=tmp_path / "ds", out=tmp_path / "ft")
+    assert tuned.summary["status"] == "finished" and tuned.summary["series_left_out"] == 1

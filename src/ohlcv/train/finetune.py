@@ -100,28 +100,32 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
     from uni2ts.data.dataset import EvalDataset, FinetuneDataset
     from uni2ts.data.loader import DataLoader
 
-    from ohlcv.train.data import train_span_indexer
+    from ohlcv.train.data import span_bounds, train_span_indexer, trainable_items
 
     context, horizon, patch = int(cfg.data.context_length), int(cfg.data.prediction_length), int(cfg.finetune.patch_size)
-    train_lengths = [item["train_end"] for item in manifest["items"]]
-    val_lengths = [item["validation_end"] - max(0, item["train_end"] - context) for item in manifest["items"]]
-    train_windows = _windows(train_lengths, context, horizon, 1)
-    val_windows = _windows(val_lengths, context, horizon, horizon)
+    need = context + horizon
+    # series whose span cannot hold one window (with a common date split: symbols that start late) are left out
+    train_items = trainable_items(manifest, "train", need)
+    val_items = trainable_items(manifest, "validation", need, lead=context)
+    train_lengths = [span_bounds(item, "train")[1] for item in train_items]
+    val_lengths = [end - start for start, end in (span_bounds(item, "validation", context) for item in val_items)]
+    train_windows = _windows(train_lengths, context, horizon, 1) if train_lengths else 0
+    val_windows = _windows(val_lengths, context, horizon, horizon) if val_lengths else 0
     if train_windows < 1 or val_windows < 1:
         raise ConfigError(
-            f"the training or validation span is shorter than context + horizon ({context + horizon} bars) for some "
-            "series; shorten data.context_length or rebuild with longer series / validation span",
+            f"no series has a training and a validation span of context + horizon ({need} bars); shorten "
+            "data.context_length or rebuild with longer series / validation span",
             key="data.split",
         )
     train = FinetuneDataset(
         train_windows,
-        train_span_indexer(dataset, manifest, span="train"),
+        train_span_indexer(dataset, manifest, span="train", min_length=need),
         model.train_transform_map["ohlcv"](distance=1, prediction_length=horizon, context_length=context,
                                            patch_size=patch),
     )
     val = EvalDataset(
         val_windows,
-        train_span_indexer(dataset, manifest, span="validation", lead=context),
+        train_span_indexer(dataset, manifest, span="validation", lead=context, min_length=need),
         model.val_transform_map["ohlcv"](offset=context, distance=horizon, prediction_length=horizon,
                                          context_length=context, patch_size=patch),
     )
@@ -152,7 +156,8 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
         def val_dataloader(self):
             return self._loader(val, False)
 
-    return FinetuneData(), {"train_windows": train_windows * len(train_lengths), "val_windows": val_windows * len(val_lengths)}
+    return FinetuneData(), {"train_windows": train_windows * len(train_lengths), "val_windows": val_windows * len(val_lengths),
+                            "series_left_out": len(manifest["items"]) - len(train_items)}
 
 
 def run_finetune(

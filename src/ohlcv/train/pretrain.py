@@ -58,6 +58,7 @@ class Preflight:
     hardware: Hardware
     steps: int
     warnings: list[str] = field(default_factory=list)
+    min_train_bars: int = 1  # series with a shorter training span are left out of pre-training
 
 
 @dataclass
@@ -100,6 +101,12 @@ def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = N
     return json.loads(manifest_file.read_text())
 
 
+def diverged_inside(exc: ValueError) -> bool:
+    """torch.distributions' own check of a NaN/inf parameter (uni2ts validates its distributions)."""
+    text = str(exc)
+    return "to satisfy the constraint" in text and any(w in text for w in ("nan", "inf", "invalid values"))
+
+
 def build_model(cfg):
     from ohlcv.uni2ts_compat import pretrain_model
 
@@ -125,16 +132,21 @@ def preflight(cfg, dataset: Path, manifest: dict[str, Any], run_dir: Path) -> Pr
                 key="model.patch_sizes",
             )
         warnings.append(f"no patch size fits the whole window; uni2ts will crop samples ({advice})")
-    shortest = min((item["train_end"] for item in manifest["items"]), default=0)
+    from ohlcv.train.data import trainable_items
+
     smallest = min(usable or [row.patch_size for row in allowed] or [int(min(cfg.model.patch_sizes))])
     need = int(cfg.pretrain.min_patches) * smallest
-    if shortest < need:
-        short = sum(1 for item in manifest["items"] if item["train_end"] < need)
+    trainable = trainable_items(manifest, "train", need)
+    short = len(manifest["items"]) - len(trainable)
+    if not trainable:
         raise ConfigError(
-            f"{short} series have a training span shorter than pretrain.min_patches x patch = {need} bars; "
-            "raise data.cleaning.min_length and rebuild",
+            f"no series has a training span of pretrain.min_patches x patch = {need} bars; raise "
+            "data.cleaning.min_length, move data.split.train_end later, and rebuild",
             key="data.cleaning.min_length",
         )
+    if short:  # with a date split common to every series, symbols that start late have short training spans
+        warnings.append(f"{short} of {len(manifest['items'])} series have a training span shorter than "
+                        f"pretrain.min_patches x patch = {need} bars and are left out of pre-training")
     check_writable(run_dir)
     tokens = max((min(row.tokens, report.inputs["max_seq_len"]) for row in report.rows if row.allowed), default=0)
     from ohlcv.uni2ts_compat import module_kwargs
@@ -148,6 +160,7 @@ def preflight(cfg, dataset: Path, manifest: dict[str, Any], run_dir: Path) -> Pr
         hardware=resolve_hardware(cfg.trainer),
         steps=int(cfg.pretrain.max_steps),
         warnings=warnings,
+        min_train_bars=need,
     )
 
 
@@ -230,7 +243,7 @@ def export_hf(module, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
+def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model, *, min_train_bars: int = 1):
     import lightning as L
     from uni2ts.data.dataset import TimeSeriesDataset
     from uni2ts.data.loader import DataLoader, PackCollate
@@ -240,7 +253,8 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
 
     low, high = patch_range(cfg)
     transforms = fixed_transform_map(model.train_transform_map, low, high)
-    series = TimeSeriesDataset(train_span_indexer(dataset, manifest), transform=transforms["ohlcv"]())
+    series = TimeSeriesDataset(train_span_indexer(dataset, manifest, min_length=min_train_bars),
+                               transform=transforms["ohlcv"]())
     p = cfg.pretrain
 
     class PretrainData(L.LightningDataModule):
@@ -294,7 +308,7 @@ def run_pretrain(
 
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     model = build_model(cfg)
-    datamodule = make_datamodule(cfg, dataset, manifest, model)
+    datamodule = make_datamodule(cfg, dataset, manifest, model, min_train_bars=check.min_train_bars)
     stats: dict[str, Any] = {"patch_sizes": set()}
     hardware = check.hardware
     trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.pretrain.max_steps),
@@ -311,6 +325,20 @@ def run_pretrain(
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
+    except ValueError as exc:  # a parameter went NaN/inf inside a distribution before the loss did
+        if not diverged_inside(exc):
+            raise
+        if leader:
+            _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="diverged",
+                            wall=time.perf_counter() - started)
+        import re
+
+        found = re.search(r"of distribution (\w+)", str(exc))
+        raise DivergenceError(
+            f"the loss became NaN at step {trainer.global_step}: a parameter of the "
+            f"{found.group(1) if found else 'forecast'} distribution is NaN or infinite; the last good checkpoint "
+            f"is {run_dir / 'checkpoints' / 'last.ckpt'}. Lower pretrain.lr or raise pretrain.warmup_steps"
+        ) from None
     except DivergenceError:
         if leader:
             _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="diverged",
