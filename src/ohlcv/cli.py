@@ -356,10 +356,10 @@ def backtest(
     if refit is not None:
         extra.append(f"backtest.refit={refit}")
     loaded = _load(profile, overrides, extra)
-    note = one_process_note(loaded.cfg, "backtest")
-    if note:  # its fine-tuning folds too: one process, one device
-        render_notes(_console(), [note])
-        loaded = _load(profile, overrides, [*extra, "trainer.devices=1", "trainer.num_nodes=1", "trainer.strategy=auto"])
+    render_notes(_console(), [one_process_note(loaded.cfg, "backtest")])
+    # its fine-tuning folds too run in this one process on one device, whatever trainer.devices says
+    # (devices=auto on a multi-GPU box would otherwise start DDP from inside a fold)
+    loaded = _load(profile, overrides, [*extra, "trainer.devices=1", "trainer.num_nodes=1", "trainer.strategy=auto"])
     if not is_rank_zero():  # started by torchrun / srun beside rank zero, which runs every fold
         return
     _ensure_sample_lake(loaded)

@@ -105,6 +105,12 @@ def module_kwargs(cfg, *, d_model: int | None = None, num_layers: int | None = N
     }
 
 
+def non_finite_distribution(exc: ValueError) -> bool:
+    """torch.distributions' own check of a NaN/inf parameter (uni2ts validates its distributions)."""
+    text = str(exc)
+    return "to satisfy the constraint" in text and any(w in text for w in ("nan", "inf", "invalid values"))
+
+
 @functools.lru_cache(maxsize=None)
 def reduced_across_processes(name: str):
     """uni2ts's Lightning module ``name`` (``MoiraiPretrain``, ``MoiraiFinetune``), its losses reduced over processes.
@@ -126,6 +132,17 @@ def reduced_across_processes(name: str):
     base = getattr(moirai, name)
 
     class Reduced(base):
+        def training_step(self, *args, **kwargs):
+            try:
+                return super().training_step(*args, **kwargs)
+            except ValueError as exc:
+                if not non_finite_distribution(exc):
+                    raise
+                # a distribution parameter went NaN/inf before the loss did: hand back a NaN loss, so that the
+                # loss guard stops every process at the same step (a raise here would leave the others
+                # waiting in the gradient all-reduce)
+                return torch.stack([p.sum() for p in self.parameters() if p.requires_grad]).sum() * float("nan")
+
         def log(self, *args, **kwargs):
             if kwargs.get("sync_dist"):
                 kwargs["rank_zero_only"] = False

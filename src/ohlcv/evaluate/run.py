@@ -141,7 +141,7 @@ def trained_with(spec: str) -> dict[str, Any] | None:
         summary = json.loads((run / "run.json").read_text())
     except Exception:  # noqa: BLE001 - an unreadable run folder: nothing to compare with
         return None
-    info: dict[str, Any] = {"context": int(profile.data.context_length)}
+    info: dict[str, Any] = {"command": summary.get("command"), "context": int(profile.data.context_length)}
     if summary.get("command") == "finetune":
         info["patch"] = int(profile.finetune.patch_size)
     manifest = Path(str(summary.get("dataset", ""))) / "manifest.json"
@@ -172,7 +172,11 @@ def check_model_fits(spec: str, module, cfg, manifest: dict[str, Any], notes: li
     elif isinstance(trained, int) and trained != len(variates):
         differences.append(f"variates: trained on {trained}, the dataset has {len(variates)}")
     if info["context"] != int(cfg.data.context_length):
-        differences.append(f"context: trained {info['context']}, evaluated {int(cfg.data.context_length)}")
+        if info.get("command") == "finetune":  # fine-tuned on windows of exactly that context
+            differences.append(f"context: trained {info['context']}, evaluated {int(cfg.data.context_length)}")
+        else:  # pre-training draws crops of every length up to it: another context is a fair question
+            notes.append(f"{spec} was pre-trained with context {info['context']}; evaluated with "
+                         f"{int(cfg.data.context_length)}")
     if "patch" in info and info["patch"] != patch:
         differences.append(f"patch: trained {info['patch']}, evaluated {patch}")
     if not differences:
@@ -340,6 +344,7 @@ def evaluate(
         module = load_module(spec)
         check_model_fits(spec, module, cfg, manifest, notes)
         models[name] = _forecaster(module, cfg, len(targets), len(covariates))
+        models[name].ohlcv_spec = spec  # (which run folder it came from: notes about its training)
     out = Path(out).expanduser()
 
     conformal: dict[str, dict[str, Conformal]] = {}
@@ -383,7 +388,10 @@ def evaluate(
             dropped[variate] += int((~keep).sum())
             if not keep.any():
                 continue
-            kept_times = [tm for tm, k in zip(times, keep) if k]
+            # origins are keyed by their number from the (common) test start, not by time stamp: series on
+            # different calendars (24/7 crypto, weekday FX, NYSE sessions) forecast the same period at different
+            # clock times, and must be pooled as one origin, not counted as independent ones
+            kept_times = [int((o - test_start) // stride) for o, k in zip(origins, keep) if k]
             for name, samples in candidates.items():
                 rng = np.random.default_rng(seed_for(seed, name, row.item_id, variate, "pit"))
                 scores = window_scores(label[keep], samples[keep], ctx[keep], season,
@@ -461,8 +469,26 @@ def _fit_conformal(models, dataset, manifest, cfg, wanted, shift, season, seed, 
             if not parts:
                 notes.append(f"conformal: no validation window for {name} / {variate}; not recalibrated")
                 continue
-            fitted.setdefault(name, {})[variate] = fit_conformal(*(np.concatenate(p) for p in parts))
+            conformal = fit_conformal(*(np.concatenate(p) for p in parts))
+            fitted.setdefault(name, {})[variate] = conformal
+            short = [w for w in (50, 80, 95) if math.ceil((conformal.windows + 1) * w / 100) > conformal.windows]
+            if short:
+                notes.append(f"conformal ({name} / {variate}): {conformal.windows} validation windows are too few for "
+                             f"the {'/'.join(map(str, short))}% interval (its exact shift would be unbounded); the "
+                             "largest score was used, so its coverage may fall short: raise evaluate.calibration_windows")
+    for name, spec in _finetuned(models, cfg):
+        notes.append(f"conformal ({name}): {spec} was fine-tuned with early stopping on the validation span it is "
+                     "calibrated on; scores measured where a model was selected are optimistic, so its recalibrated "
+                     "intervals may still be a little narrow")
     return fitted
+
+
+def _finetuned(models, cfg):
+    for name in models:
+        spec = getattr(models[name], "ohlcv_spec", None)
+        info = trained_with(spec) if spec else None
+        if info and info.get("command") == "finetune":
+            yield name, spec
 
 
 def _geomean(values: list[float]) -> float:

@@ -61,7 +61,8 @@ def diebold_mariano(differences: np.ndarray, horizon: int = 1) -> DMResult:
 
 def by_origin(keys: list, values: list[np.ndarray]) -> tuple[list, np.ndarray]:
     """The origins in time order, and the mean of ``values`` over the series sharing each
-    (``keys``: per series, its origin times; ``values``: per series, one value per origin)."""
+    (``keys``: per series, its origins' numbers from the common test start — series on other calendars
+    share them —; ``values``: per series, one value per origin)."""
     sums: dict = {}
     for origin_keys, origin_values in zip(keys, values):
         for key, value in zip(origin_keys, origin_values):

@@ -93,13 +93,19 @@ def check_launch(trainer) -> None:
     """
     if trainer.world_size <= 1 or trainer.strategy.cluster_environment.creates_processes_externally:
         return
+    # only Lightning's script launcher re-runs sys.argv; fork / spawn launchers (ddp_fork, ddp_spawn, a
+    # notebook's ddp_notebook) start their processes from this one
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if type(launcher).__name__ != "_SubprocessScriptLauncher" or os.environ.get("OHLCV_ALLOW_RELAUNCH") == "1":
+        return
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     name = getattr(spec, "name", None) or Path(sys.argv[0]).name
     if name not in ("ohlcv", "ohlcv.__main__"):
         raise ConfigError(
             f"{trainer.world_size} processes would be started by re-running '{Path(sys.argv[0]).name}'; run "
-            "multi-device training through the `ohlcv` command (or torchrun / srun), or set trainer.devices=1",
+            "multi-device training through the `ohlcv` command (or torchrun / srun), use trainer.strategy=ddp_spawn, "
+            "set trainer.devices=1, or OHLCV_ALLOW_RELAUNCH=1 if this script runs ohlcv's CLI itself",
             key="trainer.devices",
         )
 

@@ -101,12 +101,6 @@ def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = N
     return json.loads(manifest_file.read_text())
 
 
-def diverged_inside(exc: ValueError) -> bool:
-    """torch.distributions' own check of a NaN/inf parameter (uni2ts validates its distributions)."""
-    text = str(exc)
-    return "to satisfy the constraint" in text and any(w in text for w in ("nan", "inf", "invalid values"))
-
-
 def build_model(cfg):
     from ohlcv.uni2ts_compat import pretrain_model
 
@@ -325,8 +319,10 @@ def run_pretrain(
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
-    except ValueError as exc:  # a parameter went NaN/inf inside a distribution before the loss did
-        if not diverged_inside(exc):
+    except ValueError as exc:  # a parameter went NaN/inf inside a distribution outside a training step
+        from ohlcv.uni2ts_compat import non_finite_distribution
+
+        if not non_finite_distribution(exc):
             raise
         if leader:
             _write_run_json(run_dir, cfg, dataset, manifest, check, stats, status="diverged",
