@@ -58,7 +58,7 @@ def span_hours(lake: Path) -> float:
 
 
 def ohlcv_build(lake: Path, out: Path, batch_size: int = 10, *extra: str) -> float:
-    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
     from ohlcv.config import load_profile
 
     # one feature: this measures the builder (reading, cleaning, batching, writing);

@@ -35,11 +35,11 @@ def best_of(fn, repeat: int) -> float:
 def series(bars: int):
     import polars as pl
 
-    from ohlcv.lake.sample import _bars, _simulate_class
+    from ohlcv.lake.sample import ohlc_bars, simulate_class
 
     rng = np.random.default_rng(0)
-    returns = _simulate_class(rng, 1, bars, 0.01)[0]
-    o, h, l, c, v = _bars(rng, returns, 100.0, 1000.0, np.arange(bars) % 24)
+    returns = simulate_class(rng, 1, bars, 0.01)[0]
+    o, h, l, c, v = ohlc_bars(rng, returns, 100.0, 1000.0, np.arange(bars) % 24)
     ts = np.datetime64("2000-01-01T00:00:00", "us") + np.arange(bars) * np.timedelta64(3600, "s")
     return pl.DataFrame({"item_id": "bench/A", "ts": ts, "open": o, "high": h, "low": l, "close": c, "volume": v})
 
@@ -174,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     import polars as pl
 
-    from ohlcv.build.pipeline import FeaturePipeline
+    from ohlcv.builder.pipeline import FeaturePipeline
     from ohlcv.config import load_profile
     from ohlcv.plugins import enabled_features, load_plugins
 

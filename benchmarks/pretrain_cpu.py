@@ -35,7 +35,7 @@ def bare_loop(cfg, dataset: Path, steps: int, warmup: int) -> float:
     import lightning as L
     import torch
 
-    from ohlcv.train.data import read_manifest
+    from ohlcv.dataset.read import read_manifest
     from ohlcv.train.pretrain import build_model, make_datamodule
 
     L.seed_everything(0, verbose=False)
@@ -67,7 +67,7 @@ def _loss(model, batch):
 
 
 def loader_rate(cfg, dataset: Path, batches: int) -> float:
-    from ohlcv.train.data import read_manifest
+    from ohlcv.dataset.read import read_manifest
     from ohlcv.train.pretrain import build_model, make_datamodule
 
     model = build_model(cfg)
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ohlcv-bench-pt-"))
-    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
     from ohlcv.lake.sample import generate_sample_lake
     from ohlcv.train.pretrain import run_pretrain
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ohlcv.build.builder import IterativeFinancialDatasetBuilder, Shard
-from ohlcv.build.clean import RULES
+from ohlcv.builder.builder import IterativeFinancialDatasetBuilder, Shard
+from ohlcv.builder.clean import RULES
 from ohlcv.config import load_profile
 from ohlcv.errors import ConfigError
 from ohlcv.lake.sample import DIRT_KINDS, generate_sample_lake
@@ -108,7 +108,7 @@ def test_every_clean_symbol_is_in_the_dataset_in_uni2ts_schema(dirty):
     values = np.stack(hf.with_format("numpy")[gappy]["target"])
     assert np.isnan(values[3]).sum() == 60 - 2 * 3
     # every bar's real time stamp is kept beside the dataset, in the dataset's row order
-    from ohlcv.train.data import read_timestamps
+    from ohlcv.dataset.read import read_timestamps
 
     stamps = read_timestamps(result.out, manifest)
     assert list(stamps) == ids and len(stamps["equity/EQU004"]) == 1500
@@ -119,7 +119,7 @@ def test_every_clean_symbol_is_in_the_dataset_in_uni2ts_schema(dirty):
 
 
 def test_dataset_loads_through_uni2ts_and_its_pretraining_transform(dirty):
-    from ohlcv.build.check import check_dataset
+    from ohlcv.builder.check import check_dataset
 
     _, result = dirty
     cfg = _cfg(Path("unused"), result.out)
@@ -132,7 +132,7 @@ def test_dataset_loads_through_uni2ts_and_its_pretraining_transform(dirty):
 
 
 def test_check_fails_when_series_are_too_short_for_the_windows(dirty):
-    from ohlcv.build.check import check_dataset
+    from ohlcv.builder.check import check_dataset
 
     _, result = dirty
     # longer than some training spans (the equities': NYSE hours are the sparsest): those are skipped, a warning
@@ -202,7 +202,7 @@ def test_kill_9_mid_build_then_resume_gives_the_same_dataset(tmp_path):
 def test_normalization_is_fitted_on_the_training_span_only(tmp_path):
     import polars as pl
 
-    from ohlcv.build import normalize
+    from ohlcv.dataset import normalize
 
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto"], bars=1200, seed=5)
     extra = ("data.normalization.scaler=standard",)
@@ -263,7 +263,7 @@ def test_covariates_layout_splits_targets_from_past_covariates(tmp_path):
 
 
 def test_shards_merge_into_the_same_dataset(tmp_path):
-    from ohlcv.build.merge import merge_shards
+    from ohlcv.builder.merge import merge_shards
 
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=4, bars=800, seed=8)
     # cross-asset features: every shard must see the whole asset class, not only its own symbols
@@ -387,9 +387,9 @@ def test_split_by_date_records_the_boundaries(tmp_path):
 def test_a_dataset_from_another_datasets_major_version_is_rebuilt_or_refused_clearly(tmp_path):
     import shutil
 
-    from ohlcv.build.check import check_dataset
+    from ohlcv.builder.check import check_dataset
     from ohlcv.errors import OhlcvError
-    from ohlcv.train.data import load_hf
+    from ohlcv.dataset.read import load_hf
 
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["fx"], bars=800)
     first = _build(lake.root, tmp_path / "ds")

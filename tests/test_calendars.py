@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
 from ohlcv.calendars import Calendar, WeekdaysRule, resolve
 from ohlcv.config import load_profile
 from ohlcv.errors import ConfigError, OhlcvError
@@ -151,7 +151,7 @@ def real_lake(tmp_path_factory):
 @pytest.mark.parametrize("profile, item_id, bars", [("daily", "equity/GOOG", 2148), ("hourly", "fx/EURUSD", 5000)])
 def test_real_equity_dailies_and_fx_hourlies_build_ready_with_the_shipped_profiles(real_lake, tmp_path, profile, item_id,
                                                                                    bars):
-    from ohlcv.build.check import check_dataset
+    from ohlcv.builder.check import check_dataset
 
     cfg = _cfg(real_lake, tmp_path / "ds", profile=profile)
     result = IterativeFinancialDatasetBuilder(cfg).run()
@@ -163,7 +163,7 @@ def test_real_equity_dailies_and_fx_hourlies_build_ready_with_the_shipped_profil
     check = check_dataset(result.out, cfg)
     assert check.ok, check.problems
     assert max(check.missing_share.values()) <= 0.10, check.missing_share  # every variate in >= 90% of bars
-    stamps = __import__("ohlcv.train.data", fromlist=["read_timestamps"]).read_timestamps(result.out, result.manifest)
+    stamps = __import__("ohlcv.dataset.read", fromlist=["read_timestamps"]).read_timestamps(result.out, result.manifest)
     assert len(stamps[item_id]) == report["bars"]
     if profile == "daily":  # the model's bars are the trading days: the dataset maps back to the lake exactly
         lake_days = pl.read_parquet(sorted(real_lake.rglob("symbol=GOOG/**/*.parquet"))).sort("ts")["ts"]
@@ -196,7 +196,7 @@ def _gap_length_fill(bars, grid, max_ffill_gap):
     """The old rule: fill a gap only if the whole gap turns out to be short (depends on the future)."""
     import polars as pl
 
-    from ohlcv.build.clean import KEY, PRICES
+    from ohlcv.builder.clean import KEY, PRICES
 
     ids = bars.select(KEY, "item_id").unique(KEY)
     missing = pl.col("close").is_null()
@@ -241,7 +241,7 @@ def test_the_whole_pipeline_sees_nothing_after_t_for_the_shipped_daily_profile(t
 
 
 def test_a_gap_length_dependent_fill_fails_the_whole_pipeline_check(session_lake, tmp_path, monkeypatch):
-    from ohlcv.build import clean
+    from ohlcv.builder import clean
     from ohlcv.lookahead import check_pipeline
 
     monkeypatch.setattr(clean, "_to_grid", _gap_length_fill)

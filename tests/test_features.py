@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ohlcv.build.pipeline import FeaturePipeline
+from ohlcv.builder.pipeline import FeaturePipeline
 from ohlcv.errors import PluginError
 from ohlcv.features import Feature
 from ohlcv.lookahead import check_bounded, check_feature, check_warmup, synthetic_class
@@ -218,7 +218,7 @@ def test_gmm_regime_is_fitted_on_the_training_span_and_ordered_calm_to_turbulent
 
 
 def test_hourly_build_has_the_documented_variates_of_all_three_families(tmp_path):
-    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
     from ohlcv.budget import inputs_from_profile, plan
     from ohlcv.config import load_profile
     from ohlcv.lake.sample import generate_sample_lake

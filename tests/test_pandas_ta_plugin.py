@@ -33,7 +33,7 @@ def test_pandas_ta_features_are_causal(name):
 
 
 def test_usable_in_a_build(tmp_path):
-    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
     from ohlcv.config import load_profile
     from ohlcv.lake.sample import generate_sample_lake
 

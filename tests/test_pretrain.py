@@ -72,8 +72,8 @@ def test_pretrain_saves_both_formats_and_resumes_to_more_steps(lake, tmp_path, c
 def test_hourly_batches_really_use_patch_16(lake, tmp_path):
     import numpy as np
 
-    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
-    from ohlcv.train.data import read_manifest
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.dataset.read import read_manifest
     from ohlcv.train.pretrain import build_model, make_datamodule
 
     loaded = _loaded(lake, tmp_path)

@@ -36,10 +36,10 @@ def peak(name: str, bf16: bool) -> float:
 def main(out: Path, steps: int = 30, warmup: int = 5) -> None:
     import torch
 
-    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
     from ohlcv.config import load_profile
     from ohlcv.lake.sample import generate_sample_lake
-    from ohlcv.train.data import read_manifest
+    from ohlcv.dataset.read import read_manifest
     from ohlcv.train.pretrain import build_model, make_datamodule
 
     work = Path(tempfile.mkdtemp(prefix="ohlcv-gpu-"))

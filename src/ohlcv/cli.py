@@ -144,7 +144,7 @@ def build(
 
 
 def _run_build(loaded, *, shard: Optional[str], force: bool, quiet: bool):
-    from ohlcv.build.builder import IterativeFinancialDatasetBuilder, Shard
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder, Shard
     from ohlcv.render import build_progress
 
     with build_progress(_console(stderr=True), quiet=quiet) as progress:
@@ -155,7 +155,7 @@ def _run_build(loaded, *, shard: Optional[str], force: bool, quiet: bool):
 
 
 def _merge_shards(shards: List[str], out: Optional[Path], quiet: bool) -> None:
-    from ohlcv.build.merge import merge_shards
+    from ohlcv.builder.merge import merge_shards
     from ohlcv.errors import ConfigError
 
     if out is None:
@@ -169,7 +169,7 @@ def _merge_shards(shards: List[str], out: Optional[Path], quiet: bool) -> None:
 def _check(loaded, dataset: Path, *, as_json: bool) -> None:
     import json as _json
 
-    from ohlcv.build.check import check_dataset
+    from ohlcv.builder.check import check_dataset
     from ohlcv.render import render_check
 
     report = check_dataset(dataset, loaded.cfg)

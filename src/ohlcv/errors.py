@@ -31,3 +31,7 @@ class ConfigError(OhlcvError):
 
 class PluginError(OhlcvError):
     """A plugin could not be loaded or registered something invalid."""
+
+
+class DivergenceError(OhlcvError):
+    """Training stopped: the loss became NaN or infinite."""

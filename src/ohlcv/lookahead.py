@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ohlcv.build.pipeline import FeaturePipeline
+from ohlcv.builder.pipeline import FeaturePipeline
 from ohlcv.features import Feature
 
 
@@ -45,16 +45,16 @@ def synthetic_class(n_assets: int = 4, bars: int = 900, seed: int = 0):
     so the time stamps jump over every weekend), with a missing stretch in the first asset."""
     import polars as pl
 
-    from ohlcv.lake.sample import _bars, _simulate_class
+    from ohlcv.lake.sample import ohlc_bars, simulate_class
 
     rng = np.random.default_rng(seed)
-    returns = _simulate_class(rng, n_assets, bars, 0.01)
+    returns = simulate_class(rng, n_assets, bars, 0.01)
     clock = np.datetime64("2024-01-01T00:00:00", "us") + np.arange(bars * 2) * np.timedelta64(3600, "s")
     ts = clock[(clock.astype("datetime64[D]").view("int64") - 4) % 7 < 5][:bars]  # 2024-01-01 is a Monday
     hours = np.arange(bars) % 24
     frames = []
     for i in range(n_assets):
-        o, h, l, c, v = _bars(rng, returns[i], 100.0 * (i + 1), 1000.0, hours)
+        o, h, l, c, v = ohlc_bars(rng, returns[i], 100.0 * (i + 1), 1000.0, hours)
         frame = pl.DataFrame({"item_id": f"test/A{i}", "ts": ts, "open": o, "high": h, "low": l, "close": c, "volume": v})
         frames.append(frame)
     data = pl.concat(frames).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
@@ -258,8 +258,8 @@ def check_pipeline(cfg, work, *, seed: int = 0) -> list[PipelineResult]:
 
     from omegaconf import OmegaConf
 
-    from ohlcv.build.builder import IterativeFinancialDatasetBuilder
-    from ohlcv.train.data import load_hf, read_manifest, read_timestamps
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.dataset.read import load_hf, read_manifest, read_timestamps
 
     work = Path(work)
     lake = Path(str(cfg.data.lake)).expanduser()

@@ -29,7 +29,7 @@ import numpy as np
 
 from ohlcv.config.loader import atomic_write_text, write_resolved_profile
 from ohlcv.errors import OhlcvError
-from ohlcv.evaluate.run import SIGNIFICANCE, EvalResult, _p, evaluate, trained_with
+from ohlcv.evaluate.run import SIGNIFICANCE, EvalResult, evaluate, format_p, trained_with
 from ohlcv.evaluate.stats import diebold_mariano
 
 SPREAD_METRICS = ("crps", "mase", "msis", "coverage_50", "coverage_80", "coverage_95", "directional_accuracy")
@@ -54,8 +54,8 @@ class BacktestResult:
             return text + "; too few origins for a pooled significance test"
         if dm["p_value"] < SIGNIFICANCE:
             better = "better" if dm["statistic"] < 0 else "worse"
-            return text + f"; pooled over every fold's origins it is significantly {better}, DM p = {_p(dm['p_value'])}"
-        return text + f"; pooled over every fold's origins, no significant difference (DM p = {_p(dm['p_value'])})"
+            return text + f"; pooled over every fold's origins it is significantly {better}, DM p = {format_p(dm['p_value'])}"
+        return text + f"; pooled over every fold's origins, no significant difference (DM p = {format_p(dm['p_value'])})"
 
     def to_json(self) -> dict[str, Any]:
         return {"out": str(self.out), "refit": self.refit, "folds": self.folds, "overall": self.overall,
@@ -256,7 +256,7 @@ def _report(result: BacktestResult, start: str) -> str:
         for variate, info in result.overall.items():
             ratio = fold["relative"]["model"][variate]["crps"]
             p = fold["significance"].get("model", {}).get(variate, {}).get(info["yardstick"], {}).get("crps", {}).get("p_value")
-            cells += [f"{ratio:.3f} ({_p(p) if p is not None and math.isfinite(p) else '–'})",
+            cells += [f"{ratio:.3f} ({format_p(p) if p is not None and math.isfinite(p) else '–'})",
                       f"{fold['aggregate']['model'][variate]['coverage_80']:.2f}"]
         tuned = fold["finetune"]
         model = ("starting model" if not tuned else
@@ -267,7 +267,7 @@ def _report(result: BacktestResult, start: str) -> str:
     lines += [""]
     for variate, info in result.overall.items():
         lines += [f"## {variate}", "", f"- {result.verdict(variate)}.",
-                  f"- pooled DM on absolute error: p = {_p(info['pooled_dm']['abs_error']['p_value']) if math.isfinite(info['pooled_dm']['abs_error']['p_value']) else '–'}", "",
+                  f"- pooled DM on absolute error: p = {format_p(info['pooled_dm']['abs_error']['p_value']) if math.isfinite(info['pooled_dm']['abs_error']['p_value']) else '–'}", "",
                   "| forecaster | CRPS mean (sd) | MASE mean (sd) | CRPS / one to beat, mean (sd) [min–max] | coverage 80 mean (sd) | direction mean |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for name, s in info["forecasters"].items():

@@ -40,6 +40,7 @@ from ohlcv.evaluate.stats import by_origin, diebold_mariano, information_coeffic
 from ohlcv.evaluate.windows import cut_windows, rolling_origins
 from ohlcv.features import Kind
 from ohlcv.freq import parse_freq
+from ohlcv.moirai.models import forecast_samples, forecaster, load_module
 
 COVERAGE_TOLERANCE = 0.10  # flag a central interval whose coverage is further than this from nominal
 PIT_DISPERSION_TOLERANCE = 0.2  # flag 12 x var(PIT) outside 1 +- this (1 for a calibrated forecast)
@@ -78,7 +79,7 @@ class EvalResult:
         ratio = self.relative.get(model, {}).get(variate, {}).get("crps", float("nan"))
         if dm is None or not math.isfinite(dm["p_value"]):
             return f"{model}: too few origins for a significance test against the {name} (CRPS ratio {ratio:.3f})"
-        p = _p(dm["p_value"])
+        p = format_p(dm["p_value"])
         if dm["p_value"] < SIGNIFICANCE and dm["statistic"] < 0:
             return f"{model} beats the {name} on CRPS, p = {p} (ratio {ratio:.3f})"
         if dm["p_value"] < SIGNIFICANCE:
@@ -99,33 +100,13 @@ class EvalResult:
                 "flags": self.flags(), "notes": self.notes, "per_asset": self.per_asset}
 
 
-def _p(value: float) -> str:
+def format_p(value: float) -> str:
     return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
 def seed_for(base: int, *parts: str) -> int:
     """A seed that depends on ``base`` and the names only (not on which other forecasters run)."""
     return int(np.random.SeedSequence([int(base), *(zlib.crc32(p.encode()) for p in parts)]).generate_state(1)[0])
-
-
-def load_module(spec: str):
-    """A MoiraiModule from a local Hugging Face folder or a hub id (e.g. Salesforce/moirai-1.1-R-small)."""
-    from uni2ts.model.moirai import MoiraiModule
-
-    path = Path(spec).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise OhlcvError(f"{path}: no config.json here; point at a model folder such as RUN/model")
-        return MoiraiModule.from_pretrained(str(path))
-    if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
-        raise OhlcvError(f"'{spec}': no such folder, and not a hub id of the form org/name")
-    try:
-        return MoiraiModule.from_pretrained(spec)
-    except Exception as exc:  # noqa: BLE001 - network, missing repo, wrong format: one clear line
-        raise OhlcvError(
-            f"cannot load '{spec}' from the Hugging Face hub ({type(exc).__name__}); "
-            "download it where there is network, or pass a local model folder"
-        ) from None
 
 
 def trained_with(spec: str) -> dict[str, Any] | None:
@@ -189,47 +170,6 @@ def check_model_fits(spec: str, module, cfg, manifest: dict[str, Any], notes: li
                       "or set evaluate.allow_mismatch=true", key="--model")
 
 
-def _forecaster(module, cfg, targets: int, covariates: int):
-    from uni2ts.model.moirai import MoiraiForecast
-
-    model = MoiraiForecast(
-        module=module,
-        prediction_length=int(cfg.data.prediction_length),
-        context_length=int(cfg.data.context_length),
-        patch_size=int(cfg.finetune.patch_size),
-        num_samples=int(cfg.evaluate.num_samples),
-        target_dim=targets,
-        feat_dynamic_real_dim=0,
-        past_feat_dynamic_real_dim=covariates,
-    )
-    model.eval()
-    return model
-
-
-def _model_samples(forecaster, context: np.ndarray, target_idx: list[int], cov_idx: list[int], seed: int) -> np.ndarray:
-    """(windows, samples, horizon, targets) in the dataset's (normalized) units, sampled with ``seed``."""
-    import torch
-
-    past = np.transpose(context[:, target_idx, :], (0, 2, 1))  # (windows, context, targets)
-    observed = np.isfinite(past)
-    inputs = {
-        "past_target": torch.as_tensor(np.where(observed, past, 0.0), dtype=torch.float32),
-        "past_observed_target": torch.as_tensor(observed),
-        "past_is_pad": torch.zeros(past.shape[:2], dtype=torch.bool),
-    }
-    if cov_idx:
-        cov = np.transpose(context[:, cov_idx, :], (0, 2, 1))
-        seen = np.isfinite(cov)
-        inputs["past_feat_dynamic_real"] = torch.as_tensor(np.where(seen, cov, 0.0), dtype=torch.float32)
-        inputs["past_observed_feat_dynamic_real"] = torch.as_tensor(seen)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        samples = forecaster(**inputs).float().numpy()
-    if samples.ndim == 3:
-        samples = samples[..., None]
-    return samples
-
-
 def _denormalize(values: np.ndarray, group: dict | None, index: int) -> np.ndarray:
     if group is None:
         return values
@@ -278,7 +218,7 @@ class _Row:
 def _rows(dataset: Path, manifest: dict[str, Any]):
     import datasets
 
-    from ohlcv.train.data import load_hf, read_timestamps
+    from ohlcv.dataset.read import load_hf, read_timestamps
 
     datasets.disable_progress_bars()
     names, targets, covariates = manifest["variates"], manifest["targets"], manifest["covariates"]
@@ -318,7 +258,7 @@ def evaluate(
     bars (negative: earlier), which is how ``ohlcv backtest`` evaluates a fold.
     """
     from ohlcv.evaluate.kinds import UNITS, variate_kinds
-    from ohlcv.train.data import read_manifest
+    from ohlcv.dataset.read import read_manifest
 
     cfg = loaded.cfg
     dataset = Path(dataset).expanduser()
@@ -343,7 +283,7 @@ def evaluate(
     for name, spec in specs.items():
         module = load_module(spec)
         check_model_fits(spec, module, cfg, manifest, notes)
-        models[name] = _forecaster(module, cfg, len(targets), len(covariates))
+        models[name] = forecaster(module, cfg, len(targets), len(covariates))
         models[name].ohlcv_spec = spec  # (which run folder it came from: notes about its training)
     out = Path(out).expanduser()
 
@@ -369,7 +309,7 @@ def evaluate(
         first = min(first or times[0], times[0])
         last = max(last or ends[-1], ends[-1])
         cut = cut_windows(row.values, origins, context, horizon)
-        forecasts = {name: _model_samples(model, cut.context, target_idx, cov_idx, seed_for(seed, name, row.item_id))
+        forecasts = {name: forecast_samples(model, cut.context, target_idx, cov_idx, seed_for(seed, name, row.item_id))
                      for name, model in models.items()}
         for variate in wanted:
             v, t, kind = names.index(variate), targets.index(variate), kinds[variate]
@@ -450,7 +390,7 @@ def _fit_conformal(models, dataset, manifest, cfg, wanted, shift, season, seed, 
             continue
         cut = cut_windows(row.values, origins, context, horizon)
         for name, model in models.items():
-            samples = _model_samples(model, cut.context, target_idx, cov_idx, seed_for(seed, name, row.item_id, "calibration"))
+            samples = forecast_samples(model, cut.context, target_idx, cov_idx, seed_for(seed, name, row.item_id, "calibration"))
             for variate in wanted:
                 v, t = names.index(variate), targets.index(variate)
                 ctx = _denormalize(cut.context[:, v, :], row.group, v)
@@ -773,11 +713,11 @@ def render_report(result: EvalResult, settings: dict[str, Any], dataset) -> str:
                 continue
             m, r = by_variate[variate], result.relative[name][variate]
             dm = result.significance.get(name, {}).get(variate, {}).get(yard, {})
-            p_crps = _p(dm["crps"]["p_value"]) if dm and math.isfinite(dm["crps"]["p_value"]) else "–"
-            p_abs = _p(dm["abs_error"]["p_value"]) if dm and math.isfinite(dm["abs_error"]["p_value"]) else "–"
+            p_crps = format_p(dm["crps"]["p_value"]) if dm and math.isfinite(dm["crps"]["p_value"]) else "–"
+            p_abs = format_p(dm["abs_error"]["p_value"]) if dm and math.isfinite(dm["abs_error"]["p_value"]) else "–"
             lines.append(f"| {name} | {m['crps']:.4g} | {m['mase']:.3f} | {m['msis']:.3f} | "
                          f"{m['coverage_50']:.2f} / {m['coverage_80']:.2f} / {m['coverage_95']:.2f} | "
-                         f"{m['directional_accuracy']:.2f} / {m['direction_window_accuracy']:.2f} ({_p(m['direction_p'])}) | "
+                         f"{m['directional_accuracy']:.2f} / {m['direction_window_accuracy']:.2f} ({format_p(m['direction_p'])}) | "
                          f"{r['crps']:.3f} | {r['mae']:.3f} | {p_crps} | {p_abs} |")
         lines += [""] + [f"- {result.verdict(variate, model)}." for model in result.models] + [""]
         other = [(name, b, tests) for name in result.models
@@ -785,8 +725,8 @@ def render_report(result: EvalResult, settings: dict[str, Any], dataset) -> str:
         if other:
             lines += ["Against the other baselines (DM p-value on CRPS / on absolute error; negative statistic: the "
                       "model is better):", ""]
-            lines += [f"- {name} vs {b}: p = {_p(t['crps']['p_value'])} (stat {t['crps']['statistic']:.2f}) / "
-                      f"p = {_p(t['abs_error']['p_value'])} (stat {t['abs_error']['statistic']:.2f})"
+            lines += [f"- {name} vs {b}: p = {format_p(t['crps']['p_value'])} (stat {t['crps']['statistic']:.2f}) / "
+                      f"p = {format_p(t['abs_error']['p_value'])} (stat {t['abs_error']['statistic']:.2f})"
                       for name, b, t in other if math.isfinite(t["crps"]["p_value"])] + [""]
         for name in result.models:
             summary = result.ic.get(name, {}).get(variate)

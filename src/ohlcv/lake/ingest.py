@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from ohlcv.build.clean import SymbolReport, to_utc_timestamps
+from ohlcv.builder.clean import SymbolReport, to_utc_timestamps
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.freq import parse_freq
 from ohlcv.lake.layout import REQUIRED_COLUMNS

@@ -69,7 +69,7 @@ class SampleLake:
     injected: dict[str, dict[str, int]] = field(default_factory=dict)  # item id -> {kind: count}
 
 
-def _simulate_class(rng: np.random.Generator, n_symbols: int, bars: int, vol: float) -> np.ndarray:
+def simulate_class(rng: np.random.Generator, n_symbols: int, bars: int, vol: float) -> np.ndarray:
     """Log returns, shape (n_symbols, bars): common factor + idiosyncratic, stochastic vol, regimes."""
     from scipy.signal import lfilter
 
@@ -95,7 +95,7 @@ def _simulate_class(rng: np.random.Generator, n_symbols: int, bars: int, vol: fl
     return out
 
 
-def _bars(rng, log_returns: np.ndarray, start_price: float, base_volume: float, hours: np.ndarray,
+def ohlc_bars(rng, log_returns: np.ndarray, start_price: float, base_volume: float, hours: np.ndarray,
           seasonal: np.ndarray | None = None):
     close = start_price * np.exp(np.cumsum(log_returns))
     open_ = np.concatenate([[start_price], close[:-1]]) * np.exp(rng.normal(0, 1e-4, close.size))
@@ -169,11 +169,11 @@ def generate_sample_lake(
     for asset_class in classes:
         price, vol, volume = _CLASS_STYLE.get(asset_class, (100.0, 0.008, 10_000.0))
         ts, hours, seasonal = layouts[asset_class]
-        returns = _simulate_class(rng, symbols_per_class, len(ts), vol)
+        returns = simulate_class(rng, symbols_per_class, len(ts), vol)
         for i in range(symbols_per_class):
             symbol = f"{asset_class[:3].upper()}{i:03d}"
             item_id = f"{asset_class}/{symbol}"
-            o, h, l, c, v = _bars(rng, returns[i], price * rng.uniform(0.5, 2.0), volume, hours, seasonal)
+            o, h, l, c, v = ohlc_bars(rng, returns[i], price * rng.uniform(0.5, 2.0), volume, hours, seasonal)
             frame = pl.DataFrame(
                 {"ts": ts.astype("datetime64[us]"), "open": o, "high": h, "low": l, "close": c, "volume": v}
             ).with_columns(pl.col("ts").dt.cast_time_unit("us").dt.replace_time_zone("UTC"))

@@ -71,7 +71,7 @@ def check_start(module, cfg, variates: int) -> None:
 
 
 def build_model(cfg, module):
-    from ohlcv.uni2ts_compat import reduced_across_processes
+    from ohlcv.moirai.compat import reduced_across_processes
 
     f = cfg.finetune
     model = reduced_across_processes("MoiraiFinetune")(
@@ -97,10 +97,9 @@ def build_model(cfg, module):
 
 def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
     import lightning as L
-    from uni2ts.data.dataset import EvalDataset, FinetuneDataset
-    from uni2ts.data.loader import DataLoader
 
-    from ohlcv.train.data import span_bounds, train_span_indexer, trainable_items
+    from ohlcv.dataset.read import span_bounds, trainable_items
+    from ohlcv.moirai.data import finetune_windows, loader, train_span_indexer
 
     context, horizon, patch = int(cfg.data.context_length), int(cfg.data.prediction_length), int(cfg.finetune.patch_size)
     need = context + horizon
@@ -117,17 +116,18 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
             "data.context_length or rebuild with longer series / validation span",
             key="data.split",
         )
-    train = FinetuneDataset(
+    train = finetune_windows(
         train_windows,
         train_span_indexer(dataset, manifest, span="train", min_length=need),
         model.train_transform_map["ohlcv"](distance=1, prediction_length=horizon, context_length=context,
                                            patch_size=patch),
     )
-    val = EvalDataset(
+    val = finetune_windows(
         val_windows,
         train_span_indexer(dataset, manifest, span="validation", lead=context, min_length=need),
         model.val_transform_map["ohlcv"](offset=context, distance=horizon, prediction_length=horizon,
                                          context_length=context, patch_size=patch),
+        evaluation=True,
     )
     f = cfg.finetune
 
@@ -138,7 +138,7 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
             sampler = None if world <= 1 else shard_sampler(data, self.trainer, shuffle=train,
                                                             seed=int(cfg.trainer.seed), pad=train)
             worker_init = seed_data_for_rank(self.trainer, int(cfg.trainer.seed)) if train and world > 1 else None
-            return DataLoader(
+            return loader(
                 data,
                 batch_size=max(1, int(f.batch_size) // world),
                 cycle=train,
@@ -173,7 +173,7 @@ def run_finetune(
     import lightning as L
     import torch
 
-    from ohlcv.evaluate.run import load_module
+    from ohlcv.moirai.models import load_module
 
     cfg = loaded.cfg
     dataset = Path(dataset).expanduser()
@@ -216,7 +216,7 @@ def run_finetune(
         atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
     share_run_dir(trainer, run_dir)
     # under DDP both losses are means over every validation window, reduced over the processes (see
-    # uni2ts_compat.reduced_across_processes); rank zero's copy is the one every process acts on
+    # moirai.compat.reduced_across_processes); rank zero's copy is the one every process acts on
     before = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][VAL_KEY])
     model.train()  # validate() leaves the modules in eval mode
     started = time.perf_counter()

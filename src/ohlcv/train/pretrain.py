@@ -4,7 +4,7 @@ The model is uni2ts's ``MoiraiPretrain`` (no Hydra entry point, no copied
 uni2ts code); data is uni2ts's ``TimeSeriesDataset`` over the training span of
 every series, through uni2ts's ``DataLoader`` with ``PackCollate``; the
 profile's patch-size constraint replaces uni2ts's default in every
-``GetPatchSize`` (see :mod:`ohlcv.uni2ts_compat`).
+``GetPatchSize`` (see :mod:`ohlcv.moirai.compat`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ohlcv.config.loader import atomic_write_text, write_resolved_profile
-from ohlcv.errors import ConfigError, OhlcvError
+from ohlcv.errors import ConfigError, DivergenceError, OhlcvError
+from ohlcv.moirai.models import count_parameters
 from ohlcv.train.distributed import (
     check_launch,
     gather,
@@ -43,10 +44,6 @@ from ohlcv.train.runtime import (
     run_folder,
     wait_for,
 )
-
-
-class DivergenceError(OhlcvError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -74,8 +71,8 @@ def manifest_hash(dataset: Path) -> str:
 
 def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = None) -> dict[str, Any]:
     """The dataset's manifest; build it first if it is missing or was built from another data section."""
-    from ohlcv.build.builder import profile_hash
-    from ohlcv.train.data import same_datasets_major
+    from ohlcv.dataset.format import profile_hash
+    from ohlcv.dataset.read import same_datasets_major
 
     manifest_file = dataset / "manifest.json"
 
@@ -93,7 +90,7 @@ def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = N
     if rank > 0:  # several processes: rank 0 builds; the others wait for its manifest (not a stale one)
         return wait_for(manifest_file, ready=current)
     if on_build is None:
-        from ohlcv.build.builder import IterativeFinancialDatasetBuilder
+        from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
 
         IterativeFinancialDatasetBuilder(cfg).run()
     else:
@@ -102,7 +99,7 @@ def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = N
 
 
 def build_model(cfg):
-    from ohlcv.uni2ts_compat import pretrain_model
+    from ohlcv.moirai.compat import pretrain_model
 
     return pretrain_model(cfg)
 
@@ -126,7 +123,7 @@ def preflight(cfg, dataset: Path, manifest: dict[str, Any], run_dir: Path) -> Pr
                 key="model.patch_sizes",
             )
         warnings.append(f"no patch size fits the whole window; uni2ts will crop samples ({advice})")
-    from ohlcv.train.data import trainable_items
+    from ohlcv.dataset.read import trainable_items
 
     smallest = min(usable or [row.patch_size for row in allowed] or [int(min(cfg.model.patch_sizes))])
     need = int(cfg.pretrain.min_patches) * smallest
@@ -143,7 +140,7 @@ def preflight(cfg, dataset: Path, manifest: dict[str, Any], run_dir: Path) -> Pr
                         f"pretrain.min_patches x patch = {need} bars and are left out of pre-training")
     check_writable(run_dir)
     tokens = max((min(row.tokens, report.inputs["max_seq_len"]) for row in report.rows if row.allowed), default=0)
-    from ohlcv.uni2ts_compat import module_kwargs
+    from ohlcv.moirai.compat import module_kwargs
 
     parameters = count_parameters(module_kwargs(cfg))
     return Preflight(
@@ -156,12 +153,6 @@ def preflight(cfg, dataset: Path, manifest: dict[str, Any], run_dir: Path) -> Pr
         warnings=warnings,
         min_train_bars=need,
     )
-
-
-def count_parameters(kwargs: dict[str, Any]) -> int:
-    from uni2ts.model.moirai import MoiraiModule
-
-    return sum(p.numel() for p in MoiraiModule(**kwargs).parameters())
 
 
 def _callbacks(run_dir: Path, cfg, stats: dict[str, Any]):
@@ -239,16 +230,10 @@ def export_hf(module, target: Path) -> None:
 
 def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model, *, min_train_bars: int = 1):
     import lightning as L
-    from uni2ts.data.dataset import TimeSeriesDataset
-    from uni2ts.data.loader import DataLoader, PackCollate
 
-    from ohlcv.train.data import train_span_indexer
-    from ohlcv.uni2ts_compat import fixed_transform_map, patch_range
+    from ohlcv.moirai.data import loader, pretrain_series
 
-    low, high = patch_range(cfg)
-    transforms = fixed_transform_map(model.train_transform_map, low, high)
-    series = TimeSeriesDataset(train_span_indexer(dataset, manifest, min_length=min_train_bars),
-                               transform=transforms["ohlcv"]())
+    series = pretrain_series(dataset, manifest, cfg, model, min_length=min_train_bars)
     p = cfg.pretrain
 
     class PretrainData(L.LightningDataModule):
@@ -257,7 +242,7 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model, *, min_
             sampler = None if world <= 1 else shard_sampler(series, self.trainer, shuffle=True,
                                                             seed=int(cfg.trainer.seed), pad=True)
             worker_init = None if world <= 1 else seed_data_for_rank(self.trainer, int(cfg.trainer.seed))
-            return DataLoader(
+            return loader(
                 series,
                 batch_size=max(1, int(p.batch_size) // world),
                 batch_size_factor=2.0,
@@ -266,11 +251,7 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model, *, min_
                 shuffle=sampler is None,
                 sampler=sampler,
                 num_workers=int(p.num_workers),
-                collate_fn=PackCollate(
-                    max_length=int(cfg.model.max_seq_len),
-                    seq_fields=model.seq_fields,
-                    pad_func_map=model.pad_func_map,
-                ),
+                pack=(int(cfg.model.max_seq_len), model),
                 pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ != "CPUAccelerator",
                 drop_last=True,
                 worker_init_fn=worker_init,
@@ -320,7 +301,7 @@ def run_pretrain(
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
     except ValueError as exc:  # a parameter went NaN/inf inside a distribution outside a training step
-        from ohlcv.uni2ts_compat import non_finite_distribution
+        from ohlcv.moirai.compat import non_finite_distribution
 
         if not non_finite_distribution(exc):
             raise

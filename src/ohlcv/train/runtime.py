@@ -160,7 +160,7 @@ def loss_guard(advice: str):
     import lightning as L
     import torch
 
-    from ohlcv.train.pretrain import DivergenceError
+    from ohlcv.errors import DivergenceError
 
     class Guard(L.Callback):
         def on_before_backward(self, trainer, pl_module, loss):

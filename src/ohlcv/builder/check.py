@@ -63,23 +63,17 @@ def check_dataset(dataset: Path, cfg, *, max_series: int | None = None, seed: in
 
     import datasets
     import torch
-    from uni2ts.data.dataset import TimeSeriesDataset
-    from uni2ts.data.indexer import HuggingFaceDatasetIndexer
 
-    from ohlcv.uni2ts_compat import pretrain_transform
+    from ohlcv.dataset.read import load_hf
+    from ohlcv.moirai.data import pretraining_view
 
     datasets.disable_progress_bars()
     try:
-        from ohlcv.train.data import load_hf
-
-        hf = load_hf(dataset, manifest)
-        indexer = HuggingFaceDatasetIndexer(hf)
+        indexer, series = pretraining_view(load_hf(dataset, manifest), cfg)
     except Exception as exc:  # noqa: BLE001 - any failure here is the answer
         report.problems.append(f"uni2ts cannot load the dataset: {type(exc).__name__}: {exc}")
         return report
     report.series = len(indexer)
-    transform_map, _ = pretrain_transform(cfg, tiny=True)
-    series = TimeSeriesDataset(indexer, transform=transform_map["ohlcv"]())
     np.random.seed(seed)
     torch.manual_seed(seed)
     need = int(cfg.data.context_length) + int(cfg.data.prediction_length)

@@ -1,7 +1,8 @@
-"""Built datasets as uni2ts sees them: the training span of every series, uni2ts's loader."""
+"""Reading a built dataset: its manifest, its rows, its bar time stamps and the spans of its split."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -84,35 +85,6 @@ def trainable_items(manifest: dict[str, Any], span: str, min_length: int, lead: 
     return kept
 
 
-def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "train", lead: int = 0,
-                       min_length: int = 1):
-    """uni2ts's ``HuggingFaceDatasetIndexer`` over the dataset, each series cut to ``span``.
-
-    ``train``: bars [0, train_end). ``validation``: bars [train_end - lead, validation_end), i.e.
-    the validation span preceded by ``lead`` bars of context. Series whose span is shorter than
-    ``min_length`` bars are left out (see :func:`trainable_items`).
-    """
-    import datasets
-    import numpy as np
-    from uni2ts.data.indexer import HuggingFaceDatasetIndexer
-
-    datasets.disable_progress_bars()
-    bounds = {item["item_id"]: span_bounds(item, span, lead) for item in manifest["items"]}
-    keep = {item["item_id"] for item in trainable_items(manifest, span, min_length, lead)}
-
-    class SpanIndexer(HuggingFaceDatasetIndexer):
-        """Series cut at the end of the span (the dataset itself holds whole series)."""
-
-        def _getitem_int(self, idx: int):
-            entry = super()._getitem_int(idx)
-            bound = bounds.get(str(entry["item_id"]))
-            if bound is not None:
-                for field in ("target", "past_feat_dynamic_real"):
-                    if field in entry:
-                        entry[field] = np.asarray(entry[field])[..., bound[0] : bound[1]]
-            return entry
-
-    hf = load_hf(dataset, manifest)
-    if len(keep) < len(bounds):
-        hf = hf.select([i for i, item_id in enumerate(hf["item_id"]) if str(item_id) in keep])
-    return SpanIndexer(hf)
+def manifest_hash(dataset: Path) -> str:
+    """A short hash of the dataset's manifest (recorded by every run that reads the dataset)."""
+    return hashlib.sha256((Path(dataset) / "manifest.json").read_bytes()).hexdigest()[:16]

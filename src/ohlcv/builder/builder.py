@@ -19,32 +19,39 @@ called ``..`` cannot steer a write.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import shutil
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
 from ohlcv import __version__, calendars
-from ohlcv.build import normalize
-from ohlcv.build.pipeline import FeaturePipeline
-from ohlcv.train.data import datasets_version, same_datasets_major
-from ohlcv.build.clean import RULES, CleaningSettings, SymbolReport, clean_batch, edge_timestamp, read_batch
+from ohlcv.builder.clean import RULES, CleaningSettings, SymbolReport, clean_batch, edge_timestamp, read_batch
+from ohlcv.builder.pipeline import FeaturePipeline
 from ohlcv.config.loader import atomic_write_text, to_yaml
+from ohlcv.dataset import normalize
+from ohlcv.dataset.format import FORMAT, HF_SUBDIR, TIMESTAMPS_FILE, Variates, profile_hash
+from ohlcv.dataset.read import datasets_version, same_datasets_major
+from ohlcv.dataset.write import (
+    atomic_json,
+    content_hash_of,
+    save_dataset,
+    series_rows,
+    swap_into_place,
+    write_hf_dataset,
+    write_rows,
+    write_timestamps,
+)
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.freq import parse_freq
 from ohlcv.lake.layout import SymbolSource, discover
 
-FORMAT = "ohlcv-dataset/1"
-HF_SUBDIR = "hf"
-TIMESTAMPS_FILE = "timestamps.parquet"  # every bar's real time stamp, per series (the manifest names it)
 WORK_FORMAT = 2  # layout of the temporary batch files; a work folder of another layout is not resumed
 
 
@@ -84,31 +91,6 @@ class _Progress:
     on_start: Callable[[int], None] = lambda total: None
     on_symbol: Callable[[str, int], None] = lambda item_id, rows: None
     on_merge: Callable[[], None] = lambda: None
-
-
-@dataclass
-class _Variates:
-    names: list[str]
-    targets: list[str]
-    covariates: list[str]
-    feature_specs: list[tuple[Any, dict]] = field(default_factory=list)  # (Feature, params)
-
-
-def profile_hash(cfg) -> str:
-    """Hash of the sections that decide a dataset's content."""
-    from omegaconf import OmegaConf
-
-    content = {
-        "data": {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True).items() if k not in ("lake", "dataset")},
-        "features": OmegaConf.to_container(cfg.features, resolve=True, enum_to_str=True),
-    }
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _atomic_json(path: Path, data: Any, *, scratch: bool = False) -> None:
-    """``scratch``: a compact file of the work folder, not fsynced (a killed process cannot tear it)."""
-    text = json.dumps(data, default=str, separators=(",", ":")) if scratch else json.dumps(data, indent=2, default=str)
-    atomic_write_text(path, text + "\n", durable=not scratch)
 
 
 def _debug_pause(batch_index: int) -> None:
@@ -177,7 +159,7 @@ class IterativeFinancialDatasetBuilder:
             self._plugins = load_plugins()
         return self._plugins
 
-    def _resolve_variates(self) -> _Variates:
+    def _resolve_variates(self) -> Variates:
         from ohlcv.plugins import enabled_features
 
         names = list(self.data.columns)
@@ -193,7 +175,7 @@ class IterativeFinancialDatasetBuilder:
             covariates = [n for n in names if n not in set(self.data.targets)]
         else:
             targets, covariates = names, []
-        return _Variates(names=names, targets=targets, covariates=covariates, feature_specs=specs)
+        return Variates(names=names, targets=targets, covariates=covariates, feature_specs=specs)
 
     @property
     def work(self) -> Path:
@@ -277,7 +259,7 @@ class IterativeFinancialDatasetBuilder:
                 shutil.rmtree(work)
         (work / "batches").mkdir(parents=True, exist_ok=True)
         if not plan_file.is_file():
-            _atomic_json(plan_file, {"fingerprint": fingerprint, "batches": len(batches), "symbols": len(sources)})
+            atomic_json(plan_file, {"fingerprint": fingerprint, "batches": len(batches), "symbols": len(sources)})
 
         self.progress.on_start(len(sources))
         reference = None
@@ -318,7 +300,7 @@ class IterativeFinancialDatasetBuilder:
 
     def _drop_variates(self, gone: set[str], keep_feature) -> None:
         v = self.variates
-        self.variates = _Variates(
+        self.variates = Variates(
             names=[n for n in v.names if n not in gone],
             targets=[n for n in v.targets if n not in gone],
             covariates=[n for n in v.covariates if n not in gone],
@@ -561,7 +543,7 @@ class IterativeFinancialDatasetBuilder:
                         tmp = folder / f".{name}-{index:05d}.parquet.tmp"
                         frame.write_parquet(tmp)
                         os.replace(tmp, folder / f"{name}-{index:05d}.parquet")
-                _atomic_json(marker, {"reports": [r.to_dict() for r in reports]}, scratch=True)
+                atomic_json(marker, {"reports": [r.to_dict() for r in reports]}, scratch=True)
             if not combined.is_file():
                 part = folder / f"contrib-{index:05d}.parquet"
                 if part.is_file():
@@ -692,9 +674,9 @@ class IterativeFinancialDatasetBuilder:
             tmp = data_file.with_name(f".{data_file.name}.tmp")
             if self.streams:  # the dataset's rows, ready to be concatenated at the merge
                 norm = self._normalization([e for e in entries if "item_id" in e])
-                rows = _series_rows(values, layout, {e["item_id"]: e for e in entries if "item_id" in e}, norm,
+                rows = series_rows(values, layout, {e["item_id"]: e for e in entries if "item_id" in e}, norm,
                                     self.variates, self.freq.canonical)
-                digests = _write_rows(tmp, [rows], self.variates)
+                digests = write_rows(tmp, [rows], self.variates)
             else:  # cleaned bars with features, normalized at the merge
                 frame.write_ipc(tmp)
             os.replace(tmp, data_file)
@@ -713,7 +695,7 @@ class IterativeFinancialDatasetBuilder:
             self.progress.on_symbol(source.item_id, entry["report"]["rows_read"])
             if position == len(batch) // 2:
                 _debug_pause(index)
-        _atomic_json(self._marker(index), meta, scratch=True)
+        atomic_json(self._marker(index), meta, scratch=True)
 
     # -- merge ----------------------------------------------------------------------------
     def _merge(self, batch_count: int, fingerprint: str, skipped: list[str], started: float, resumed: int):
@@ -742,7 +724,7 @@ class IterativeFinancialDatasetBuilder:
         else:
             by_id = {e["item_id"]: e for e in items}
             chunks = (
-                _series_rows(pl.read_ipc(m.with_suffix(".arrow"), columns=self.variates.names).to_numpy(), meta["rows"],
+                series_rows(pl.read_ipc(m.with_suffix(".arrow"), columns=self.variates.names).to_numpy(), meta["rows"],
                              by_id, norm, self.variates, self.freq.canonical)
                 for m, meta in with_data
             )
@@ -784,10 +766,10 @@ class IterativeFinancialDatasetBuilder:
             "ohlcv_version": __version__,
             "datasets_version": datasets_version(),
         }
-        _atomic_json(staging / "manifest.json", manifest)
-        _atomic_json(staging / "report.json", report)
+        atomic_json(staging / "manifest.json", manifest)
+        atomic_json(staging / "report.json", report)
         atomic_write_text(staging / "profile.yaml", "# resolved profile of this build\n" + to_yaml(self.cfg))
-        _swap_into_place(staging, self.out, work)
+        swap_into_place(staging, self.out, work)
         shutil.rmtree(work, ignore_errors=True)
         return manifest, report
 
@@ -821,156 +803,6 @@ def _utc(text):
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def _series_rows(values: np.ndarray, layout: list, entries: dict[str, dict], norm: dict, variates: _Variates,
-                 freq: str) -> list[dict]:
-    """The dataset rows of one batch: ``values`` (time of every symbol, variates) holds the symbols'
-    bars one after the other, as ``layout`` ([item id, length], ...) says."""
-    target_idx = [variates.names.index(n) for n in variates.targets]
-    cov_idx = [variates.names.index(n) for n in variates.covariates]
-    groups = norm["groups"]
-    rows, offset = [], 0
-    for item_id, n in layout:
-        entry = entries[item_id]
-        block = values[offset : offset + n].T.astype(np.float64)  # (variates, time)
-        offset += n
-        group = groups.get(item_id if norm["scope"] == "symbol" else entry["asset_class"])
-        if group is not None:
-            block = normalize.apply(block, np.asarray(group["center"]), np.asarray(group["scale"]))
-        row = {
-            "item_id": item_id,
-            "start": np.datetime64(entry["start"][:19], "s"),
-            "freq": freq,
-            "target": block[target_idx].astype(np.float32),
-        }
-        if cov_idx:
-            row["past_feat_dynamic_real"] = block[cov_idx].astype(np.float32)
-        rows.append(row)
-    return rows
-
-
-def _nested(arrays: list[np.ndarray], arrow_type):
-    """(variates, time) float32 arrays, one per row, as an Arrow array of ``arrow_type`` (list of lists)."""
-    import pyarrow as pa
-
-    variates = arrays[0].shape[0]
-    lengths = np.repeat(np.array([a.shape[1] for a in arrays], dtype=np.int64), variates)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.concatenate([np.ascontiguousarray(a, dtype=np.float32).ravel() for a in arrays])
-    inner = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
-    if pa.types.is_fixed_size_list(arrow_type):
-        outer = pa.FixedSizeListArray.from_arrays(inner, variates)
-    else:
-        outer = pa.ListArray.from_arrays(pa.array(np.arange(0, variates * len(arrays) + 1, variates, dtype=np.int32)), inner)
-    return outer.cast(arrow_type)
-
-
-_MAX_VALUES_PER_TABLE = 1 << 30  # Arrow list offsets are int32: keep each written table well below 2**31 values
-
-
-def hf_schema(variates: _Variates):
-    """The Arrow schema (with its ``datasets`` features) of uni2ts's dataset layout for these variates."""
-    return _hf_schema(len(variates.targets), len(variates.covariates))
-
-
-@functools.lru_cache(maxsize=8)
-def _hf_schema(targets: int, covariates: int):
-    from datasets import Features, Sequence, Value
-
-    spec = {
-        "item_id": Value("string"),
-        "start": Value("timestamp[s]"),
-        "freq": Value("string"),
-        "target": Sequence(Sequence(Value("float32")), length=targets),
-    }
-    if covariates:
-        spec["past_feat_dynamic_real"] = Sequence(Sequence(Value("float32")), length=covariates)
-    return Features(spec).arrow_schema
-
-
-def content_hash_of(row_digests: list[str]) -> str:
-    """The dataset's content hash: one digest per row, in order (independent of how rows were batched)."""
-    return hashlib.sha256("".join(row_digests).encode()).hexdigest()
-
-
-def _tables(chunks: Iterator[list[dict]], schema, digests: list[str]) -> Iterator:
-    """Arrow tables of ``schema`` from chunks of rows; each row's digest is appended to ``digests``."""
-    import pyarrow as pa
-
-    names = [n for n in ("target", "past_feat_dynamic_real") if n in schema.names]
-    for chunk in chunks:
-        start = 0
-        while start < len(chunk):
-            stop, size = start, 0
-            while stop < len(chunk) and (stop == start or size + chunk[stop]["target"].size * len(names) <= _MAX_VALUES_PER_TABLE):
-                size += chunk[stop]["target"].size * len(names)
-                stop += 1
-            rows = chunk[start:stop]
-            start = stop
-            arrays = {n: [np.ascontiguousarray(r[n], dtype=np.float32) for r in rows] for n in names}
-            for i, row in enumerate(rows):
-                digest = hashlib.sha256()
-                digest.update(row["item_id"].encode())
-                digest.update(str(row["start"]).encode())
-                digest.update(row["freq"].encode())
-                for n in names:
-                    digest.update(arrays[n][i])  # contiguous float32: hashed in place
-                digests.append(digest.hexdigest())
-            columns = {
-                "item_id": pa.array([r["item_id"] for r in rows], pa.string()),
-                "start": pa.array([r["start"] for r in rows], pa.timestamp("s")),
-                "freq": pa.array([r["freq"] for r in rows], pa.string()),
-                **{n: _nested(arrays[n], schema.field(n).type) for n in names},
-            }
-            yield pa.table(columns, schema=schema)
-
-
-def _write_rows(path: Path, chunks, variates: _Variates) -> list[str]:
-    """Stream chunks of rows into an Arrow IPC stream file in the dataset's schema; return the row digests."""
-    import pyarrow as pa
-
-    schema = hf_schema(variates)
-    digests: list[str] = []
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        written = 0
-        for table in _tables((c for c in chunks if c), schema, digests):
-            writer.write_table(table)
-            written += table.num_rows
-        if not written:  # an empty shard: datasets needs one (empty) record batch
-            writer.write_table(schema.empty_table())
-    return digests
-
-
-def save_dataset(arrow_files: list[Path], path: Path, variates: _Variates, *, cache_dir: Path) -> None:
-    """Save Arrow stream files of dataset rows, in order, as one ``datasets`` dataset at ``path``."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    if not arrow_files:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        empty = cache_dir / "empty.arrow"
-        _write_rows(empty, [], variates)
-        arrow_files = [empty]
-    parts = [datasets.Dataset.from_file(str(f)) for f in arrow_files]
-    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    dataset.save_to_disk(str(path))
-    del dataset, parts
-
-
-def write_hf_dataset(path: Path, chunks: Iterator[list[dict]], *, variates: _Variates, cache_dir: Path) -> str:
-    """Write chunks of rows as a ``datasets`` dataset in uni2ts's schema; return the content hash.
-
-    Each chunk is streamed into an Arrow file as one table, so memory stays at
-    one chunk; ``datasets`` then memory-maps the file and saves it.
-    """
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    cache_dir.mkdir(parents=True)
-    arrow_file = cache_dir / "rows.arrow"
-    digests = _write_rows(arrow_file, chunks, variates)
-    save_dataset([arrow_file], path, variates, cache_dir=cache_dir)
-    return content_hash_of(digests)
-
-
 def _off_session_notes(reports: list[dict], venues: dict) -> list[str]:
     """A line for each built symbol with 1% or more of its bars outside its sessions (a quarantined one
     says so in its reason): a time zone or calendar slightly off shows up here."""
@@ -984,28 +816,6 @@ def _off_session_notes(reports: list[dict], venues: dict) -> list[str]:
                      f"{venue.describe() if venue else 'venue'} sessions and were dropped; check data.calendars "
                      "and the lake's time zone")
     return notes
-
-
-def write_timestamps(parts: list[Path], path: Path) -> None:
-    """Concatenate per-batch time-stamp files (one row per series: item_id, ts list) into ``path``,
-    one part in memory at a time."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema([("item_id", pa.string()), ("ts", pa.list_(pa.timestamp("us", tz="UTC")))])
-    with pq.ParquetWriter(str(path), schema) as writer:
-        for part in parts:
-            writer.write_table(pq.read_table(str(part)).cast(schema))
-
-
-def _swap_into_place(staging: Path, out: Path, work: Path) -> None:
-    """Replace ``out`` by ``staging`` with renames only (same filesystem)."""
-    if out.exists():
-        old = work / "previous"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-    os.replace(staging, out)
 
 
 def build_report(reports: list[dict], skipped: list[str], started: float, resumed: int, batches: int) -> dict:

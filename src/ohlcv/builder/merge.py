@@ -16,14 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ohlcv.build.builder import (
-    HF_SUBDIR,
-    TIMESTAMPS_FILE,
-    _atomic_json,
-    _swap_into_place,
-    _Variates,
-    write_hf_dataset,
-)
+from ohlcv.dataset.format import HF_SUBDIR, TIMESTAMPS_FILE, Variates
+from ohlcv.dataset.write import atomic_json, swap_into_place, write_hf_dataset
 from ohlcv.config.loader import atomic_write_text
 from ohlcv.errors import ConfigError, OhlcvError
 
@@ -99,7 +93,7 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
                 chunk = []
         yield chunk
 
-    variates = _Variates(names=first["variates"], targets=first["targets"], covariates=first["covariates"])
+    variates = Variates(names=first["variates"], targets=first["targets"], covariates=first["covariates"])
     content_hash = write_hf_dataset(staging / HF_SUBDIR, rows(), variates=variates, cache_dir=work / "cache")
     _merge_timestamps([Path(s).expanduser() / TIMESTAMPS_FILE for s, m in zip(shards, manifests) if m["series"] > 0],
                       staging / TIMESTAMPS_FILE)
@@ -119,7 +113,7 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
         fingerprint=None,
         content_hash=content_hash,
     )
-    _atomic_json(staging / "manifest.json", manifest)
+    atomic_json(staging / "manifest.json", manifest)
     reports = [json.loads((Path(s).expanduser() / "report.json").read_text()) for s in shards]
     totals: dict[str, int] = {}
     for report in reports:
@@ -136,11 +130,11 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
         "notes": sorted({n for r in reports for n in r.get("notes", [])}),
         "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _atomic_json(staging / "report.json", merged_report)
+    atomic_json(staging / "report.json", merged_report)
     profile = Path(shards[0]).expanduser() / "profile.yaml"
     if profile.is_file():
         atomic_write_text(staging / "profile.yaml", profile.read_text())
-    _swap_into_place(staging, out, work)
+    swap_into_place(staging, out, work)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
 
