@@ -110,10 +110,37 @@ def budget(
     raise typer.Exit(0 if report.ok else 1)
 
 
-@app.command()
+class _BuildGroup(typer.core.TyperGroup):
+    """``ohlcv build [OPTIONS] [KEY=VALUE]...`` builds; ``ohlcv build merge ...`` is a sub-command.
+
+    A first word that names a sub-command runs it; any other words are overrides of the build
+    itself (a plain group would take ``data.freq=1h`` for an unknown sub-command).
+    """
+
+    def parse_args(self, ctx, args):
+        import click
+
+        rest = click.Command.parse_args(self, ctx, args)
+        if rest and rest[0] in self.commands:
+            ctx._protected_args, ctx.args = rest[:1], rest[1:]
+        else:
+            ctx._protected_args, ctx.args = [], rest
+        return ctx.args
+
+
+build_app = typer.Typer(
+    cls=_BuildGroup,
+    invoke_without_command=True,
+    context_settings={"allow_extra_args": True, "allow_interspersed_args": True},
+    rich_markup_mode="rich",
+)
+app.add_typer(build_app, name="build")
+
+
+@build_app.callback()
 def build(
+    ctx: typer.Context,
     profile: str = ProfileOption,
-    overrides: Optional[List[str]] = OverridesArgument,
     lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where the dataset goes (sets data.dataset)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Build a deterministic 1/N of the symbols: K/N."),
@@ -123,14 +150,14 @@ def build(
 ) -> None:
     """Build a uni2ts dataset from the Parquet lake: clean, add features, split, normalize.
 
+    Trailing [bold]KEY=VALUE[/] words are profile overrides (e.g. data.context_length=336).
     [bold]ohlcv build merge SHARD_DIR... --out DIR[/] combines the outputs of --shard jobs.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from ohlcv.render import render_build
 
-    args = list(overrides or [])
-    if args and args[0] == "merge":
-        _merge_shards(args[1:], out, quiet)
-        return
+    args = list(ctx.args)
     extra = []
     if lake is not None:
         extra.append(f"data.lake={lake}")
@@ -154,16 +181,21 @@ def _run_build(loaded, *, shard: Optional[str], force: bool, quiet: bool):
         return builder.run(force=force)
 
 
-def _merge_shards(shards: List[str], out: Optional[Path], quiet: bool) -> None:
+@build_app.command("merge")
+def build_merge(
+    ctx: typer.Context,
+    shards: List[Path] = typer.Argument(..., help="The output folders of `ohlcv build --shard K/N` jobs, all N."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where the merged dataset goes."),
+) -> None:
+    """Merge the outputs of --shard K/N builds into one dataset (the same content as one unsharded build)."""
     from ohlcv.builder.merge import merge_shards
     from ohlcv.errors import ConfigError
+    from ohlcv.render import render_merge
 
+    out = out or (ctx.parent.params.get("out") if ctx.parent is not None else None)  # `build --out D merge ...`
     if out is None:
         raise ConfigError("say where the merged dataset goes", key="--out")
-    manifest = merge_shards([Path(s) for s in shards], out)
-    _console().print(
-        f"merged {len(shards)} shards: {manifest['series']} series, {manifest['bars']:,} bars -> {out}"
-    )
+    render_merge(_console(), merge_shards(list(shards), out), len(shards), out)
 
 
 def _check(loaded, dataset: Path, *, as_json: bool) -> None:
@@ -240,9 +272,9 @@ def _build_first(loaded):
     """What a training command does when its dataset is missing or stale: build it, with the report."""
 
     def build() -> None:
-        from ohlcv.render import render_build
+        from ohlcv.render import render_build, render_line
 
-        _console().print(f"building the dataset {loaded.cfg.data.dataset} first")
+        render_line(_console(), f"building the dataset {loaded.cfg.data.dataset} first")
         render_build(_console(), _run_build(loaded, shard=None, force=False, quiet=False))
 
     return build
@@ -257,8 +289,9 @@ def _ensure_sample_lake(loaded) -> None:
     if not bool(cfg.data.sample_if_missing) or lake.exists() or not is_rank_zero():  # rank zero builds for all
         return
     from ohlcv.lake.sample import generate_sample_lake
+    from ohlcv.render import render_line
 
-    _console().print(f"no lake at {lake}: generating the sample lake for profile '{loaded.name}'")
+    render_line(_console(), f"no lake at {lake}: generating the sample lake for profile '{loaded.name}'")
     generate_sample_lake(lake, symbols_per_class=3, freq=str(cfg.data.freq), bars=1200, seed=int(cfg.trainer.seed))
 
 
@@ -273,24 +306,15 @@ def finetune(
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoints/last.ckpt."),
 ) -> None:
     """Fine-tune a MOIRAI checkpoint with early stopping on validation loss; says whether it helped."""
-    from rich.markup import escape
-
-    from ohlcv.render import render_finetune_result
+    from ohlcv.render import render_finetune_result, render_finetune_start
     from ohlcv.train.finetune import run_finetune
 
     loaded = _load(profile, overrides, _data_options(lake, dataset))
     _ensure_sample_lake(loaded)
     build_first = _build_first(loaded)
-
-    def started(info):
-        _console().print(
-            f"[bold]fine-tuning[/] {escape(info['start'])} ({info['parameters']:,} parameters) -> {escape(str(info['run_dir']))}; "
-            f"{info['train_windows']:,} training / {info['val_windows']:,} validation windows; "
-            f"{escape(info['hardware'].device_name)}, {info['hardware'].precision}"
-        )
-
     result = run_finetune(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=out,
-                          resume=resume, on_build=build_first, on_start=started)
+                          resume=resume, on_build=build_first,
+                          on_start=lambda info: render_finetune_start(_console(), info))
     render_finetune_result(_console(), result)
 
 
@@ -347,7 +371,7 @@ def backtest(
     import time as _time
 
     from ohlcv.evaluate.backtest import run_backtest
-    from ohlcv.render import render_backtest, render_notes
+    from ohlcv.render import render_backtest, render_line, render_notes
     from ohlcv.train.distributed import is_rank_zero, one_process_note
 
     extra = _data_options(lake, dataset)
@@ -367,7 +391,7 @@ def backtest(
     with _stdout_to_stderr(as_json):
         result = run_backtest(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=target,
                               on_build=_build_first(loaded),
-                              on_fold=lambda fold, total: _console(stderr=as_json).print(f"fold {fold + 1}/{total}"))
+                              on_fold=lambda fold, total: render_line(_console(stderr=as_json), f"fold {fold + 1}/{total}"))
     if as_json:
         import json
 
@@ -405,11 +429,7 @@ def plugins_list() -> None:
     from ohlcv.render import render_plugins
 
     plugins = load_plugins()
-    render_plugins(_console(), plugins)
-    for warning in plugins.warnings:
-        from rich.markup import escape
-
-        _console(stderr=True).print(f"[yellow]warning:[/] {escape(warning)}")
+    render_plugins(_console(), plugins, warnings_to=_console(stderr=True))
 
 
 @lake_app.command("sample")
@@ -439,11 +459,9 @@ def lake_sample(
         seed=seed,
         dirt=kinds,
     )
-    _console().print(f"wrote {len(lake.symbols)} symbols, {bars} bars of {freq} on the sparsest calendar "
-                     f"(every class covers the same period) to {directory}")
-    for item_id, counts in lake.injected.items():
-        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if not k.startswith("_"))
-        _console().print(f"  dirt in {item_id}: {shown}")
+    from ohlcv.render import render_sample_lake
+
+    render_sample_lake(_console(), lake, bars=bars, freq=freq, directory=directory)
 
 
 @lake_app.command("ingest")
@@ -455,18 +473,11 @@ def lake_ingest(
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol of a single file (default: file name)."),
 ) -> None:
     """Convert vendor exports into the lake layout, appending without duplicating bars."""
-    from rich.markup import escape
-
     from ohlcv.lake.ingest import ingest
+    from ohlcv.render import render_ingest
 
     result = ingest(source, lake, asset_class=asset_class, freq=freq, symbol=symbol)
-    for item_id, stats in result.symbols.items():
-        _console().print(
-            f"{escape(item_id)}: {stats['rows']} rows, {stats['added']} added, "
-            f"{stats['replaced']} replaced, {stats['files']} month files"
-        )
-    for problem in result.problems:
-        _console(stderr=True).print(f"[yellow]skipped:[/] {escape(problem)}")
+    render_ingest(_console(), result, problems_to=_console(stderr=True))
     if not result.symbols:
         raise typer.Exit(1)
 
@@ -481,55 +492,17 @@ def plugins_check(
     a feature declared bounded gives the same values in a batch of series as series by series.
     Exit 1 if any feature fails.
     """
-    from rich.markup import escape
-    from rich.table import Table
+    from ohlcv.lookahead import check_plugins
+    from ohlcv.render import render_plugin_checks
 
-    from ohlcv.errors import ConfigError
-    from ohlcv.lookahead import check_bounded, check_feature, check_warmup
-    from ohlcv.plugins import load_plugins
-
-    plugins = load_plugins()
-    entries = list(plugins.features)
-    if names:
-        unknown = sorted(set(names) - {e.feature.name for e in entries})
-        if unknown:
-            raise ConfigError(f"no registered feature named {unknown}; see `ohlcv plugins list`", key="NAME")
-        entries = [e for e in entries if e.feature.name in names]
-    table = Table(title="Look-ahead check", title_justify="left")
-    for column in ("feature", "family", "plugin", "result", "first offending bar", "detail"):
-        table.add_column(column, overflow="fold")
-    failed = 0
-    for entry in entries:
-        result = check_feature(entry.feature)
-        warmup_problem = check_warmup(entry.feature) if result.ok else None
-        if result.ok and warmup_problem is None:
-            warmup_problem = check_bounded(entry.feature)
-        ok = result.ok and warmup_problem is None
-        failed += not ok
-        table.add_row(
-            escape(entry.feature.name),
-            entry.feature.family.value,
-            escape(entry.plugin.name),
-            "[green]pass[/]" if ok else "[bold red]FAIL[/]",
-            "" if result.first_bad_bar is None else str(result.first_bad_bar),
-            escape(warmup_problem or result.detail + ("; bounded: a batch = each series alone" if entry.feature.bounded else "")),
-        )
-    _console().print(table)
-    _console().print(f"{len(entries) - failed} passed, {failed} failed")
-    if failed:
+    checks = check_plugins(names)
+    render_plugin_checks(_console(), checks)
+    if not all(check.ok for check in checks):
         raise typer.Exit(1)
 
 
 def _debug() -> bool:
     return os.environ.get("OHLCV_DEBUG", "").strip() not in ("", "0", "false", "no")
-
-
-def _rank_label() -> str:
-    from rich.markup import escape
-
-    from ohlcv.train.distributed import rank_label
-
-    return escape(rank_label())
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -539,20 +512,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     except OhlcvError as exc:
         if _debug():
             raise
-        from rich.markup import escape
-
-        _console(stderr=True).print(f"{_rank_label()}[bold red]error:[/] {escape(str(exc))}")
+        _error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        _console(stderr=True).print("interrupted")
+        _error("interrupted", plain=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: still one line
         if _debug():
             raise
-        from rich.markup import escape
-
-        _console(stderr=True).print(
-            f"{_rank_label()}[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))} "
-            "(set OHLCV_DEBUG=1 for the traceback)"
-        )
+        _error(f"unexpected {type(exc).__name__}: {exc} (set OHLCV_DEBUG=1 for the traceback)")
         sys.exit(1)
+
+
+def _error(text: str, *, plain: bool = False) -> None:
+    from ohlcv.render import render_error
+    from ohlcv.train.distributed import rank_label
+
+    render_error(_console(stderr=True), text, rank=rank_label(), plain=plain)

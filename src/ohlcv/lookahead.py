@@ -331,3 +331,37 @@ def _holed_lake(lake, target, cuts_us: list[int]) -> None:
                 keep[before[-2:]] = False
         if not keep.all():
             frame.filter(pl.Series(keep)).write_parquet(path)
+
+
+@dataclass
+class PluginCheck:
+    """One registered feature through every check of ``ohlcv plugins check``."""
+
+    feature: Feature
+    plugin: str
+    ok: bool
+    first_bad_bar: int | None
+    detail: str
+
+
+def check_plugins(names=None) -> list[PluginCheck]:
+    """The look-ahead, warm-up and bounded checks of every registered feature (or of ``names``)."""
+    from ohlcv.errors import ConfigError
+    from ohlcv.plugins import load_plugins
+
+    entries = list(load_plugins().features)
+    if names:
+        unknown = sorted(set(names) - {e.feature.name for e in entries})
+        if unknown:
+            raise ConfigError(f"no registered feature named {unknown}; see `ohlcv plugins list`", key="NAME")
+        entries = [e for e in entries if e.feature.name in names]
+    checks = []
+    for entry in entries:
+        result = check_feature(entry.feature)
+        problem = check_warmup(entry.feature) if result.ok else None
+        if result.ok and problem is None:
+            problem = check_bounded(entry.feature)
+        detail = problem or result.detail + ("; bounded: a batch = each series alone" if entry.feature.bounded else "")
+        checks.append(PluginCheck(entry.feature, entry.plugin.name, result.ok and problem is None,
+                                  result.first_bad_bar, detail))
+    return checks

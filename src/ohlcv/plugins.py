@@ -125,8 +125,24 @@ def _entry_points() -> Iterable[metadata.EntryPoint]:
     return metadata.entry_points(group=ENTRY_POINT_GROUP)
 
 
+_LOADED: dict[tuple, Plugins] = {}
+
+
 def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> Plugins:
-    """Load every plugin from the entry-point group (and ``extra`` objects, for tests)."""
+    """Every plugin of the entry-point group (and ``extra`` objects, for tests), loaded once per process:
+    a later call with the same installed plugins and ``OHLCV_LOAD_PLUGINS`` returns the same registry."""
+    extra = list(extra)
+    key = (tuple(sorted((ep.name, ep.value) for ep in _entry_points())), os.environ.get("OHLCV_LOAD_PLUGINS"),
+           os.environ.get("OHLCV_TRACE_PLUGINS"))
+    if not extra and key in _LOADED:
+        return _LOADED[key]
+    plugins = _load_plugins(extra)
+    if not extra:
+        _LOADED[key] = plugins
+    return plugins
+
+
+def _load_plugins(extra: list[tuple[str, Any]]) -> Plugins:
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     if os.environ.get("OHLCV_TRACE_PLUGINS"):

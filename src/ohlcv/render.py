@@ -76,7 +76,46 @@ def render_profiles(console: "Console", infos: Iterable["ProfileInfo"]) -> None:
     console.print(table)
 
 
-def render_plugins(console: "Console", plugins: "Plugins") -> None:
+def render_error(console: "Console", text: str, *, rank: str = "", plain: bool = False) -> None:
+    """The one line every failed command ends with (``rank``: which process said it, under DDP)."""
+    console.print(escape(text) if plain else f"{escape(rank)}[bold red]error:[/] {escape(text)}")
+
+
+def render_line(console: "Console", text: str) -> None:
+    """A plain progress line (what a command is about to do)."""
+    console.print(escape(text))
+
+
+def render_sample_lake(console: "Console", lake, *, bars: int, freq: str, directory) -> None:
+    console.print(f"wrote {len(lake.symbols)} symbols, {bars} bars of {escape(freq)} on the sparsest calendar "
+                  f"(every class covers the same period) to {escape(str(directory))}")
+    for item_id, counts in lake.injected.items():
+        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if not k.startswith("_"))
+        console.print(f"  dirt in {escape(item_id)}: {shown}")
+
+
+def render_ingest(console: "Console", result, *, problems_to: "Console") -> None:
+    for item_id, stats in result.symbols.items():
+        console.print(f"{escape(item_id)}: {stats['rows']} rows, {stats['added']} added, "
+                      f"{stats['replaced']} replaced, {stats['files']} month files")
+    for problem in result.problems:
+        problems_to.print(f"[yellow]skipped:[/] {escape(problem)}")
+
+
+def render_plugin_checks(console: "Console", checks) -> None:
+    table = Table(title="Look-ahead check", title_justify="left")
+    for column in ("feature", "family", "plugin", "result", "first offending bar", "detail"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        table.add_row(escape(check.feature.name), check.feature.family.value, escape(check.plugin),
+                      "[green]pass[/]" if check.ok else "[bold red]FAIL[/]",
+                      "" if check.first_bad_bar is None else str(check.first_bad_bar), escape(check.detail))
+    console.print(table)
+    failed = sum(not check.ok for check in checks)
+    console.print(f"{len(checks) - failed} passed, {failed} failed")
+
+
+def render_plugins(console: "Console", plugins: "Plugins", *, warnings_to: "Console | None" = None) -> None:
     table = Table(title="Registered features", title_justify="left")
     table.add_column("feature", style="bold", no_wrap=True)
     table.add_column("family", no_wrap=True)
@@ -102,6 +141,8 @@ def render_plugins(console: "Console", plugins: "Plugins") -> None:
     console.print(table)
     if not len(plugins.features):
         console.print("no features registered (is OHLCV_LOAD_PLUGINS set?)")
+    for warning in plugins.warnings:
+        (warnings_to or console).print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 class _BuildProgress:
@@ -208,6 +249,10 @@ def render_build(console: "Console", result, *, quiet: bool = False) -> None:
                       f"{escape(str(split['validation_end']))} <= test")
     console.print(f"variates: {escape(', '.join(manifest['variates']))}")
     console.print(headline)
+
+
+def render_merge(console: "Console", manifest: dict, shards: int, out) -> None:
+    console.print(f"merged {shards} shards: {manifest['series']} series, {manifest['bars']:,} bars -> {escape(str(out))}")
 
 
 def render_check(console: "Console", report) -> None:
@@ -344,6 +389,14 @@ def render_backtest(console: "Console", result) -> None:
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(f"backtest.json, report.md, plots/folds.png and one evaluation per fold in {escape(str(result.out))}")
+
+
+def render_finetune_start(console: "Console", info: dict) -> None:
+    console.print(
+        f"[bold]fine-tuning[/] {escape(info['start'])} ({info['parameters']:,} parameters) -> "
+        f"{escape(str(info['run_dir']))}; {info['train_windows']:,} training / {info['val_windows']:,} validation "
+        f"windows; {escape(info['hardware'].device_name)}, {info['hardware'].precision}"
+    )
 
 
 def render_finetune_result(console: "Console", result) -> None:
