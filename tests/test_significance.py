@@ -135,3 +135,17 @@ def test_information_coefficient_needs_five_assets_and_finds_a_real_signal():
     noise = information_coefficient(keys, [rng.normal(size=40) for _ in range(6)], realised)
     assert abs(noise["ic"]["t"]) < 3
     assert information_coefficient(keys[:4], forecast[:4], realised[:4]) is None
+
+
+def test_the_random_walk_is_a_martingale_and_drift_is_not_the_same_forecast():
+    """On a trending context the random walk stays at the last value; drift follows the trend."""
+    from ohlcv.evaluate.baselines import drift, random_walk
+
+    rng = np.random.default_rng(3)
+    context = (100 + 0.5 * np.arange(200) + rng.normal(0, 1, 200))[None, :]  # +0.5 per bar
+    walk = random_walk(context, 24, 2000, np.random.default_rng(1))[0]
+    trend = drift(context, 24, 2000, np.random.default_rng(1))[0]
+    last = context[0, -1]
+    assert abs(np.median(walk[:, -1]) - last) < 1.0  # no drift: centred on the last value
+    assert abs(np.median(trend[:, -1]) - (last + 0.5 * 24)) < 1.5  # the context's slope, 24 bars on
+    assert not np.allclose(walk, trend)

@@ -29,7 +29,8 @@ import numpy as np
 
 from ohlcv.config.loader import atomic_write_text, write_resolved_profile
 from ohlcv.errors import OhlcvError
-from ohlcv.evaluate.run import SIGNIFICANCE, EvalResult, evaluate, format_p, trained_with
+from ohlcv.dataset.read import read_timestamps
+from ohlcv.evaluate.run import SIGNIFICANCE, EvalResult, evaluate, format_p, shift_of, trained_with
 from ohlcv.evaluate.stats import diebold_mariano
 
 SPREAD_METRICS = ("crps", "mase", "msis", "coverage_50", "coverage_80", "coverage_95", "directional_accuracy")
@@ -62,8 +63,9 @@ class BacktestResult:
                 "verdicts": {v: self.verdict(v) for v in self.overall}, "notes": self.notes}
 
 
-def fold_dataset(dataset: Path, manifest: dict[str, Any], target: Path, *, end_shift: int) -> Path:
-    """A view of ``dataset`` whose training and validation spans end ``-end_shift`` bars earlier.
+def fold_dataset(dataset: Path, manifest: dict[str, Any], target: Path, *, end_shift: int | dict[str, int]) -> Path:
+    """A view of ``dataset`` whose training and validation spans end ``-end_shift`` bars earlier (one
+    number for every series, or each series' own).
 
     The rows are shared (a link to the dataset's ``hf`` folder); only the
     manifest's per-series span boundaries move, so fine-tuning on the view sees
@@ -72,11 +74,15 @@ def fold_dataset(dataset: Path, manifest: dict[str, Any], target: Path, *, end_s
     target.mkdir(parents=True, exist_ok=True)
     items = []
     for item in manifest["items"]:
-        train_end = int(item["train_end"]) + end_shift
-        validation_end = int(item["validation_end"]) + end_shift
+        moved = shift_of(end_shift, item["item_id"])
+        train_end = max(0, int(item["train_end"]) + moved)
+        validation_end = max(0, int(item["validation_end"]) + moved)
         items.append(dict(item, train_end=train_end, validation_end=validation_end,
                           train_end_ts=None, validation_end_ts=None))
     view = dict(manifest, items=items, fold_of=str(dataset), fold_end_shift=end_shift)
+    stamps = Path(dataset) / str(manifest.get("timestamps") or "timestamps.parquet")
+    if stamps.is_file() and not (target / stamps.name).exists():
+        os.symlink(stamps.resolve(), target / stamps.name)
     link = target / "hf"
     if not link.exists():
         os.symlink(Path(dataset).resolve() / "hf", link, target_is_directory=True)
@@ -106,7 +112,8 @@ def run_backtest(
     embargo = horizon if cfg.backtest.embargo is None else int(cfg.backtest.embargo)
     refit = cfg.backtest.refit.value
     notes: list[str] = []
-    earliest = min(int(item["validation_end"]) for item in manifest["items"]) - (folds_n - 1) * span
+    shifts = fold_shifts(dataset, manifest, folds_n, span)
+    earliest = min(int(item["validation_end"]) + shift_of(shifts[0], item["item_id"]) for item in manifest["items"])
     if earliest < context:
         raise OhlcvError(
             f"{folds_n} folds of {span} bars reach back to bar {earliest}, before the first {context} bars of context; "
@@ -122,26 +129,32 @@ def run_backtest(
         )
     if refit == "finetune":
         notes.append(f"each fold's model is fine-tuned from {start} on bars ending {embargo} bars (the embargo) before "
-                     "the fold's first origin; normalization statistics are the dataset's (fitted on its training span)")
+                     "the fold's first origin, in every series; normalization statistics are the dataset's (fitted on "
+                     "its training span)")
+    if isinstance(shifts[0], dict):
+        notes.append("folds start at instants common to every series (a fold is as long as its windows take on the "
+                     "sparsest calendar), so series on other calendars move back by different numbers of bars")
     out.mkdir(parents=True, exist_ok=True)
     folds: list[dict[str, Any]] = []
     results: list[EvalResult] = []
     for k in range(folds_n):
         if on_fold is not None:
             on_fold(k, folds_n)
-        shift = -(folds_n - 1 - k) * span
+        shift = shifts[k]
         folder = out / f"fold{k + 1}"
         model = start
         finetune_summary = None
         if refit == "finetune":
             from ohlcv.train.finetune import run_finetune
 
-            view = fold_dataset(dataset, manifest, folder / "dataset", end_shift=shift - embargo)
+            view = fold_dataset(dataset, manifest, folder / "dataset",
+                                end_shift={i["item_id"]: shift_of(shift, i["item_id"]) - embargo for i in manifest["items"]})
             tuned = run_finetune(loaded, start, dataset=view, out=folder / "finetune")
             model = str(tuned.model_dir)
             finetune_summary = {k2: tuned.summary.get(k2) for k2 in ("val_loss_before", "val_loss_after", "improved", "steps")}
         try:
-            result = evaluate(loaded, model, dataset=dataset, out=folder / "evaluate", shift=shift)
+            result = evaluate(loaded, model, dataset=dataset, out=folder / "evaluate", shift=shift,
+                              origin_offset=-(folds_n - 1 - k) * int(cfg.evaluate.windows))
         except OhlcvError as exc:
             raise OhlcvError(f"fold {k + 1} of {folds_n}: {exc}") from None
         results.append(result)
@@ -160,6 +173,34 @@ def run_backtest(
     atomic_write_text(out / "backtest.json", json.dumps(backtest.to_json(), indent=2, default=float) + "\n")
     atomic_write_text(out / "report.md", _report(backtest, start))
     return backtest
+
+
+def fold_shifts(dataset: Path, manifest: dict[str, Any], folds: int, span: int) -> list[int | dict[str, int]]:
+    """Each fold's shift of the test start, per series: the folds start at instants common to every series.
+
+    Fold k starts (folds - 1 - k) fold lengths before the test span; a fold length is the time ``span``
+    bars take on the sparsest calendar of the dataset (NYSE hours, say), and each series' shift is the
+    number of its own bars back to that instant. So a 24/7 series, a weekday series and a session
+    series cut every fold at the same moment, and a fine-tuning view that ends before a fold sees no
+    bar of any series after it. Without time stamps (a dataset built before they were kept), every
+    series moves by ``span`` bars per fold.
+    """
+    stamps = read_timestamps(dataset, manifest)
+    items = [i for i in manifest["items"] if i["item_id"] in stamps and int(i["validation_end"]) > span]
+    if not items or len(items) < len(manifest["items"]):
+        return [-(folds - 1 - k) * span for k in range(folds)]
+    starts = {i["item_id"]: stamps[i["item_id"]][min(int(i["validation_end"]), len(stamps[i["item_id"]]) - 1)] for i in items}
+    length = max(starts[i["item_id"]] - stamps[i["item_id"]][int(i["validation_end"]) - span] for i in items)
+    test_start = min(starts.values())
+    shifts: list[int | dict[str, int]] = []
+    for k in range(folds):
+        if k == folds - 1:
+            shifts.append(0)  # the last fold is the profile's test span itself
+            continue
+        instant = test_start - (folds - 1 - k) * length
+        shifts.append({i["item_id"]: int(np.searchsorted(stamps[i["item_id"]], instant)) - int(i["validation_end"])
+                       for i in items})
+    return shifts
 
 
 def _same_dataset(start: str, dataset: Path) -> bool:

@@ -37,10 +37,13 @@ def _last(history: np.ndarray) -> float:
 
 
 def random_walk(context: np.ndarray, horizon: int, samples: int, rng: np.random.Generator, **_) -> np.ndarray:
-    """The last value, moved by one-bar changes resampled from the context."""
+    """The last value, moved by the context's one-bar changes resampled *without their mean*: a
+    martingale (its expected path is the last value), with the context's spread of changes.
+    Keeping the mean would make it a drift forecast (``drift``), not the random walk."""
     out = np.empty((len(context), samples, horizon))
     for i, history in enumerate(context):
-        steps = rng.choice(_changes(history, 1), size=(samples, horizon))
+        changes = _changes(history, 1)
+        steps = rng.choice(changes - changes.mean(), size=(samples, horizon))
         out[i] = _last(history) + np.cumsum(steps, axis=1)
     return out
 
@@ -68,6 +71,7 @@ def seasonal_naive(context: np.ndarray, horizon: int, samples: int, rng: np.rand
             if not np.isfinite(filled[t]):
                 filled[t] = filled[t - 1]
         steps = _changes(history, season)
+        steps = steps - steps.mean()  # the value one season back is the forecast: no drift on top of it
         path = np.tile(filled, (samples, 1))
         for _h in range(horizon):
             step = rng.choice(steps, size=samples)
@@ -195,8 +199,8 @@ DEFAULT_BASELINES: dict[str, list[str]] = {
 }
 
 DESCRIPTIONS = {
-    "random_walk": "random walk (last value + resampled context changes)",
-    "persistence": "persistence (last value + resampled context changes)",
+    "random_walk": "random walk (last value + resampled de-meaned context changes)",
+    "persistence": "persistence (last value + resampled de-meaned context changes)",
     "drift": "random walk with drift",
     "seasonal_naive": "seasonal naive",
     "autoets": "AutoETS (statsforecast)",

@@ -63,5 +63,10 @@ def apply_conformal(samples: np.ndarray, scale: np.ndarray, conformal: Conformal
     for step in range(samples.shape[2]):
         values = np.array([0.0 if ref is None else ref[1] * conformal.shifts[ref[0]][step] for _, ref in points])
         shift = np.interp(rank, levels, values)  # constant beyond the outermost levels
-        out[:, :, step] = samples[:, :, step] + shift[None, :] * np.asarray(scale)[:, None]
+        moved = samples[:, :, step] + shift[None, :] * np.asarray(scale)[:, None]
+        # narrowing may carry a lower sample past the median (or an upper one below it): clip at the median,
+        # so the recalibrated forecast keeps the raw median (and its point metrics and direction)
+        median = np.median(samples[:, :, step], axis=1, keepdims=True)
+        below = rank[None, :] < 0.5
+        out[:, :, step] = np.where(below, np.minimum(moved, median), np.maximum(moved, median))
     return np.sort(out, axis=1)

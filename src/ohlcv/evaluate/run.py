@@ -100,6 +100,11 @@ class EvalResult:
                 "flags": self.flags(), "notes": self.notes, "per_asset": self.per_asset}
 
 
+def shift_of(shift: int | dict[str, int], item_id: str) -> int:
+    """A series' shift in bars: one for all, or its own (see :func:`evaluate`)."""
+    return int(shift.get(item_id, 0)) if isinstance(shift, dict) else int(shift)
+
+
 def format_p(value: float) -> str:
     return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
@@ -248,14 +253,17 @@ def evaluate(
     dataset: Path,
     out: Path,
     zero_shot: str | None = None,
-    shift: int = 0,
+    shift: int | dict[str, int] = 0,
+    origin_offset: int = 0,
     on_item: Callable[[str], None] | None = None,
     write: bool = True,
 ) -> EvalResult:
     """Score ``model_spec`` (and ``zero_shot``) and the baselines on the test span of ``dataset``.
 
     ``shift`` moves every series' train/validation/test boundaries by that many
-    bars (negative: earlier), which is how ``ohlcv backtest`` evaluates a fold.
+    bars (negative: earlier), which is how ``ohlcv backtest`` evaluates a fold; a mapping gives
+    each series its own (the bars of one instant differ between calendars). ``origin_offset`` is
+    added to the origins' numbers (a fold's place in a backtest).
     """
     from ohlcv.evaluate.kinds import UNITS, variate_kinds
     from ohlcv.dataset.read import read_manifest
@@ -296,10 +304,13 @@ def evaluate(
     dropped = {v: 0 for v in wanted}
     plot_data: list[dict[str, Any]] = []
     total_windows, symbols, first, last = 0, [], None, None
+    capped = 0  # the most windows a series' test span could hold
     for row in _rows(dataset, manifest):
-        test_start = int(row.item["validation_end"]) + shift
+        test_start = int(row.item["validation_end"]) + shift_of(shift, row.item_id)
         length = row.values.shape[1]
         origins = rolling_origins(length, test_start, context, horizon, int(cfg.evaluate.windows), stride)
+        possible = max(0, (length - horizon - max(test_start, context)) // max(1, stride) + 1)
+        capped = max(capped, possible)
         if not len(origins):
             continue
         total_windows += len(origins)
@@ -331,7 +342,8 @@ def evaluate(
             # origins are keyed by their number from the (common) test start, not by time stamp: series on
             # different calendars (24/7 crypto, weekday FX, NYSE sessions) forecast the same period at different
             # clock times, and must be pooled as one origin, not counted as independent ones
-            kept_times = [int((o - test_start) // stride) for o, k in zip(origins, keep) if k]
+            # (a backtest's folds add their offset, so that their origins stay in time order when pooled)
+            kept_times = [origin_offset + int((o - test_start) // stride) for o, k in zip(origins, keep) if k]
             for name, samples in candidates.items():
                 rng = np.random.default_rng(seed_for(seed, name, row.item_id, variate, "pit"))
                 scores = window_scores(label[keep], samples[keep], ctx[keep], season,
@@ -351,6 +363,13 @@ def evaluate(
             f"no test window fits: series need context {context} + horizon {horizon} bars at or after the test span, "
             "with every value observed; lower evaluate.windows / data.context_length or rebuild with a longer test span"
         )
+    if capped > int(cfg.evaluate.windows):
+        notes.append(f"{int(cfg.evaluate.windows)} windows per series (evaluate.windows) of up to {capped} the test span "
+                     f"holds at stride {stride}: raise evaluate.windows for more power (significance needs origins)")
+    if samples_n < 100:
+        notes.append(f"{samples_n} samples per forecast (evaluate.num_samples): with few samples the empirical "
+                     "intervals are too narrow even for a perfect forecaster (about 0.87 coverage at 95% with 20), so "
+                     "coverage and PIT flags lean towards 'too narrow'; use 100 or more for calibration")
     for variate in wanted:
         if dropped[variate]:
             notes.append(f"{variate}: {dropped[variate]} of {kept[variate] + dropped[variate]} windows removed for every "
@@ -383,8 +402,9 @@ def _fit_conformal(models, dataset, manifest, cfg, wanted, shift, season, seed, 
     stride = int(cfg.evaluate.stride or horizon)
     pooled: dict[tuple[str, str], list[list[np.ndarray]]] = {}
     for row in _rows(dataset, manifest):
-        end = int(row.item["validation_end"]) + shift  # calibration windows end inside the validation span
-        origins = rolling_origins(end, int(row.item["train_end"]) + shift, context, horizon,
+        moved = shift_of(shift, row.item_id)
+        end = int(row.item["validation_end"]) + moved  # calibration windows end inside the validation span
+        origins = rolling_origins(end, int(row.item["train_end"]) + moved, context, horizon,
                                   int(cfg.evaluate.calibration_windows), stride)
         if not len(origins):
             continue
@@ -508,7 +528,10 @@ def _calibration(entries, aggregate: dict[str, float]) -> dict[str, Any]:
     far = {w: d for w, d in off.items() if abs(d) > COVERAGE_TOLERANCE}
     if far:
         coverage = "/".join(f"{aggregate[f'coverage_{w}']:.2f}" for w in INTERVALS)
-        direction = "too narrow" if all(d < 0 for d in far.values()) else "too wide" if all(d > 0 for d in far.values()) else "miscalibrated"
+        biased = len(pit) and abs(pit.mean() - 0.5) > PIT_BIAS_TOLERANCE
+        direction = ("off centre: the forecasts are biased, see the PIT mean" if biased  # not a width problem
+                     else "too narrow" if all(d < 0 for d in far.values())
+                     else "too wide" if all(d > 0 for d in far.values()) else "miscalibrated")
         flags.append(f"coverage {coverage} at {'/'.join(str(w) for w in INTERVALS)}%: more than "
                      f"{int(COVERAGE_TOLERANCE * 100)} points from nominal (intervals {direction})")
     if dispersion > 1 + PIT_DISPERSION_TOLERANCE:

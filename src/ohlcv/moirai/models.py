@@ -21,6 +21,9 @@ def load_module(spec: str):
         return MoiraiModule.from_pretrained(str(path))
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
         raise OhlcvError(f"'{spec}': no such folder, and not a hub id of the form org/name")
+    if Path(spec.split("/", 1)[0]).is_dir():  # runs/nope: a mistyped local path, not an organisation on the hub
+        raise OhlcvError(f"{path}: no such folder (its parent {spec.split('/', 1)[0]}/ is here); "
+                         "point at a model folder such as RUN/model")
     try:
         return MoiraiModule.from_pretrained(spec)
     except Exception as exc:  # noqa: BLE001 - network, missing repo, wrong format: one clear line
