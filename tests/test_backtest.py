@@ -8,8 +8,9 @@ import pytest
 
 from ohlcv.dataset.read import read_timestamps
 from ohlcv.evaluate.backtest import fold_dataset
-from tests.test_finetune import FT
-from tests.test_pretrain import TINY, pretrain_tiny
+from tests.conftest import FT, TINY, pretrain_tiny
+
+pytestmark = pytest.mark.slow  # every test here trains or forecasts with a model
 
 SMALL = ["evaluate.windows=2", "evaluate.num_samples=8", "evaluate.variates=[close,log_return_1]"]
 

@@ -344,8 +344,7 @@ def test_a_symbol_that_starts_after_the_training_cut_is_left_out_of_training_not
 
     from ohlcv.train.finetune import run_finetune
     from ohlcv.train.pretrain import run_pretrain
-    from tests.test_finetune import FT
-    from tests.test_pretrain import TINY
+    from tests.conftest import FT, TINY
 
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=3, asset_classes=["crypto"], bars=3000,
                                 calendars={})

@@ -19,9 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_ohlcv_subprocess
-from tests.test_finetune import FT
-from tests.test_pretrain import TINY, pretrain_tiny
+from tests.conftest import FT, TINY, pretrain_tiny, run_ohlcv_subprocess
 
 TWO_CPUS = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
 TIMEOUT = 240

@@ -12,7 +12,9 @@ from ohlcv.config import load_profile
 from ohlcv.errors import ConfigError
 from ohlcv.evaluate.baselines import statsforecast_available
 from ohlcv.evaluate.run import check_model_fits, evaluate
-from tests.test_pretrain import TINY, pretrain_tiny
+from tests.conftest import TINY, pretrain_tiny
+
+pytestmark = pytest.mark.slow  # every test here trains or forecasts with a model
 
 SMALL = ["evaluate.windows=3", "evaluate.num_samples=16", "evaluate.variates=[close,log_return_1]"]
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_pretrain import TINY, pretrain_tiny
+from tests.conftest import FT, TINY, pretrain_tiny
 
-FT = ["finetune.batch_size=4", "finetune.val_every_n_steps=2", "finetune.warmup_steps=1", "finetune.patch_size=32",
-      "finetune.num_samples=8"]
+pytestmark = pytest.mark.slow  # every test here trains or forecasts with a model
+
 
 
 @pytest.fixture(scope="module")

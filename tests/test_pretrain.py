@@ -10,25 +10,9 @@ import pytest
 from ohlcv.config import load_profile
 from ohlcv.errors import ConfigError
 from ohlcv.lake.sample import generate_sample_lake
+from tests.conftest import TINY
 
-TINY = [
-    "model.size=custom", "model.d_model=64", "model.num_layers=2",
-    "pretrain.batch_size=4", "pretrain.num_batches_per_epoch=3", "pretrain.warmup_steps=1",
-    "pretrain.checkpoint_every_n_steps=2", "pretrain.num_workers=0", "trainer.log_every_n_steps=1",
-    "features.enabled=[log_return]", "features.params.log_return.horizons=[1]",
-]
-
-
-def pretrain_tiny(root: Path, *, asset_classes, bars: int, seed: int, symbols_per_class: int = 2) -> Path:
-    """A sample lake, its dataset and a 2-step tiny pre-training under ``root``; returns the model folder."""
-    from ohlcv.train.pretrain import run_pretrain
-
-    sample = generate_sample_lake(root / "lake", symbols_per_class=symbols_per_class, asset_classes=asset_classes,
-                                  bars=bars, seed=seed)
-    loaded = load_profile("hourly", [f"data.lake={sample.root}", f"data.dataset={root / 'ds'}",
-                                     f"output.runs_dir={root / 'runs'}", *TINY, "pretrain.max_steps=2"])
-    return run_pretrain(loaded, dataset=root / "ds", out=root / "pt").model_dir
-
+pytestmark = pytest.mark.slow  # every test here trains or forecasts with a model
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):

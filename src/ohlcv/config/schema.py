@@ -20,6 +20,14 @@ class SplitMethod(str, Enum):
     date = "date"
 
 
+class LoggerKind(str, Enum):
+    tensorboard = "tensorboard"
+    csv = "csv"
+    mlflow = "mlflow"
+    wandb = "wandb"
+    none = "none"
+
+
 class SessionAlignment(str, Enum):
     open = "open"
     clock = "clock"
@@ -261,7 +269,9 @@ class TrainerConfig:
     tf32: bool = True
     log_every_n_steps: int = 10
     seed: int = 0
-    logger: str = "tensorboard"
+    logger: LoggerKind = LoggerKind.tensorboard
+    tracking_uri: Optional[str] = None  # mlflow: null -> MLFLOW_TRACKING_URI, else <output.runs_dir>/mlruns
+    experiment: Optional[str] = None  # mlflow experiment / wandb project; null: the profile's name
 
 
 @dataclass

@@ -174,8 +174,49 @@ def loss_guard(advice: str):
     return Guard()
 
 
+# trainer.logger -> (the package it needs, the pip extra that installs it)
+LOGGER_PACKAGES = {"mlflow": ("mlflow", "ohlcv[mlflow]"), "wandb": ("wandb", "ohlcv[wandb]")}
+
+
+def make_logger(cfg, run_dir: Path):
+    """Lightning's own logger for ``trainer.logger``, writing where docs/pretrain.md says.
+
+    tensorboard: RUN/logs/; csv: RUN/logs/metrics.csv; mlflow: the tracking URI of the profile
+    (``trainer.tracking_uri``), else ``MLFLOW_TRACKING_URI``, else a local file store
+    ``<output.runs_dir>/mlruns``, experiment ``trainer.experiment`` (default: the profile's name), run
+    named after the run folder; wandb: offline (``RUN/wandb/``) unless ``WANDB_MODE`` says otherwise;
+    none: no logger.
+    """
+    import importlib.util
+
+    import lightning as L
+
+    kind = cfg.trainer.logger.value
+    loggers = L.pytorch.loggers
+    if kind in LOGGER_PACKAGES:
+        package, extra = LOGGER_PACKAGES[kind]
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(f"the {kind} logger needs {package}: pip install \"{extra}\" (or {package})",
+                              key="trainer.logger")
+    experiment = str(cfg.trainer.experiment or cfg.name)
+    if kind == "tensorboard":
+        return loggers.TensorBoardLogger(save_dir=str(run_dir), name="logs", version="")
+    if kind == "csv":
+        return loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="")
+    if kind == "mlflow":
+        uri = cfg.trainer.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # a local file store (MLflow 3 asks for a database unless told the file store is wanted)
+            uri = (Path(str(cfg.output.runs_dir)).expanduser().resolve() / "mlruns").as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        return loggers.MLFlowLogger(experiment_name=experiment, run_name=run_dir.name, tracking_uri=str(uri))
+    if kind == "wandb":
+        os.environ.setdefault("WANDB_MODE", "offline")
+        return loggers.WandbLogger(project=experiment, name=run_dir.name, save_dir=str(run_dir))
+    return False  # none
+
+
 def make_trainer(cfg, hardware: Hardware, run_dir: Path, *, max_steps: int, callbacks: list, **extra):
-    """A Lightning Trainer with the profile's devices, precision, clipping and TensorBoard logging."""
+    """A Lightning Trainer with the profile's devices, precision, clipping and logger (``trainer.logger``)."""
     import lightning as L
 
     return L.Trainer(
@@ -188,7 +229,7 @@ def make_trainer(cfg, hardware: Hardware, run_dir: Path, *, max_steps: int, call
         max_epochs=-1,
         gradient_clip_val=float(cfg.trainer.gradient_clip_val),
         gradient_clip_algorithm="norm",
-        logger=L.pytorch.loggers.TensorBoardLogger(save_dir=str(run_dir), name="logs", version=""),
+        logger=make_logger(cfg, run_dir),
         callbacks=callbacks,
         log_every_n_steps=int(cfg.trainer.log_every_n_steps),
         num_sanity_val_steps=0,
