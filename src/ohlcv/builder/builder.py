@@ -15,6 +15,12 @@ An interrupted build (even ``kill -9``) resumes after its last finished
 batch and produces the same dataset, byte for byte in content, as an
 uninterrupted one. Paths written never contain symbol names, so a symbol
 called ``..`` cannot steer a write.
+
+This module orchestrates; its helpers live beside it: :mod:`~ohlcv.builder.plan`
+(shards, the split's common cut times), :mod:`~ohlcv.builder.workers` (batches
+in worker threads, in order), :mod:`~ohlcv.builder.report` (the build report),
+:mod:`~ohlcv.builder.clean` and :mod:`~ohlcv.builder.pipeline` (cleaning and
+features); the files it writes follow :mod:`ohlcv.dataset`.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import json
 import os
 import shutil
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,8 +37,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ohlcv import __version__, calendars
-from ohlcv.builder.clean import RULES, CleaningSettings, SymbolReport, clean_batch, edge_timestamp, read_batch
+from ohlcv.builder.clean import CleaningSettings, SymbolReport, clean_batch, read_batch
 from ohlcv.builder.pipeline import FeaturePipeline
+from ohlcv.builder.plan import Shard, iso, split_cuts, utc
+from ohlcv.builder.report import build_report, off_session_notes
+from ohlcv.builder.workers import in_order
 from ohlcv.config.loader import atomic_write_text, to_yaml
 from ohlcv.dataset import normalize
 from ohlcv.dataset.format import FORMAT, HF_SUBDIR, TIMESTAMPS_FILE, Variates, profile_hash
@@ -53,28 +61,6 @@ from ohlcv.freq import parse_freq
 from ohlcv.lake.layout import SymbolSource, discover
 
 WORK_FORMAT = 2  # layout of the temporary batch files; a work folder of another layout is not resumed
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int  # 1-based
-    count: int
-
-    @classmethod
-    def parse(cls, text: str) -> "Shard":
-        try:
-            k, n = (int(part) for part in text.split("/"))
-        except ValueError:
-            raise ConfigError(f"'{text}' is not K/N (e.g. 3/8)", key="--shard") from None
-        if not 1 <= k <= n:
-            raise ConfigError(f"'{text}': need 1 <= K <= N", key="--shard")
-        return cls(k, n)
-
-    def owns(self, item_id: str) -> bool:
-        return zlib.crc32(item_id.encode()) % self.count == self.index - 1
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
 
 
 @dataclass
@@ -132,7 +118,7 @@ class IterativeFinancialDatasetBuilder:
         split = self.data.split
         self._split_method = split.method.value
         self._split_fractions = (float(split.train), float(split.train) + float(split.validation))
-        self._split_dates = (_utc(split.train_end), _utc(split.validation_end))
+        self._split_dates = (utc(split.train_end), utc(split.validation_end))
         self._weekdays = calendars.weekdays_rule(self.data.weekdays)
         self.calendars: dict[str, calendars.Calendar] = {}
         self.split_span: dict[str, str] | None = None
@@ -274,7 +260,7 @@ class IterativeFinancialDatasetBuilder:
                     self.progress.on_symbol(source.item_id, 0)
             else:
                 pending.append((index, batch))
-        for index, batch, prepared in self._prepared(pending, reference):
+        for index, batch, prepared in in_order(pending, lambda i, bt: self._prepare(i, bt, reference)):
             self._finish_batch(index, batch, prepared)
 
         self.progress.on_merge()
@@ -342,40 +328,10 @@ class IterativeFinancialDatasetBuilder:
             self.calendars[asset_class] = calendar
 
     def common_cuts(self, sources: list[SymbolSource]):
-        """Split timestamps common to every series: at data.split.train / validation of the selection's span.
-
-        The span comes from the time stamps of each symbol's first and last readable file (only the
-        ``ts`` column is read), clipped to data.start / data.end, so every batch, shard and resumed
-        run cuts at the same instants.
-        """
-        from datetime import datetime, timedelta, timezone
-
-        start, end = _utc(self.data.start), _utc(self.data.end)
-        first, last = None, None
-        for source in sources:
-            lo = edge_timestamp(source.files, earliest=True, start=start, end=end)
-            hi = edge_timestamp(source.files, earliest=False, start=start, end=end)
-            if lo is not None and (first is None or lo < first[0]):
-                first = (lo, source.item_id)
-            if hi is not None and (last is None or hi > last[0]):
-                last = (hi, source.item_id)
-        if first is None or last is None:
-            return None, None
-        # the symbols that set the span, for the manifest: a stray time stamp shows up here
-        self.split_span = {"first": first[0].isoformat(), "first_set_by": first[1],
-                           "last": last[0].isoformat(), "last_set_by": last[1]}
-        first, last = first[0], last[0]
-        span = (last - first).total_seconds()
-        train, validation = self._split_fractions
-
-        step = self.freq.seconds or 86400  # cut on a bar boundary (a day for calendar frequencies)
-        step = min(step, 86400)
-
-        def at(share: float) -> datetime:
-            seconds = (first + timedelta(seconds=span * share)).timestamp()
-            return datetime.fromtimestamp(seconds // step * step, tz=timezone.utc)
-
-        return at(train), at(validation)
+        """Split timestamps common to every series (see :func:`ohlcv.builder.plan.split_cuts`)."""
+        cuts, self.split_span = split_cuts(sources, start=utc(self.data.start), end=utc(self.data.end),
+                                           shares=self._split_fractions, freq=self.freq)
+        return cuts
 
     def _check_output_location(self) -> None:
         out = self.out.resolve()
@@ -414,7 +370,7 @@ class IterativeFinancialDatasetBuilder:
 
                 raw = raw.with_columns(pl.col("ts") - pl.duration(seconds=self.freq.seconds))
             cleaned = clean_batch(
-                raw, self.freq, self.settings, reports, start=_utc(self.data.start), end=_utc(self.data.end),
+                raw, self.freq, self.settings, reports, start=utc(self.data.start), end=utc(self.data.end),
                 calendars=self.calendars,
             )
             return (cleaned if cleaned.height else None), [reports[s.item_id] for s in batch]
@@ -602,33 +558,6 @@ class IterativeFinancialDatasetBuilder:
         frame, reports = self.featurize(cleaned, reports, reference)
         return self._write_batch(index, batch, frame, reports)
 
-    def _prepared(self, pending, reference):
-        """Batches prepared in threads (Polars releases the GIL), yielded in order.
-
-        One more worker than cores: a batch's Python steps between its Polars
-        queries leave a core idle otherwise (measured: 3 workers beat 2 by
-        ~15% on 2 cores). Each worker also writes its batch's data file, so at
-        most ``workers`` batches are in memory at once: peak memory depends on
-        the batch size, not on the lake.
-        """
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
-
-        workers = min(4, (os.cpu_count() or 1) + 1)
-        queue: deque = deque()
-        upcoming = iter(pending)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for index, batch in upcoming:
-                queue.append((index, batch, pool.submit(self._prepare, index, batch, reference)))
-                if len(queue) >= workers:
-                    break
-            while queue:
-                index, batch, future = queue.popleft()
-                following = next(upcoming, None)
-                if following is not None:
-                    queue.append((*following, pool.submit(self._prepare, *following, reference)))
-                yield index, batch, future.result()
-
     @property
     def streams(self) -> bool:
         """Whether a finished batch can be written in the dataset's final form at once.
@@ -731,7 +660,7 @@ class IterativeFinancialDatasetBuilder:
             content_hash = write_hf_dataset(staging / HF_SUBDIR, chunks, variates=self.variates, cache_dir=work / "cache")
         write_timestamps([m.with_suffix(".ts.parquet") for m, _ in with_data], staging / TIMESTAMPS_FILE)
         report = build_report(reports, skipped, started, resumed, batch_count)
-        report["notes"] = list(self.notes) + _off_session_notes(reports, self.calendars)
+        report["notes"] = list(self.notes) + off_session_notes(reports, self.calendars)
         manifest = {
             "format": FORMAT,
             "name": str(self.cfg.name),
@@ -746,8 +675,8 @@ class IterativeFinancialDatasetBuilder:
             "bars": int(sum(e["length"] for e in items)),
             "split": {"method": self.data.split.method.value, "train": float(self.data.split.train),
                       "validation": float(self.data.split.validation),
-                      "train_end": _iso(self._split_dates[0]) if self._split_method == "date" else None,
-                      "validation_end": _iso(self._split_dates[1]) if self._split_method == "date" else None,
+                      "train_end": iso(self._split_dates[0]) if self._split_method == "date" else None,
+                      "validation_end": iso(self._split_dates[1]) if self._split_method == "date" else None,
                       "common": self._split_method == "date", "span": self.split_span},
             "calendars": {asset_class: calendar.describe() for asset_class, calendar in sorted(self.calendars.items())},
             "timestamps": TIMESTAMPS_FILE,
@@ -788,54 +717,3 @@ class IterativeFinancialDatasetBuilder:
             center, scale = normalize.center_scale(merged, self.scaler, len(names))
             result["groups"][key] = {"center": center.tolist(), "scale": scale.tolist(), "fit": merged}
         return result
-
-
-def _iso(value) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _utc(text):
-    if text is None:
-        return None
-    from datetime import datetime, timezone
-
-    value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-def _off_session_notes(reports: list[dict], venues: dict) -> list[str]:
-    """A line for each built symbol with 1% or more of its bars outside its sessions (a quarantined one
-    says so in its reason): a time zone or calendar slightly off shows up here."""
-    notes = []
-    for report in reports:
-        off, rows = report["counts"].get("off_session", 0), max(report["rows_read"], 1)
-        if report["quarantined"] or off < 0.01 * rows:
-            continue
-        venue = venues.get(report["item_id"].split("/", 1)[0])
-        notes.append(f"{report['item_id']}: {off} of {rows} bars ({off / rows:.1%}) fall outside the "
-                     f"{venue.describe() if venue else 'venue'} sessions and were dropped; check data.calendars "
-                     "and the lake's time zone")
-    return notes
-
-
-def build_report(reports: list[dict], skipped: list[str], started: float, resumed: int, batches: int) -> dict:
-    totals: dict[str, int] = {}
-    for report in reports:
-        for rule, count in report["counts"].items():
-            totals[rule] = totals.get(rule, 0) + count
-    seconds = time.perf_counter() - started
-    rows = sum(r["rows_read"] for r in reports)
-    return {
-        "symbols": len(reports),
-        "built": sum(1 for r in reports if not r["quarantined"]),
-        "quarantined": [{"item_id": r["item_id"], "reason": r["quarantined"]} for r in reports if r["quarantined"]],
-        "totals": dict(sorted(totals.items())),
-        "rules": {rule: {"outcome": outcome, "meaning": meaning} for rule, (outcome, meaning) in RULES.items()},
-        "per_symbol": {r["item_id"]: r for r in reports},
-        "skipped_paths": skipped,
-        "batches": batches,
-        "resumed_batches": resumed,
-        "rows_read": rows,
-        "seconds": round(seconds, 3),
-        "rows_per_second": round(rows / seconds, 1) if seconds > 0 else None,
-    }
