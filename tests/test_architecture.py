@@ -111,11 +111,32 @@ def test_only_the_model_boundary_imports_uni2ts():
     assert outside == []
 
 
-def test_the_dataset_format_imports_no_package_that_uses_it():
-    users = ("ohlcv.builder", "ohlcv.train", "ohlcv.evaluate", "ohlcv.moirai", "ohlcv.cli")
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_the_dataset_format_reaches_no_package_that_uses_it():
+    """Not directly, and not through another module (config, say): the format sits below its users."""
+    users = ("ohlcv.builder", "ohlcv.train", "ohlcv.evaluate", "ohlcv.moirai", "ohlcv.cli", "ohlcv.render")
     graph = _graph()
     reaching = sorted((name, target) for name in graph if name.startswith("ohlcv.dataset")
-                      for target in graph[name] if target.startswith(users))
+                      for target in _reachable(graph, name) if target.startswith(users))
+    assert reaching == []
+
+
+def test_the_lowest_layer_reaches_no_command_package():
+    """config, errors, freq, calendars and features are imported by everything and import none of the commands."""
+    commands = ("ohlcv.builder", "ohlcv.train", "ohlcv.evaluate", "ohlcv.moirai", "ohlcv.cli", "ohlcv.dataset")
+    graph = _graph()
+    low = [n for n in graph if n.startswith(("ohlcv.config", "ohlcv.errors", "ohlcv.freq", "ohlcv.calendars",
+                                             "ohlcv.features"))]
+    reaching = sorted((name, target) for name in low for target in _reachable(graph, name) if target.startswith(commands))
     assert reaching == []
 
 

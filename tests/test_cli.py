@@ -87,3 +87,22 @@ def test_version(cli):
 
     result = cli("--version")
     assert result.exit_code == 0 and __version__ in result.stdout
+
+
+def test_build_merge_is_a_sub_command_with_its_own_help_and_options(cli, tmp_path):
+    from ohlcv.lake.sample import generate_sample_lake
+
+    help_text = cli("build", "merge", "--help")
+    assert help_text.exit_code == 0 and "ohlcv build merge [OPTIONS]" in help_text.stdout
+    assert "merge" in cli("build", "--help").stdout  # listed by the group
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto"], bars=400,
+                                calendars={})
+    common = ["--lake", str(lake.root), "-q", "features.enabled=[log_return]", "data.cleaning.min_length=100"]
+    for k in (1, 2):  # build options may come before or after the overrides
+        built = cli("build", "--shard", f"{k}/2", "--out", str(tmp_path / f"s{k}"), *common)
+        assert built.exit_code == 0, built.stderr
+    merged = cli("build", "merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(tmp_path / "all"))
+    assert merged.exit_code == 0 and "merged 2 shards: 2 series" in merged.stdout
+    assert cli("build", "merge", str(tmp_path / "s1"), "--out", str(tmp_path / "x"), "--force").exit_code == 2
+    refused = cli("build", "data.freq=1h", "merge", str(tmp_path / "s1"), "--out", str(tmp_path / "y"))
+    assert refused.exit_code == 2 and "overrides belong to `ohlcv build`" in refused.stderr

@@ -35,8 +35,11 @@ def test_the_csv_logger_writes_the_losses_to_the_run_folder(lake, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_mlflow_logger_records_the_run_in_a_local_file_store(lake, tmp_path):
+def test_the_mlflow_logger_records_the_run_in_a_local_file_store(lake, tmp_path, monkeypatch):
     import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # (restored after the test)
 
     result = _pretrain(lake, tmp_path, "trainer.logger=mlflow", "trainer.experiment=loggers-test")
     store = tmp_path / "runs" / "mlruns"
@@ -60,3 +63,9 @@ def test_a_logger_whose_package_is_missing_says_which_extra_installs_it(monkeypa
         make_logger(cfg, tmp_path)
     with pytest.raises(ConfigError, match="trainer.logger"):
         load_profile("hourly", ["trainer.logger=comet"])
+
+
+@pytest.mark.slow
+def test_no_logger_trains_and_writes_no_logs(lake, tmp_path):
+    result = _pretrain(lake, tmp_path, "trainer.logger=none")
+    assert result.summary["status"] == "finished" and not (result.run_dir / "logs").exists()

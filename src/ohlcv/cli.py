@@ -113,24 +113,46 @@ def budget(
 class _BuildGroup(typer.core.TyperGroup):
     """``ohlcv build [OPTIONS] [KEY=VALUE]...`` builds; ``ohlcv build merge ...`` is a sub-command.
 
-    A first word that names a sub-command runs it; any other words are overrides of the build
-    itself (a plain group would take ``data.freq=1h`` for an unknown sub-command).
+    The words before the first sub-command name are the build's own options and overrides (a plain
+    group would take ``data.freq=1h`` for an unknown sub-command); from that name on, every word,
+    ``--help`` included, is the sub-command's.
     """
 
     def parse_args(self, ctx, args):
-        import click
-
-        rest = click.Command.parse_args(self, ctx, args)
-        if rest and rest[0] in self.commands:
-            ctx._protected_args, ctx.args = rest[:1], rest[1:]
-        else:
-            ctx._protected_args, ctx.args = [], rest
+        valued = {opt for param in self.params if not getattr(param, "is_flag", True) for opt in param.opts}
+        split, i = None, 0
+        while i < len(args):
+            if args[i] in valued:  # an option's value is never a sub-command
+                i += 2
+                continue
+            if args[i] in self.commands:
+                split = i
+                break
+            i += 1
+        head, tail = (args, []) if split is None else (args[:split], args[split:])
+        # the option parsing of a plain command (the class after TyperGroup: click's Command or Group)
+        super(typer.core.TyperGroup, self).parse_args(ctx, head)
+        rest = [*_protected(ctx), *ctx.args]
+        if tail and rest:
+            raise typer.BadParameter(f"{' '.join(rest)}: overrides belong to `ohlcv build`, not to `ohlcv build {tail[0]}`")
+        _set_protected(ctx, tail[:1])
+        ctx.args = tail[1:] if tail else rest
         return ctx.args
+
+
+def _protected(ctx) -> list:
+    """The context's sub-command words (click 8.2+ keeps them in ``_protected_args``, earlier ones in ``protected_args``)."""
+    return list(ctx.__dict__.get("_protected_args", ctx.__dict__.get("protected_args", [])) or [])
+
+
+def _set_protected(ctx, words: list) -> None:
+    ctx.__dict__["_protected_args" if "_protected_args" in ctx.__dict__ else "protected_args"] = list(words)
 
 
 build_app = typer.Typer(
     cls=_BuildGroup,
     invoke_without_command=True,
+    subcommand_metavar="[KEY=VALUE]... | merge SHARD_DIR... --out DIR",
     context_settings={"allow_extra_args": True, "allow_interspersed_args": True},
     rich_markup_mode="rich",
 )
@@ -192,7 +214,6 @@ def build_merge(
     from ohlcv.errors import ConfigError
     from ohlcv.render import render_merge
 
-    out = out or (ctx.parent.params.get("out") if ctx.parent is not None else None)  # `build --out D merge ...`
     if out is None:
         raise ConfigError("say where the merged dataset goes", key="--out")
     render_merge(_console(), merge_shards(list(shards), out), len(shards), out)

@@ -11,10 +11,21 @@ from ohlcv.errors import OhlcvError
 
 
 def read_manifest(dataset: Path) -> dict[str, Any]:
+    """A built dataset's manifest; one clear line when there is none, or it is of a format this version
+    cannot read."""
+    from ohlcv.dataset.format import FORMAT
+
     path = Path(dataset) / "manifest.json"
     if not path.is_file():
         raise OhlcvError(f"{dataset}: no manifest.json; build the dataset with `ohlcv build`")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:
+        raise OhlcvError(f"{path}: not valid JSON; rebuild the dataset with `ohlcv build --force`") from None
+    if manifest.get("format") != FORMAT:
+        raise OhlcvError(f"{dataset}: dataset format {manifest.get('format')!r}, this version reads {FORMAT!r}; "
+                         "rebuild it with `ohlcv build --force`")
+    return manifest
 
 
 def datasets_version() -> str:

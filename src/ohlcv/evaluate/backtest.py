@@ -30,6 +30,7 @@ import numpy as np
 from ohlcv.config.loader import atomic_write_text, write_resolved_profile
 from ohlcv.errors import OhlcvError
 from ohlcv.dataset.read import read_timestamps
+from ohlcv.evaluate.baselines import check_baselines
 from ohlcv.evaluate.run import SIGNIFICANCE, EvalResult, evaluate, format_p, shift_of, trained_with
 from ohlcv.evaluate.stats import diebold_mariano
 
@@ -102,6 +103,7 @@ def run_backtest(
     from ohlcv.train.pretrain import ensure_dataset
 
     cfg = loaded.cfg
+    check_baselines(cfg)
     dataset = Path(dataset).expanduser()
     out = Path(out).expanduser()
     manifest = ensure_dataset(cfg, dataset, on_build=on_build)

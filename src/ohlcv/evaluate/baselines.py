@@ -215,3 +215,14 @@ SHORT_NAMES = {
     "autoets": "AutoETS", "zero_normal": "zero return (Gaussian)", "zero_student_t": "zero return (Student-t)",
     "historical_mean": "historical mean", "ewma": "EWMA",
 }
+
+
+def check_baselines(cfg) -> None:
+    """Refuse, before any model is loaded, a profile naming a baseline that does not exist."""
+    from ohlcv.errors import ConfigError
+
+    for kind, names in cfg.evaluate.baselines.items():
+        unknown = sorted(set(names) - set(BASELINES))
+        if unknown or not names:
+            raise ConfigError(f"unknown baselines {unknown or '(empty list)'}; choose from {sorted(BASELINES)}",
+                              key=f"evaluate.baselines.{kind}")

@@ -30,7 +30,14 @@ import numpy as np
 
 from ohlcv.config.loader import atomic_write_text, write_resolved_profile
 from ohlcv.errors import ConfigError, OhlcvError
-from ohlcv.evaluate.baselines import BASELINES, DEFAULT_BASELINES, DESCRIPTIONS, SHORT_NAMES, statsforecast_available
+from ohlcv.evaluate.baselines import (
+    BASELINES,
+    DEFAULT_BASELINES,
+    DESCRIPTIONS,
+    SHORT_NAMES,
+    check_baselines,
+    statsforecast_available,
+)
 from ohlcv.evaluate.calibrate import Conformal, apply_conformal, fit_conformal
 from ohlcv.evaluate.metrics import (
     INTERVALS, METRICS, RELIABILITY_LEVELS, WindowScores, direction_counts, seasonal_errors, summarize, usable,
@@ -269,6 +276,7 @@ def evaluate(
     from ohlcv.dataset.read import read_manifest
 
     cfg = loaded.cfg
+    check_baselines(cfg)
     dataset = Path(dataset).expanduser()
     manifest = read_manifest(dataset)
     horizon, context = int(cfg.data.prediction_length), int(cfg.data.context_length)

@@ -210,7 +210,8 @@ def _callbacks(run_dir: Path, cfg, stats: dict[str, Any]):
         f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}. "
         "Lower pretrain.lr, raise pretrain.warmup_steps, or check the data with `ohlcv check`"
     )
-    return [guard, Meter(), ExportHF(every), checkpoint, L.pytorch.callbacks.LearningRateMonitor("step")]
+    monitor = [L.pytorch.callbacks.LearningRateMonitor("step")] if cfg.trainer.logger.value != "none" else []
+    return [guard, Meter(), ExportHF(every), checkpoint, *monitor]
 
 
 def export_hf(module, target: Path) -> None:

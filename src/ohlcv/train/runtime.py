@@ -204,14 +204,16 @@ def make_logger(cfg, run_dir: Path):
     if kind == "csv":
         return loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="")
     if kind == "mlflow":
-        uri = cfg.trainer.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:  # a local file store (MLflow 3 asks for a database unless told the file store is wanted)
-            uri = (Path(str(cfg.output.runs_dir)).expanduser().resolve() / "mlruns").as_uri()
+        uri = str(cfg.trainer.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                  or (Path(str(cfg.output.runs_dir)).expanduser().resolve() / "mlruns").as_uri())
+        if uri.startswith("file:") or "://" not in uri:
+            # a local file store: MLflow 3 wants a database unless told the file store is meant (the setting
+            # stays for this process, so that the logger's later calls find it too)
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        return loggers.MLFlowLogger(experiment_name=experiment, run_name=run_dir.name, tracking_uri=str(uri))
+        return loggers.MLFlowLogger(experiment_name=experiment, run_name=run_dir.name, tracking_uri=uri)
     if kind == "wandb":
-        os.environ.setdefault("WANDB_MODE", "offline")
-        return loggers.WandbLogger(project=experiment, name=run_dir.name, save_dir=str(run_dir))
+        offline = os.environ.get("WANDB_MODE", "offline") == "offline"
+        return loggers.WandbLogger(project=experiment, name=run_dir.name, save_dir=str(run_dir), offline=offline)
     return False  # none
 
 
