@@ -214,3 +214,9 @@ def test_the_standard_python_gitignore_ignores_no_source_file(tmp_path):
 
 def test_no_package_or_module_is_named_build():
     assert not [p for p in PACKAGE.rglob("*") if p.stem == "build" and "__pycache__" not in p.parts]
+
+
+def test_the_cli_prints_nothing_itself():
+    """Every line goes through render.py: the CLI parses, calls one library function and renders."""
+    source = (PACKAGE / "cli.py").read_text()
+    assert "print(" not in source and "typer.echo" not in source and "sys.stdout.write" not in source

@@ -71,7 +71,7 @@ def _stdout_to_stderr(active: bool):
 
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"ohlcv {__version__}")
+        _plain(f"ohlcv {__version__}")
         raise typer.Exit()
 
 
@@ -104,7 +104,7 @@ def budget(
     loaded = _load(profile, overrides)
     report = plan(inputs_from_profile(loaded.cfg, dataset=dataset, variates=variates))
     if as_json:
-        typer.echo(report.to_json())
+        _plain(report.to_json())
     else:
         render_budget(_console(), report, loaded)
     raise typer.Exit(0 if report.ok else 1)
@@ -227,7 +227,7 @@ def _check(loaded, dataset: Path, *, as_json: bool) -> None:
 
     report = check_dataset(dataset, loaded.cfg)
     if as_json:
-        typer.echo(_json.dumps(report.to_dict(), indent=2, default=str))
+        _plain(_json.dumps(report.to_dict(), indent=2, default=str))
     else:
         render_check(_console(), report)
     if not report.ok:
@@ -371,7 +371,7 @@ def evaluate(
     if as_json:
         import json
 
-        typer.echo(json.dumps({"out": str(result.out), **result.to_json()}, indent=2, default=float))
+        _plain(json.dumps({"out": str(result.out), **result.to_json()}, indent=2, default=float))
     else:
         render_evaluation(_console(), result)
 
@@ -416,7 +416,7 @@ def backtest(
     if as_json:
         import json
 
-        typer.echo(json.dumps(result.to_json(), indent=2, default=float))
+        _plain(json.dumps(result.to_json(), indent=2, default=float))
     else:
         render_backtest(_console(), result)
 
@@ -439,8 +439,8 @@ def profiles_show(
     from ohlcv.config import to_yaml
 
     loaded = _load(name, overrides)
-    typer.echo(f"# {loaded.path}" + (f" + {' '.join(loaded.overrides)}" if loaded.overrides else ""))
-    typer.echo(to_yaml(loaded.cfg), nl=False)
+    _plain(f"# {loaded.path}" + (f" + {' '.join(loaded.overrides)}" if loaded.overrides else ""))
+    _plain(to_yaml(loaded.cfg), end="")
 
 
 @plugins_app.command("list")
@@ -543,6 +543,13 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise
         _error(f"unexpected {type(exc).__name__}: {exc} (set OHLCV_DEBUG=1 for the traceback)")
         sys.exit(1)
+
+
+def _plain(text: str, *, end: str = "\n") -> None:
+    """Machine-readable output (JSON, YAML, the version) to stdout, untouched by Rich."""
+    from ohlcv.render import render_plain
+
+    render_plain(text, end=end)
 
 
 def _error(text: str, *, plain: bool = False) -> None:

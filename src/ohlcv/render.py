@@ -76,6 +76,15 @@ def render_profiles(console: "Console", infos: Iterable["ProfileInfo"]) -> None:
     console.print(table)
 
 
+def render_plain(text: str, *, end: str = "\n") -> None:
+    """Text for other programs (JSON, YAML): written as it is, no markup, no wrapping."""
+    import typer
+
+    typer.echo(text, nl=False)
+    if end:
+        typer.echo(end, nl=False)
+
+
 def render_error(console: "Console", text: str, *, rank: str = "", plain: bool = False) -> None:
     """The one line every failed command ends with (``rank``: which process said it, under DDP)."""
     console.print(escape(text) if plain else f"{escape(rank)}[bold red]error:[/] {escape(text)}")
