@@ -459,6 +459,15 @@ def _finetuned(models, cfg):
             yield name, spec
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _geomean(values: list[float]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
     return float(np.exp(np.mean(np.log(finite)))) if finite else float("nan")
@@ -623,11 +632,7 @@ def _plots(out: Path, plot_data, result: EvalResult, store) -> list[Path]:
         ax.set_title(f"{variate}: error by forecast step")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = folder / f"error_by_step_{variate}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, folder / f"error_by_step_{variate}.png"))
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
         for name, by_variate in result.calibration.items():
             if variate not in by_variate:
@@ -651,11 +656,7 @@ def _plots(out: Path, plot_data, result: EvalResult, store) -> list[Path]:
         right.set_ylim(0, 1)
         right.set_title(f"{variate}: reliability")
         right.legend(fontsize=7)
-        fig.tight_layout()
-        path = folder / f"calibration_{variate}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, folder / f"calibration_{variate}.png"))
     variate = next(iter(result.variates))
     rows = [r for r in result.per_asset if r["model"] == "model" and r["variate"] == variate]
     if rows:
