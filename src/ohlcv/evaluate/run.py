@@ -576,6 +576,19 @@ def _dates(times: list[str]):
         return None
 
 
+def _with_breaks(x, y):
+    """(x, y) with the line broken where the market was closed (a step over 3x the usual one): a weekend
+    or a night is drawn as a gap, not as a straight line across it."""
+    if not hasattr(x, "values") or len(x) < 3:
+        return x, y
+    t = np.asarray(x.values, dtype="datetime64[ns]")
+    step = np.median(np.diff(t))
+    cut = np.flatnonzero(np.diff(t) > 3 * step)
+    if not len(cut):
+        return x, y
+    return np.insert(t, cut + 1, t[cut] + step), np.insert(np.asarray(y, dtype=float), cut + 1, np.nan)
+
+
 def _plots(out: Path, plot_data, result: EvalResult, store) -> list[Path]:
     import matplotlib
 
@@ -593,8 +606,8 @@ def _plots(out: Path, plot_data, result: EvalResult, store) -> list[Path]:
         x = dates if dates is not None else np.arange(-len(ctx), horizon)
         x_ctx, x_fc = x[len(ctx) - shown:len(ctx)], x[len(ctx):]
         fig, ax = plt.subplots(figsize=(10, 4.2), dpi=110)
-        ax.plot(x_ctx, ctx[-shown:], color="#333333", lw=1.2, label="context")
-        ax.plot(x_fc, label, color="#111111", lw=1.6, ls="--", label="realised")
+        ax.plot(*_with_breaks(x_ctx, ctx[-shown:]), color="#333333", lw=1.2, label="context")
+        ax.plot(*_with_breaks(x_fc, label), color="#111111", lw=1.6, ls="--", label="realised")
         for (low, high), alpha in (((0.025, 0.975), 0.15), ((0.1, 0.9), 0.25), ((0.25, 0.75), 0.4)):
             ax.fill_between(x_fc, np.quantile(samples, low, axis=0), np.quantile(samples, high, axis=0),
                             color="#1f77b4", alpha=alpha, lw=0, label=f"model {int(round((high - low) * 100))}%")
