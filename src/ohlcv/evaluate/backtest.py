@@ -97,7 +97,9 @@ def run_backtest(
     *,
     dataset: Path,
     out: Path,
-    on_build: Callable[[], Any] | None = None,
+    on_build: Callable[[Any, bool], Any] | None = None,
+    rebuild: bool = False,
+    lake: Path | None = None,
     on_fold: Callable[[int, int], None] | None = None,
 ) -> BacktestResult:
     from ohlcv.train.pretrain import ensure_dataset
@@ -106,7 +108,7 @@ def run_backtest(
     check_baselines(cfg)
     dataset = Path(dataset).expanduser()
     out = Path(out).expanduser()
-    manifest = ensure_dataset(cfg, dataset, on_build=on_build)
+    manifest = ensure_dataset(loaded, dataset, rebuild=rebuild, lake=lake, on_build=on_build)
     folds_n = int(cfg.backtest.folds)
     horizon, context = int(cfg.data.prediction_length), int(cfg.data.context_length)
     stride = int(cfg.evaluate.stride or horizon)

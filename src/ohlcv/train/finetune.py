@@ -167,7 +167,9 @@ def run_finetune(
     dataset: Path,
     out: Path | None = None,
     resume: bool = False,
-    on_build: Callable[[], Any] | None = None,
+    on_build: Callable[[Any, bool], Any] | None = None,
+    rebuild: bool = False,
+    lake: Path | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> FinetuneResult:
     import lightning as L
@@ -179,7 +181,7 @@ def run_finetune(
     dataset = Path(dataset).expanduser()
     run_dir = run_folder(cfg, "finetune", out, resume)
     check_writable(run_dir)
-    manifest = ensure_dataset(cfg, dataset, on_build=on_build)
+    manifest = ensure_dataset(loaded, dataset, rebuild=rebuild, lake=lake, on_build=on_build)
     context, horizon = int(cfg.data.context_length), int(cfg.data.prediction_length)
     if context < 5 * horizon:
         raise ConfigError(f"context {context} is shorter than 5 x horizon {horizon}", key="data.context_length")
