@@ -264,21 +264,23 @@ def pretrain(
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the dataset first (from the lake its manifest records, or --lake)."),
 ) -> None:
     """Pre-train a MOIRAI model; builds the dataset first if it is missing (an existing one is used as built)."""
-    from ohlcv.render import render_preflight, render_pretrain_result
+    from ohlcv.render import render_preflight, render_pretrain_result, training_progress
     from ohlcv.train.pretrain import run_pretrain
 
     loaded = _load(profile, overrides, _data_options(lake, dataset))
     build_first = _build_first(loaded)
-    result = run_pretrain(
-        loaded,
-        dataset=Path(str(loaded.cfg.data.dataset)).expanduser(),
-        out=out,
-        resume=resume,
-        rebuild=rebuild,
-        lake=lake,
-        on_preflight=lambda check, run_dir: render_preflight(_console(), check, run_dir, loaded),
-        on_build=build_first,
-    )
+    with training_progress(_console(stderr=True)) as progress:
+        result = run_pretrain(
+            loaded,
+            dataset=Path(str(loaded.cfg.data.dataset)).expanduser(),
+            out=out,
+            resume=resume,
+            rebuild=rebuild,
+            lake=lake,
+            progress=progress,
+            on_preflight=lambda check, run_dir: render_preflight(_console(), check, run_dir, loaded),
+            on_build=build_first,
+        )
     render_pretrain_result(_console(), result)
 
 
@@ -333,14 +335,15 @@ def finetune(
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the dataset first (from the lake its manifest records, or --lake)."),
 ) -> None:
     """Fine-tune a MOIRAI checkpoint with early stopping on validation loss; says whether it helped."""
-    from ohlcv.render import render_finetune_result, render_finetune_start
+    from ohlcv.render import render_finetune_result, render_finetune_start, training_progress
     from ohlcv.train.finetune import run_finetune
 
     loaded = _load(profile, overrides, _data_options(lake, dataset))
     build_first = _build_first(loaded)
-    result = run_finetune(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=out,
-                          resume=resume, on_build=build_first, rebuild=rebuild, lake=lake,
-                          on_start=lambda info: render_finetune_start(_console(), info))
+    with training_progress(_console(stderr=True)) as progress:
+        result = run_finetune(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=out,
+                              resume=resume, on_build=build_first, rebuild=rebuild, lake=lake, progress=progress,
+                              on_start=lambda info: render_finetune_start(_console(), info))
     render_finetune_result(_console(), result)
 
 

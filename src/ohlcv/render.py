@@ -213,6 +213,79 @@ def build_progress(console: "Console", *, quiet: bool) -> _BuildProgress:
     return _BuildProgress(console, quiet)
 
 
+class _TrainProgress:
+    """One progress line per phase: steps done of the run's total, the last step's loss, steps/s;
+    a second line while validation batches run. Transient: the summary table follows."""
+
+    def __init__(self, console: "Console"):
+        self.console = console
+        self._progress = None
+        self._task = None
+        self._val = None
+        self._started = 0.0
+        self._first = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.on_end()
+        return False
+
+    def _ensure(self):
+        if self._progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[unit]}"),
+                TextColumn("{task.fields[loss]}"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.__enter__()
+        return self._progress
+
+    def on_start(self, phase: str, total: int, done: int) -> None:
+        import time
+
+        self._started, self._first = time.perf_counter(), done
+        self._task = self._ensure().add_task(phase, total=total, completed=done, unit="steps", loss="", rate="")
+
+    def on_step(self, step: int, loss: "float | None") -> None:
+        import time
+
+        if self._task is None:
+            return
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        self._progress.update(self._task, completed=step, loss="" if loss is None else f"loss {loss:.4f}",
+                              rate=f"{(step - self._first) / elapsed:.2f} steps/s")
+
+    def on_validation(self, done: "int | None", total: "int | None") -> None:
+        progress = self._ensure()
+        if done is None:
+            if self._val is not None:
+                progress.remove_task(self._val)
+                self._val = None
+            return
+        if self._val is None:
+            self._val = progress.add_task("validating", total=total, unit="batches", loss="", rate="")
+        progress.update(self._val, completed=done, total=total)
+
+    def on_end(self) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+            self._progress, self._task, self._val = None, None, None
+
+
+def training_progress(console: "Console") -> _TrainProgress:
+    return _TrainProgress(console)
+
+
 def render_build(console: "Console", result, *, quiet: bool = False) -> None:
     report, manifest = result.report, result.manifest
     if result.up_to_date:
@@ -320,8 +393,8 @@ def render_pretrain_result(console: "Console", result) -> None:
     table.add_column("value")
     rows = [
         ("steps", f"{s['steps']:,}"),
-        ("final loss", f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-"),
-        ("best loss", f"{s['best_loss']:.4f}" if s.get("best_loss") is not None else "-"),
+        ("loss, last step", f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-"),
+        ("loss, lowest step", f"{s['best_loss']:.4f}" if s.get("best_loss") is not None else "-"),
         ("tokens seen", f"{s['tokens_seen']:,}"),
         ("wall time", f"{s['wall_seconds']:.1f} s"),
         ("throughput", f"{s['tokens_per_second']:,.0f} tokens/s" if s.get("tokens_per_second") else "-"),

@@ -170,6 +170,7 @@ def run_finetune(
     on_build: Callable[[Any, bool], Any] | None = None,
     rebuild: bool = False,
     lake: Path | None = None,
+    progress=None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> FinetuneResult:
     import lightning as L
@@ -204,7 +205,7 @@ def run_finetune(
     )
     stopper = L.pytorch.callbacks.EarlyStopping(monitor=VAL_KEY, mode="min", patience=int(cfg.finetune.patience))
     trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.finetune.max_steps),
-                           callbacks=[guard, best, stopper])
+                           callbacks=[guard, best, stopper], progress=progress, phase="fine-tuning")
     check_launch(trainer)
     if sizes["val_windows"] < trainer.world_size:
         raise ConfigError(

@@ -337,6 +337,7 @@ def run_pretrain(
     on_build: Callable[[Any, bool], Any] | None = None,
     rebuild: bool = False,
     lake: Path | None = None,
+    progress=None,
 ) -> PretrainResult:
     cfg = loaded.cfg
     dataset = Path(dataset).expanduser()
@@ -355,7 +356,8 @@ def run_pretrain(
     stats: dict[str, Any] = {"patch_sizes": set()}
     hardware = check.hardware
     trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.pretrain.max_steps),
-                           callbacks=_callbacks(run_dir, cfg, stats), limit_val_batches=0)
+                           callbacks=_callbacks(run_dir, cfg, stats), limit_val_batches=0,
+                           progress=progress, phase="pre-training")
     check_launch(trainer)
     # the processes of one node share its cores (CPU runs; on GPUs this only bounds the loader's threads)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
