@@ -102,6 +102,16 @@ def run_backtest(
     lake: Path | None = None,
     on_fold: Callable[[int, int], None] | None = None,
 ) -> BacktestResult:
+    """Walk-forward folds into ``out``; a backtest that fails removes the folder it created."""
+    from ohlcv.train.runtime import discard_on_failure
+
+    with discard_on_failure(Path(out).expanduser()):
+        return _run_backtest(loaded, start, dataset=dataset, out=out, on_build=on_build, rebuild=rebuild, lake=lake,
+                             on_fold=on_fold)
+
+
+def _run_backtest(loaded, start: str, *, dataset: Path, out: Path, on_build, rebuild: bool, lake: Path | None,
+                  on_fold) -> BacktestResult:
     from ohlcv.train.pretrain import ensure_dataset
 
     cfg = loaded.cfg

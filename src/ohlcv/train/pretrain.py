@@ -36,10 +36,12 @@ from ohlcv.train.runtime import (
     OWNER_MARK,
     Hardware,
     check_writable,
+    discard_on_failure,
     git_revision,
     loss_guard,
     make_trainer,
     package_versions,
+    point_latest,
     resolve_hardware,
     run_folder,
     wait_for,
@@ -268,8 +270,8 @@ def _callbacks(run_dir: Path, cfg, stats: dict[str, Any]):
 
     every = max(1, int(cfg.pretrain.checkpoint_every_n_steps))
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="step-{step}", every_n_train_steps=every, save_last=True,
-        save_top_k=1, monitor=None,
+        dirpath=run_dir / "checkpoints", filename="step={step:06d}", auto_insert_metric_name=False,
+        every_n_train_steps=every, save_last=True, save_top_k=1, monitor=None,
     )
     guard = loss_guard(
         f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}. "
@@ -339,9 +341,19 @@ def run_pretrain(
     lake: Path | None = None,
     progress=None,
 ) -> PretrainResult:
+    run_dir = run_folder(loaded.cfg, "pretrain", out, resume)
+    with discard_on_failure(run_dir):
+        result = _run_pretrain(loaded, run_dir, dataset=dataset, resume=resume, on_preflight=on_preflight,
+                               on_build=on_build, rebuild=rebuild, lake=lake, progress=progress)
+    if out is None and is_rank_zero():
+        point_latest(loaded.cfg, "pretrain", run_dir)
+    return result
+
+
+def _run_pretrain(loaded, run_dir: Path, *, dataset: Path, resume: bool, on_preflight, on_build, rebuild: bool,
+                  lake: Path | None, progress) -> PretrainResult:
     cfg = loaded.cfg
     dataset = Path(dataset).expanduser()
-    run_dir = run_folder(cfg, "pretrain", out, resume)
     manifest = ensure_dataset(loaded, dataset, rebuild=rebuild, lake=lake, on_build=on_build)
     check = preflight(cfg, dataset, manifest, run_dir)
     if on_preflight is not None:

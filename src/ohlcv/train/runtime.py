@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -70,8 +72,70 @@ def latest_run(cfg, kind: str) -> Path | None:
     root = Path(str(cfg.output.runs_dir)).expanduser()
     if not root.is_dir():
         return None
-    runs = sorted(p for p in root.glob(f"{cfg.name}-{kind}-*") if (p / "checkpoints" / "last.ckpt").is_file())
+    runs = sorted(p for p in root.glob(f"{cfg.name}-{kind}-*")
+                  if not p.is_symlink() and (p / "checkpoints" / "last.ckpt").is_file())
     return runs[-1] if runs else None
+
+
+@contextlib.contextmanager
+def discard_on_failure(run_dir: Path):
+    """A command that fails leaves no run folder of its own behind, or a clearly marked one.
+
+    A folder this command created that holds no checkpoint and no verdict is removed; one that holds a
+    checkpoint (an interrupted run: it can be resumed) or says why it stopped (``diverged``) is kept, its
+    run.json marked failed with the error unless it already says why."""
+    run_dir = Path(run_dir)
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException as exc:
+        from ohlcv.train.distributed import is_rank_zero
+
+        if is_rank_zero() and run_dir.is_dir():
+            if not existed and not any(run_dir.glob("checkpoints/*.ckpt")) and _status(run_dir) in (None, "running"):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                _mark_failed(run_dir, exc)
+        raise
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _mark_failed(run_dir: Path, exc: BaseException) -> None:
+    marker = run_dir / "run.json"
+    try:
+        summary = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return
+    if summary.get("status") != "running":  # finished, diverged: it already says
+        return
+    from ohlcv.config.loader import atomic_write_text
+
+    summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                   error=f"{type(exc).__name__}: {exc}")
+    atomic_write_text(marker, json.dumps(summary, indent=2) + "\n")
+
+
+def point_latest(cfg, kind: str, run_dir: Path) -> Path | None:
+    """``<runs_dir>/<profile>-<kind>-latest``: a relative symbolic link to the newest finished run of that
+    kind, so that ``--from runs/demo-pretrain-latest/model`` names it whatever its time stamp. Replaced
+    atomically; None where the file system has no symbolic links."""
+    link = Path(str(cfg.output.runs_dir)).expanduser() / f"{cfg.name}-{kind}-latest"
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    try:
+        target = os.path.relpath(Path(run_dir).resolve(), link.parent.resolve())
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(target, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        return None
+    return link
 
 
 def check_writable(folder: Path) -> None:
