@@ -19,6 +19,24 @@ import typer
 from ohlcv import __version__
 from ohlcv.errors import OhlcvError
 
+
+def _flags_without_a_type() -> None:
+    """Show boolean options as flags in --help: typer's help table gives every option a type column, so a
+    flag read ``--json <bool>`` and invited ``--json true``. Flags take no value: no type."""
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "ohlcv_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich.ohlcv_flags = True
+    option.display_type_rich = display_type_rich
+
+
+_flags_without_a_type()
+
 app = typer.Typer(
     name="ohlcv",
     help="Pre-train, fine-tune and evaluate MOIRAI foundation models on OHLCV market data.",
