@@ -411,6 +411,36 @@ def render_pretrain_result(console: "Console", result) -> None:
     console.print(f"saved model (Hugging Face format): [bold]{escape(str(result.model_dir))}[/]")
 
 
+def print_fitted_table(console: "Console", title: str, columns: list[str], rows: list[list[str]], *,
+                       left: int = 1, continued: str | None = None) -> None:
+    """A table that never cuts a number: when its columns are wider than the console (80 columns, a log),
+    it is printed as several tables, each repeating the first column (the row's name) with as many of the
+    others as fit. The first ``left`` columns are left-aligned, the rest right-aligned."""
+    from rich.text import Text
+
+    widths = [max([Text.from_markup(c).cell_len for c in [column, *(row[i] for row in rows)]] or [1])
+              for i, column in enumerate(columns)]
+    room = max(console.width, 20)
+
+    def width(indexes: list[int]) -> int:  # cells, one space of padding each side, the borders
+        return sum(widths[i] for i in indexes) + 3 * len(indexes) + 1
+
+    groups: list[list[int]] = [[0]]
+    for i in range(1, len(columns)):
+        if width(groups[-1] + [i]) > room and len(groups[-1]) > 1:
+            groups.append([0])
+        groups[-1].append(i)
+    for number, group in enumerate(groups):
+        part = title if number == 0 else (continued or f"{title} (continued)")
+        table = Table(title=part, title_justify="left")
+        for i in group:
+            table.add_column(columns[i], justify="left" if i < left else "right", no_wrap=True, overflow="fold",
+                             min_width=widths[i])
+        for row in rows:
+            table.add_row(*(row[i] for i in group))
+        console.print(table)
+
+
 def render_evaluation(console: "Console", result) -> None:
     import math
 
@@ -420,25 +450,25 @@ def render_evaluation(console: "Console", result) -> None:
     for variate, info in result.variates.items():
         yard = info["yardstick"]
         removed = f", {info['windows_removed']} removed for all" if info["windows_removed"] else ""
-        table = Table(title=f"{variate} ({info['kind']}; {info['units']}): {info['windows']} windows{removed}; "
-                            f"the one to beat: {yard}", title_justify="left")
-        for column in ("forecaster", "CRPS", "MASE", "MSIS", "cov 50/80/95", "dir. steps/windows (p)", f"CRPS/{yard}",
-                       f"MAE/{yard}", "DM p CRPS", "DM p |err|"):
-            table.add_column(column, justify="right" if column != "forecaster" else "left", no_wrap=True)
+        title = (f"{variate} ({info['kind']}; {info['units']}): {info['windows']} windows{removed}; "
+                 f"the one to beat: {yard}")
+        columns = ["forecaster", "CRPS", "MASE", "MSIS", "cov 50/80/95", "dir. steps/windows (p)", f"CRPS/{yard}",
+                   f"MAE/{yard}", "DM p CRPS", "DM p |err|"]
+        rows = []
         for model, by_variate in result.aggregate.items():
             if variate not in by_variate:
                 continue
             m, r = by_variate[variate], result.relative[model][variate]
             dm = result.significance.get(model, {}).get(variate, {}).get(yard)
             better = r["crps"] < 1
-            table.add_row(
+            rows.append([
                 escape(model), f"{m['crps']:.4g}", f"{m['mase']:.3f}", f"{m['msis']:.3f}",
                 f"{m['coverage_50']:.2f}/{m['coverage_80']:.2f}/{m['coverage_95']:.2f}",
                 f"{m['directional_accuracy']:.2f}/{m['direction_window_accuracy']:.2f} ({p(m['direction_p'])})",
                 f"[{'green' if better else 'red'}]{r['crps']:.3f}[/]", f"{r['mae']:.3f}",
                 p(dm["crps"]["p_value"]) if dm else "", p(dm["abs_error"]["p_value"]) if dm else "",
-            )
-        console.print(table)
+            ])
+        print_fitted_table(console, title, columns, rows, continued=f"{variate} (continued)")
         for model in result.models:
             console.print(escape(result.verdict(variate, model)))
             summary = result.ic.get(model, {}).get(variate)
@@ -456,17 +486,17 @@ def render_backtest(console: "Console", result) -> None:
     import math
 
     for variate, info in result.overall.items():
-        table = Table(title=f"{variate}: model vs {info['yardstick']} per fold (refit: {result.refit})", title_justify="left")
-        for column in ("fold", "first origin", "CRPS ratio", "DM p", "cov 80", "direction"):
-            table.add_column(column, justify="left" if column in ("fold", "first origin") else "right", no_wrap=True)
+        rows = []
         for fold, p in zip(result.folds, info["fold_dm_p"]):
             ratio = fold["relative"]["model"][variate]["crps"]
             m = fold["aggregate"]["model"][variate]
-            table.add_row(str(fold["fold"]), str(fold["span"]["first_origin"]),
-                          f"[{'green' if ratio < 1 else 'red'}]{ratio:.3f}[/]",
-                          (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}") if p is not None and math.isfinite(p) else "–",
-                          f"{m['coverage_80']:.2f}", f"{m['directional_accuracy']:.2f}")
-        console.print(table)
+            rows.append([str(fold["fold"]), str(fold["span"]["first_origin"]),
+                         f"[{'green' if ratio < 1 else 'red'}]{ratio:.3f}[/]",
+                         (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}") if p is not None and math.isfinite(p) else "–",
+                         f"{m['coverage_80']:.2f}", f"{m['directional_accuracy']:.2f}"])
+        print_fitted_table(console, f"{variate}: model vs {info['yardstick']} per fold (refit: {result.refit})",
+                           ["fold", "first origin", "CRPS ratio", "DM p", "cov 80", "direction"], rows, left=2,
+                           continued=f"{variate} (continued)")
         console.print(escape(result.verdict(variate)))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
