@@ -77,8 +77,8 @@ def dataset_problem(cfg, manifest: dict[str, Any]) -> str | None:
     from ohlcv.dataset.read import datasets_version, same_datasets_major
 
     if not same_datasets_major(manifest):
-        return (f"it was written by datasets {manifest.get('datasets_version', '?')}, which datasets "
-                f"{datasets_version()} cannot read")
+        return (f"it was written by datasets {manifest.get('datasets_version', '?')}, another major version than "
+                f"this stack's {datasets_version()}")
     if "spec" in manifest:
         differences = spec_differences(manifest["spec"], dataset_spec(cfg))
         if differences:
