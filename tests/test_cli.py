@@ -106,3 +106,21 @@ def test_build_merge_is_a_sub_command_with_its_own_help_and_options(cli, tmp_pat
     assert cli("build", "merge", str(tmp_path / "s1"), "--out", str(tmp_path / "x"), "--force").exit_code == 2
     refused = cli("build", "data.freq=1h", "merge", str(tmp_path / "s1"), "--out", str(tmp_path / "y"))
     assert refused.exit_code == 2 and "overrides belong to `ohlcv build`" in refused.stderr
+
+
+@pytest.mark.parametrize("command", ["evaluate", "build", "pretrain", "budget"])
+def test_help_shows_boolean_options_as_flags(cli, command):
+    result = cli(command, "--help")
+    assert result.exit_code == 0
+    assert "<bool>" not in result.stdout and "--help" in result.stdout
+
+
+def test_the_demo_cache_is_one_per_datasets_major_version(cli):
+    from importlib import metadata
+
+    from ohlcv.config import load_profile
+
+    major = metadata.version("datasets").split(".")[0]
+    data = load_profile("demo").cfg.data
+    assert str(data.dataset) == f"~/.cache/ohlcv/demo-ds{major}/dataset"
+    assert str(data.lake) == f"~/.cache/ohlcv/demo-ds{major}/lake"

@@ -68,9 +68,10 @@ def test_two_processes_pretrain_to_one_model_and_resume_at_the_same_step_on_ever
             f"output.runs_dir={tmp_path / 'runs'}"]
     first = run_ohlcv_subprocess(*args, "pretrain.max_steps=3", timeout=TIMEOUT)
     _ok(first)
-    runs = list((tmp_path / "runs").iterdir())
+    runs = [p for p in (tmp_path / "runs").iterdir() if not p.is_symlink()]
     assert len(runs) == 1
     run = runs[0]
+    assert (tmp_path / "runs" / "hourly-pretrain-latest").resolve() == run.resolve()  # rank zero alone points it
     assert first.stdout.count("Pre-training finished") == 1 and first.stdout.count("pre-training profile") == 1
     assert (run / "checkpoints" / "last.ckpt").is_file() and _checkpoint_step(run / "checkpoints" / "last.ckpt") == 3
     _only_model(tmp_path, run / "model")

@@ -57,7 +57,7 @@ def test_unknown_key_names_the_key_the_file_and_a_suggestion(tmp_path):
     message = str(info.value)
     assert str(bad) in message
     assert "data.context_lenght" in message
-    assert "did you mean 'context_length'" in message
+    assert "did you mean 'data.context_length'" in message
     assert info.value.exit_code == 2
 
 
@@ -157,3 +157,10 @@ def test_profiles_list_shows_every_packaged_profile(cli):
     assert result.exit_code == 0
     for name in PACKAGED:
         assert name in result.stdout
+
+
+def test_an_override_without_its_section_names_the_full_key():
+    with pytest.raises(ConfigError, match=r"context_length: unknown key \(did you mean 'data.context_length'\?\)"):
+        load_profile("hourly", ["context_length=336"])
+    with pytest.raises(ConfigError, match=r"did you mean 'pretrain.lr' or 'finetune.lr'\?"):
+        load_profile("hourly", ["lr=0.1"])

@@ -19,6 +19,24 @@ import typer
 from ohlcv import __version__
 from ohlcv.errors import OhlcvError
 
+
+def _flags_without_a_type() -> None:
+    """Show boolean options as flags in --help: typer's help table gives every option a type column, so a
+    flag read ``--json <bool>`` and invited ``--json true``. Flags take no value: no type."""
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "ohlcv_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich.ohlcv_flags = True
+    option.display_type_rich = display_type_rich
+
+
+_flags_without_a_type()
+
 app = typer.Typer(
     name="ohlcv",
     help="Pre-train, fine-tune and evaluate MOIRAI foundation models on OHLCV market data.",
@@ -186,19 +204,19 @@ def build(
     if out is not None:
         extra.append(f"data.dataset={out}")
     loaded = _load(profile, args, extra)
-    result = _run_build(loaded, shard=shard, force=force, quiet=quiet)
+    result = _run_build(loaded.cfg, shard=shard, force=force, quiet=quiet)
     render_build(_console(), result, quiet=quiet)
     if check:
         _check(loaded, Path(str(loaded.cfg.data.dataset)).expanduser(), as_json=False)
 
 
-def _run_build(loaded, *, shard: Optional[str], force: bool, quiet: bool):
+def _run_build(cfg, *, shard: Optional[str], force: bool, quiet: bool):
     from ohlcv.builder.builder import IterativeFinancialDatasetBuilder, Shard
     from ohlcv.render import build_progress
 
     with build_progress(_console(stderr=True), quiet=quiet) as progress:
         builder = IterativeFinancialDatasetBuilder(
-            loaded.cfg, shard=Shard.parse(shard) if shard else None, progress=progress
+            cfg, shard=Shard.parse(shard) if shard else None, progress=progress
         )
         return builder.run(force=force)
 
@@ -261,22 +279,26 @@ def pretrain(
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/NAME-pretrain-TIME)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoints/last.ckpt."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the dataset first (from the lake its manifest records, or --lake)."),
 ) -> None:
-    """Pre-train a MOIRAI model; builds the dataset first if it is missing or stale."""
-    from ohlcv.render import render_preflight, render_pretrain_result
+    """Pre-train a MOIRAI model; builds the dataset first if it is missing (an existing one is used as built)."""
+    from ohlcv.render import render_preflight, render_pretrain_result, training_progress
     from ohlcv.train.pretrain import run_pretrain
 
     loaded = _load(profile, overrides, _data_options(lake, dataset))
-    _ensure_sample_lake(loaded)
     build_first = _build_first(loaded)
-    result = run_pretrain(
-        loaded,
-        dataset=Path(str(loaded.cfg.data.dataset)).expanduser(),
-        out=out,
-        resume=resume,
-        on_preflight=lambda check, run_dir: render_preflight(_console(), check, run_dir, loaded),
-        on_build=build_first,
-    )
+    with training_progress(_console(stderr=True)) as progress:
+        result = run_pretrain(
+            loaded,
+            dataset=Path(str(loaded.cfg.data.dataset)).expanduser(),
+            out=out,
+            resume=resume,
+            rebuild=rebuild,
+            lake=lake,
+            progress=progress,
+            on_preflight=lambda check, run_dir: render_preflight(_console(), check, run_dir, loaded),
+            on_build=build_first,
+        )
     render_pretrain_result(_console(), result)
 
 
@@ -290,29 +312,32 @@ def _data_options(lake: Optional[Path], dataset: Optional[Path]) -> List[str]:
 
 
 def _build_first(loaded):
-    """What a training command does when its dataset is missing or stale: build it, with the report."""
+    """What a training command does when its dataset is missing (or --rebuild): build it, with the report.
 
-    def build() -> None:
+    The library passes the profile to build with (its lake may be the one the old manifest records)."""
+
+    def build(cfg, force: bool) -> None:
         from ohlcv.render import render_build, render_line
 
-        render_line(_console(), f"building the dataset {loaded.cfg.data.dataset} first")
-        render_build(_console(), _run_build(loaded, shard=None, force=False, quiet=False))
+        _ensure_sample_lake(cfg, loaded.name)
+        render_line(_console(), f"{'rebuilding' if force else 'building'} the dataset {cfg.data.dataset} "
+                                f"from {cfg.data.lake} first")
+        render_build(_console(), _run_build(cfg, shard=None, force=force, quiet=False))
 
     return build
 
 
-def _ensure_sample_lake(loaded) -> None:
+def _ensure_sample_lake(cfg, name: str) -> None:
     """Profiles with data.sample_if_missing (the demo) generate their sample lake on first use."""
     from ohlcv.train.distributed import is_rank_zero
 
-    cfg = loaded.cfg
     lake = Path(str(cfg.data.lake)).expanduser()
     if not bool(cfg.data.sample_if_missing) or lake.exists() or not is_rank_zero():  # rank zero builds for all
         return
     from ohlcv.lake.sample import generate_sample_lake
     from ohlcv.render import render_line
 
-    render_line(_console(), f"no lake at {lake}: generating the sample lake for profile '{loaded.name}'")
+    render_line(_console(), f"no lake at {lake}: generating the sample lake for profile '{name}'")
     generate_sample_lake(lake, symbols_per_class=3, freq=str(cfg.data.freq), bars=1200, seed=int(cfg.trainer.seed))
 
 
@@ -325,17 +350,18 @@ def finetune(
     lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/NAME-finetune-TIME)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoints/last.ckpt."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the dataset first (from the lake its manifest records, or --lake)."),
 ) -> None:
     """Fine-tune a MOIRAI checkpoint with early stopping on validation loss; says whether it helped."""
-    from ohlcv.render import render_finetune_result, render_finetune_start
+    from ohlcv.render import render_finetune_result, render_finetune_start, training_progress
     from ohlcv.train.finetune import run_finetune
 
     loaded = _load(profile, overrides, _data_options(lake, dataset))
-    _ensure_sample_lake(loaded)
     build_first = _build_first(loaded)
-    result = run_finetune(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=out,
-                          resume=resume, on_build=build_first,
-                          on_start=lambda info: render_finetune_start(_console(), info))
+    with training_progress(_console(stderr=True)) as progress:
+        result = run_finetune(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=out,
+                              resume=resume, on_build=build_first, rebuild=rebuild, lake=lake, progress=progress,
+                              on_start=lambda info: render_finetune_start(_console(), info))
     render_finetune_result(_console(), result)
 
 
@@ -387,6 +413,7 @@ def backtest(
     lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where folds, plots and report.md go."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the dataset first (from the lake its manifest records, or --lake)."),
 ) -> None:
     """Walk-forward backtest: K folds ending with the test span; optionally fine-tune up to each fold (less an embargo)."""
     import time as _time
@@ -407,11 +434,10 @@ def backtest(
     loaded = _load(profile, overrides, [*extra, "trainer.devices=1", "trainer.num_nodes=1", "trainer.strategy=auto"])
     if not is_rank_zero():  # started by torchrun / srun beside rank zero, which runs every fold
         return
-    _ensure_sample_lake(loaded)
     target = out or Path(str(loaded.cfg.output.runs_dir)) / f"{loaded.name}-backtest-{_time.strftime('%Y%m%d-%H%M%S')}"
     with _stdout_to_stderr(as_json):
         result = run_backtest(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=target,
-                              on_build=_build_first(loaded),
+                              on_build=_build_first(loaded), rebuild=rebuild, lake=lake,
                               on_fold=lambda fold, total: render_line(_console(stderr=as_json), f"fold {fold + 1}/{total}"))
     if as_json:
         import json

@@ -213,6 +213,79 @@ def build_progress(console: "Console", *, quiet: bool) -> _BuildProgress:
     return _BuildProgress(console, quiet)
 
 
+class _TrainProgress:
+    """One progress line per phase: steps done of the run's total, the last step's loss, steps/s;
+    a second line while validation batches run. Transient: the summary table follows."""
+
+    def __init__(self, console: "Console"):
+        self.console = console
+        self._progress = None
+        self._task = None
+        self._val = None
+        self._started = 0.0
+        self._first = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.on_end()
+        return False
+
+    def _ensure(self):
+        if self._progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[unit]}"),
+                TextColumn("{task.fields[loss]}"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.__enter__()
+        return self._progress
+
+    def on_start(self, phase: str, total: int, done: int) -> None:
+        import time
+
+        self._started, self._first = time.perf_counter(), done
+        self._task = self._ensure().add_task(phase, total=total, completed=done, unit="steps", loss="", rate="")
+
+    def on_step(self, step: int, loss: "float | None") -> None:
+        import time
+
+        if self._task is None:
+            return
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        self._progress.update(self._task, completed=step, loss="" if loss is None else f"loss {loss:.4f}",
+                              rate=f"{(step - self._first) / elapsed:.2f} steps/s")
+
+    def on_validation(self, done: "int | None", total: "int | None") -> None:
+        progress = self._ensure()
+        if done is None:
+            if self._val is not None:
+                progress.remove_task(self._val)
+                self._val = None
+            return
+        if self._val is None:
+            self._val = progress.add_task("validating", total=total, unit="batches", loss="", rate="")
+        progress.update(self._val, completed=done, total=total)
+
+    def on_end(self) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+            self._progress, self._task, self._val = None, None, None
+
+
+def training_progress(console: "Console") -> _TrainProgress:
+    return _TrainProgress(console)
+
+
 def render_build(console: "Console", result, *, quiet: bool = False) -> None:
     report, manifest = result.report, result.manifest
     if result.up_to_date:
@@ -320,8 +393,8 @@ def render_pretrain_result(console: "Console", result) -> None:
     table.add_column("value")
     rows = [
         ("steps", f"{s['steps']:,}"),
-        ("final loss", f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-"),
-        ("best loss", f"{s['best_loss']:.4f}" if s.get("best_loss") is not None else "-"),
+        ("loss, last step", f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-"),
+        ("loss, lowest step", f"{s['best_loss']:.4f}" if s.get("best_loss") is not None else "-"),
         ("tokens seen", f"{s['tokens_seen']:,}"),
         ("wall time", f"{s['wall_seconds']:.1f} s"),
         ("throughput", f"{s['tokens_per_second']:,.0f} tokens/s" if s.get("tokens_per_second") else "-"),
@@ -338,6 +411,36 @@ def render_pretrain_result(console: "Console", result) -> None:
     console.print(f"saved model (Hugging Face format): [bold]{escape(str(result.model_dir))}[/]")
 
 
+def print_fitted_table(console: "Console", title: str, columns: list[str], rows: list[list[str]], *,
+                       left: int = 1, continued: str | None = None) -> None:
+    """A table that never cuts a number: when its columns are wider than the console (80 columns, a log),
+    it is printed as several tables, each repeating the first column (the row's name) with as many of the
+    others as fit. The first ``left`` columns are left-aligned, the rest right-aligned."""
+    from rich.text import Text
+
+    widths = [max([Text.from_markup(c).cell_len for c in [column, *(row[i] for row in rows)]] or [1])
+              for i, column in enumerate(columns)]
+    room = max(console.width, 20)
+
+    def width(indexes: list[int]) -> int:  # cells, one space of padding each side, the borders
+        return sum(widths[i] for i in indexes) + 3 * len(indexes) + 1
+
+    groups: list[list[int]] = [[0]]
+    for i in range(1, len(columns)):
+        if width(groups[-1] + [i]) > room and len(groups[-1]) > 1:
+            groups.append([0])
+        groups[-1].append(i)
+    for number, group in enumerate(groups):
+        part = title if number == 0 else (continued or f"{title} (continued)")
+        table = Table(title=part, title_justify="left")
+        for i in group:
+            table.add_column(columns[i], justify="left" if i < left else "right", no_wrap=True, overflow="fold",
+                             min_width=widths[i])
+        for row in rows:
+            table.add_row(*(row[i] for i in group))
+        console.print(table)
+
+
 def render_evaluation(console: "Console", result) -> None:
     import math
 
@@ -347,25 +450,25 @@ def render_evaluation(console: "Console", result) -> None:
     for variate, info in result.variates.items():
         yard = info["yardstick"]
         removed = f", {info['windows_removed']} removed for all" if info["windows_removed"] else ""
-        table = Table(title=f"{variate} ({info['kind']}; {info['units']}): {info['windows']} windows{removed}; "
-                            f"the one to beat: {yard}", title_justify="left")
-        for column in ("forecaster", "CRPS", "MASE", "MSIS", "cov 50/80/95", "dir. steps/windows (p)", f"CRPS/{yard}",
-                       f"MAE/{yard}", "DM p CRPS", "DM p |err|"):
-            table.add_column(column, justify="right" if column != "forecaster" else "left", no_wrap=True)
+        title = (f"{variate} ({info['kind']}; {info['units']}): {info['windows']} windows{removed}; "
+                 f"the one to beat: {yard}")
+        columns = ["forecaster", "CRPS", "MASE", "MSIS", "cov 50/80/95", "dir. steps/windows (p)", f"CRPS/{yard}",
+                   f"MAE/{yard}", "DM p CRPS", "DM p |err|"]
+        rows = []
         for model, by_variate in result.aggregate.items():
             if variate not in by_variate:
                 continue
             m, r = by_variate[variate], result.relative[model][variate]
             dm = result.significance.get(model, {}).get(variate, {}).get(yard)
             better = r["crps"] < 1
-            table.add_row(
+            rows.append([
                 escape(model), f"{m['crps']:.4g}", f"{m['mase']:.3f}", f"{m['msis']:.3f}",
                 f"{m['coverage_50']:.2f}/{m['coverage_80']:.2f}/{m['coverage_95']:.2f}",
                 f"{m['directional_accuracy']:.2f}/{m['direction_window_accuracy']:.2f} ({p(m['direction_p'])})",
                 f"[{'green' if better else 'red'}]{r['crps']:.3f}[/]", f"{r['mae']:.3f}",
                 p(dm["crps"]["p_value"]) if dm else "", p(dm["abs_error"]["p_value"]) if dm else "",
-            )
-        console.print(table)
+            ])
+        print_fitted_table(console, title, columns, rows, continued=f"{variate} (continued)")
         for model in result.models:
             console.print(escape(result.verdict(variate, model)))
             summary = result.ic.get(model, {}).get(variate)
@@ -383,17 +486,17 @@ def render_backtest(console: "Console", result) -> None:
     import math
 
     for variate, info in result.overall.items():
-        table = Table(title=f"{variate}: model vs {info['yardstick']} per fold (refit: {result.refit})", title_justify="left")
-        for column in ("fold", "first origin", "CRPS ratio", "DM p", "cov 80", "direction"):
-            table.add_column(column, justify="left" if column in ("fold", "first origin") else "right", no_wrap=True)
+        rows = []
         for fold, p in zip(result.folds, info["fold_dm_p"]):
             ratio = fold["relative"]["model"][variate]["crps"]
             m = fold["aggregate"]["model"][variate]
-            table.add_row(str(fold["fold"]), str(fold["span"]["first_origin"]),
-                          f"[{'green' if ratio < 1 else 'red'}]{ratio:.3f}[/]",
-                          (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}") if p is not None and math.isfinite(p) else "–",
-                          f"{m['coverage_80']:.2f}", f"{m['directional_accuracy']:.2f}")
-        console.print(table)
+            rows.append([str(fold["fold"]), str(fold["span"]["first_origin"]),
+                         f"[{'green' if ratio < 1 else 'red'}]{ratio:.3f}[/]",
+                         (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}") if p is not None and math.isfinite(p) else "–",
+                         f"{m['coverage_80']:.2f}", f"{m['directional_accuracy']:.2f}"])
+        print_fitted_table(console, f"{variate}: model vs {info['yardstick']} per fold (refit: {result.refit})",
+                           ["fold", "first origin", "CRPS ratio", "DM p", "cov 80", "direction"], rows, left=2,
+                           continued=f"{variate} (continued)")
         console.print(escape(result.verdict(variate)))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")

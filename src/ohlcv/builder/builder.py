@@ -44,7 +44,7 @@ from ohlcv.builder.report import build_report, off_session_notes
 from ohlcv.builder.workers import in_order
 from ohlcv.config.loader import atomic_write_text, to_yaml
 from ohlcv.dataset import normalize
-from ohlcv.dataset.format import FORMAT, HF_SUBDIR, TIMESTAMPS_FILE, Variates, profile_hash
+from ohlcv.dataset.format import FORMAT, HF_SUBDIR, TIMESTAMPS_FILE, Variates, dataset_spec, profile_hash
 from ohlcv.dataset.read import datasets_version, same_datasets_major
 from ohlcv.dataset.write import (
     atomic_json,
@@ -688,6 +688,8 @@ class IterativeFinancialDatasetBuilder:
             "normalization": norm,
             "quarantined": report["quarantined"],
             "profile_hash": profile_hash(self.cfg),
+            "spec": dataset_spec(self.cfg),
+            "lake": str(self.lake.resolve()),
             "fingerprint": fingerprint,
             "shard": str(self.shard) if self.shard else None,
             "plugins": self.plugins.versions(),

@@ -30,6 +30,25 @@ from ohlcv.config.schema import MODEL_SIZES, ModelSize, Profile
 from ohlcv.errors import ConfigError
 from ohlcv.freq import parse_freq
 
+
+def datasets_major() -> str:
+    """The installed ``datasets`` major version (``${datasets_major:}`` in profiles): datasets written by one
+    major version may not load in another, so the demo keeps one cache per major version."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("datasets").split(".")[0]
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+if not OmegaConf.has_resolver("datasets_major"):
+    import warnings
+
+    with warnings.catch_warnings():  # omegaconf 2.4 renames register_new_resolver (same behaviour)
+        warnings.simplefilter("ignore")
+        OmegaConf.register_new_resolver("datasets_major", datasets_major)
+
 PROFILE_SUFFIXES = (".yaml", ".yml")
 _VALID_PRECISIONS = {"auto", "32", "32-true", "16-mixed", "bf16-mixed", "64", "64-true"}
 
@@ -174,24 +193,50 @@ def _resolve_chain(path: Path) -> list[tuple[Path, DictConfig]]:
     return chain
 
 
-def _suggest(parent: Any, key: str) -> str:
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every key of the schema, dotted (``data.split.train``), depth first."""
+    keys = []
+    if isinstance(node, dict):
+        for name, child in node.items():
+            full = f"{prefix}{name}"
+            keys.append(full)
+            keys.extend(_dotted_keys(child, f"{full}."))
+    return keys
+
+
+def _suggest(schema: DictConfig, key: str) -> str:
+    """`` (did you mean 'data.context_length'?)``: the same name in another section first (an override
+    written without its section), then a close spelling beside it, then a close spelling anywhere."""
     try:
-        options = [str(k) for k in parent.keys()]
+        known = _dotted_keys(OmegaConf.to_container(schema, resolve=False))
     except Exception:  # noqa: BLE001 - best effort only
         return ""
-    close = difflib.get_close_matches(key, options, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    leaf = key.rsplit(".", 1)[-1]
+    parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    leaves: dict[str, list[str]] = {}
+    for full in known:
+        leaves.setdefault(full.rsplit(".", 1)[-1], []).append(full)
+    found = [full for full in leaves.get(leaf, []) if full != key]
+    if not found:
+        beside = [full.rsplit(".", 1)[-1] for full in known
+                  if full.startswith(parent) and "." not in full[len(parent):]]
+        close = difflib.get_close_matches(leaf, beside, n=1)
+        found = [parent + close[0]] if close else []
+    if not found:
+        close = difflib.get_close_matches(leaf, list(leaves), n=1)
+        found = leaves[close[0]] if close else []
+    if not found:
+        return ""
+    shown = [f"'{full}'" for full in found[:3]]
+    return f" (did you mean {shown[0] if len(shown) == 1 else ', '.join(shown[:-1]) + ' or ' + shown[-1]}?)"
 
 
 def _explain(exc: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or ""
     first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, ConfigKeyError):
-        leaf = key.rsplit(".", 1)[-1]
-        parent_key = key.rsplit(".", 1)[0] if "." in key else ""
-        parent = OmegaConf.select(schema, parent_key) if parent_key else schema
         return ConfigError(
-            f"unknown key{_suggest(parent, leaf)}; remove it or fix the spelling",
+            f"unknown key{_suggest(schema, key)}; remove it or fix the spelling",
             key=key,
             source=source,
         )

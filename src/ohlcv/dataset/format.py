@@ -32,6 +32,41 @@ def profile_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def dataset_spec(cfg) -> dict[str, Any]:
+    """What a command needs a dataset to be, by profile key: its frequency and its variates (columns,
+    layout, targets, the enabled features and their parameters). Recorded in the manifest at build
+    time; a named dataset whose spec differs from the command's profile is refused, never rebuilt
+    implicitly. Cleaning, split and selection settings are not in it: a dataset is used as built."""
+    from omegaconf import OmegaConf
+
+    from ohlcv.freq import parse_freq
+
+    data = cfg.data
+    enabled = [str(name) for name in cfg.features.enabled]
+    params = OmegaConf.to_container(cfg.features.params, resolve=True, enum_to_str=True) or {}
+    layout = data.layout.value if hasattr(data.layout, "value") else str(data.layout)
+    spec: dict[str, Any] = {
+        "data.freq": parse_freq(str(data.freq)).canonical,
+        "data.columns": [str(c) for c in data.columns],
+        "data.layout": layout,
+        "features.enabled": enabled,
+        "features.params": {name: params[name] for name in sorted(params) if name in enabled},
+    }
+    if layout == "covariates":
+        spec["data.targets"] = [str(t) for t in data.targets]
+    return spec
+
+
+def spec_differences(built: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``key: built X, the profile asks for Y`` for every key where the two specs differ."""
+
+    def show(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), default=str) if not isinstance(value, str) else value
+
+    return [f"{key}: built with {show(built.get(key))}, the command asks for {show(wanted[key])}"
+            for key in wanted if built.get(key) != wanted[key]]
+
+
 def hf_schema(variates: Variates):
     """The Arrow schema (with its ``datasets`` features) of uni2ts's dataset layout for these variates."""
     return _hf_schema(len(variates.targets), len(variates.covariates))

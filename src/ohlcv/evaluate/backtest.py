@@ -97,16 +97,28 @@ def run_backtest(
     *,
     dataset: Path,
     out: Path,
-    on_build: Callable[[], Any] | None = None,
+    on_build: Callable[[Any, bool], Any] | None = None,
+    rebuild: bool = False,
+    lake: Path | None = None,
     on_fold: Callable[[int, int], None] | None = None,
 ) -> BacktestResult:
+    """Walk-forward folds into ``out``; a backtest that fails removes the folder it created."""
+    from ohlcv.train.runtime import discard_on_failure
+
+    with discard_on_failure(Path(out).expanduser()):
+        return _run_backtest(loaded, start, dataset=dataset, out=out, on_build=on_build, rebuild=rebuild, lake=lake,
+                             on_fold=on_fold)
+
+
+def _run_backtest(loaded, start: str, *, dataset: Path, out: Path, on_build, rebuild: bool, lake: Path | None,
+                  on_fold) -> BacktestResult:
     from ohlcv.train.pretrain import ensure_dataset
 
     cfg = loaded.cfg
     check_baselines(cfg)
     dataset = Path(dataset).expanduser()
     out = Path(out).expanduser()
-    manifest = ensure_dataset(cfg, dataset, on_build=on_build)
+    manifest = ensure_dataset(loaded, dataset, rebuild=rebuild, lake=lake, on_build=on_build)
     folds_n = int(cfg.backtest.folds)
     horizon, context = int(cfg.data.prediction_length), int(cfg.data.context_length)
     stride = int(cfg.evaluate.stride or horizon)

@@ -31,10 +31,12 @@ from ohlcv.train.pretrain import ensure_dataset, export_hf, manifest_hash
 from ohlcv.train.runtime import (
     OWNER_MARK,
     check_writable,
+    discard_on_failure,
     git_revision,
     loss_guard,
     make_trainer,
     package_versions,
+    point_latest,
     resolve_hardware,
     run_folder,
 )
@@ -167,9 +169,23 @@ def run_finetune(
     dataset: Path,
     out: Path | None = None,
     resume: bool = False,
-    on_build: Callable[[], Any] | None = None,
+    on_build: Callable[[Any, bool], Any] | None = None,
+    rebuild: bool = False,
+    lake: Path | None = None,
+    progress=None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> FinetuneResult:
+    run_dir = run_folder(loaded.cfg, "finetune", out, resume)
+    with discard_on_failure(run_dir):
+        result = _run_finetune(loaded, start, run_dir, dataset=dataset, resume=resume, on_build=on_build,
+                               rebuild=rebuild, lake=lake, progress=progress, on_start=on_start)
+    if out is None and is_rank_zero():
+        point_latest(loaded.cfg, "finetune", run_dir)
+    return result
+
+
+def _run_finetune(loaded, start: str, run_dir: Path, *, dataset: Path, resume: bool, on_build, rebuild: bool,
+                  lake: Path | None, progress, on_start) -> FinetuneResult:
     import lightning as L
     import torch
 
@@ -177,9 +193,8 @@ def run_finetune(
 
     cfg = loaded.cfg
     dataset = Path(dataset).expanduser()
-    run_dir = run_folder(cfg, "finetune", out, resume)
     check_writable(run_dir)
-    manifest = ensure_dataset(cfg, dataset, on_build=on_build)
+    manifest = ensure_dataset(loaded, dataset, rebuild=rebuild, lake=lake, on_build=on_build)
     context, horizon = int(cfg.data.context_length), int(cfg.data.prediction_length)
     if context < 5 * horizon:
         raise ConfigError(f"context {context} is shorter than 5 x horizon {horizon}", key="data.context_length")
@@ -202,7 +217,7 @@ def run_finetune(
     )
     stopper = L.pytorch.callbacks.EarlyStopping(monitor=VAL_KEY, mode="min", patience=int(cfg.finetune.patience))
     trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.finetune.max_steps),
-                           callbacks=[guard, best, stopper])
+                           callbacks=[guard, best, stopper], progress=progress, phase="fine-tuning")
     check_launch(trainer)
     if sizes["val_windows"] < trainer.world_size:
         raise ConfigError(

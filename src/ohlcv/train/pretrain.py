@@ -36,10 +36,12 @@ from ohlcv.train.runtime import (
     OWNER_MARK,
     Hardware,
     check_writable,
+    discard_on_failure,
     git_revision,
     loss_guard,
     make_trainer,
     package_versions,
+    point_latest,
     resolve_hardware,
     run_folder,
     wait_for,
@@ -69,32 +71,97 @@ def manifest_hash(dataset: Path) -> str:
     return hashlib.sha256((Path(dataset) / "manifest.json").read_bytes()).hexdigest()[:16]
 
 
-def ensure_dataset(cfg, dataset: Path, *, on_build: Callable[[], Any] | None = None) -> dict[str, Any]:
-    """The dataset's manifest; build it first if it is missing or was built from another data section."""
-    from ohlcv.dataset.format import profile_hash
-    from ohlcv.dataset.read import same_datasets_major
+def dataset_problem(cfg, manifest: dict[str, Any]) -> str | None:
+    """Why a built dataset cannot serve a command of this profile (what differs), or None when it can."""
+    from ohlcv.dataset.format import dataset_spec, profile_hash, spec_differences
+    from ohlcv.dataset.read import datasets_version, same_datasets_major
 
+    if not same_datasets_major(manifest):
+        return (f"it was written by datasets {manifest.get('datasets_version', '?')}, another major version than "
+                f"this stack's {datasets_version()}")
+    if "spec" in manifest:
+        differences = spec_differences(manifest["spec"], dataset_spec(cfg))
+        if differences:
+            return "; ".join(differences)
+    elif manifest.get("profile_hash") != profile_hash(cfg):  # built before manifests recorded their spec
+        return "it was built by an older ohlcv from other data or features settings"
+    need = int(cfg.data.context_length) + int(cfg.data.prediction_length)
+    longest = max((int(item.get("length", 0)) for item in manifest.get("items", [])), default=0)
+    if longest < need:
+        return f"its longest series has {longest} bars, fewer than context + horizon = {need}"
+    return None
+
+
+def rebuild_command(loaded, dataset: Path, lake: str | None) -> str:
+    """The ``ohlcv build`` command that rebuilds ``dataset`` for this profile (from ``lake``)."""
+    import shlex
+
+    words = ["ohlcv", "build", "--profile", str(loaded.path if loaded.path.parent.name != "profiles" else loaded.name)]
+    if lake:
+        words += ["--lake", lake]
+    words += ["--out", str(dataset), "--force"]
+    words += [o for o in loaded.overrides if o.split("=", 1)[0] not in ("data.lake", "data.dataset")
+              and o.split("=", 1)[0].split(".")[0] in ("data", "features")]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def ensure_dataset(loaded, dataset: Path, *, rebuild: bool = False, lake: Path | None = None,
+                   on_build: Callable[[Any, bool], Any] | None = None) -> dict[str, Any]:
+    """The manifest of the dataset a training command uses; a dataset the user named is never replaced implicitly.
+
+    An existing dataset is used as built when it can serve this profile (same frequency and variates,
+    series long enough for its windows) and refused in one line, naming what differs and the command
+    that rebuilds it, when it cannot. It is built only when missing, or rebuilt when ``rebuild`` says
+    so: from ``lake`` when given, else from the lake its manifest records, else the profile's.
+    ``on_build(cfg, force)`` does the build (the CLI's shows the report); the default builds quietly.
+    Under several processes rank 0 builds and the others wait for a manifest that can serve them.
+    """
+    cfg = loaded.cfg
+    dataset = Path(dataset).expanduser()
     manifest_file = dataset / "manifest.json"
 
-    def current() -> dict[str, Any] | None:
+    def read() -> dict[str, Any] | None:
         try:
-            manifest = json.loads(manifest_file.read_text())
+            return json.loads(manifest_file.read_text())
         except (OSError, ValueError):
             return None
-        return manifest if manifest.get("profile_hash") == profile_hash(cfg) and same_datasets_major(manifest) else None
 
-    manifest = current()
-    if manifest is not None:
-        return manifest
-    rank, _ = process_rank()
-    if rank > 0:  # several processes: rank 0 builds; the others wait for its manifest (not a stale one)
-        return wait_for(manifest_file, ready=current)
+    rank, world = process_rank()
+    if rank > 0:  # several processes: rank 0 builds; the others wait for a manifest that serves them
+        return wait_for(manifest_file, ready=lambda: (m if (m := read()) is not None and dataset_problem(cfg, m) is None
+                                                      else None))
+    manifest = read()
+    recorded = (manifest or {}).get("lake")
+    if manifest is not None and not rebuild:
+        problem = dataset_problem(cfg, manifest)
+        if problem is None:
+            return manifest
+        raise OhlcvError(
+            f"{dataset} does not fit this command ({problem}); name another --dataset, or rebuild this one "
+            f"with: {rebuild_command(loaded, dataset, str(lake) if lake is not None else recorded)}"
+        )
+    if rebuild and world > 1:
+        from ohlcv.train.distributed import shared_run_dir
+
+        if shared_run_dir() is None:  # torchrun / srun: every rank starts at once; build before launching
+            raise ConfigError(f"rebuild the dataset before a multi-process launch: "
+                              f"{rebuild_command(loaded, dataset, str(lake) if lake is not None else recorded)}",
+                              key="--rebuild")
+    build_cfg = cfg
+    if lake is None and recorded:
+        import copy
+
+        from omegaconf import read_write
+
+        build_cfg = copy.deepcopy(cfg)
+        with read_write(build_cfg):
+            build_cfg.data.lake = recorded
     if on_build is None:
         from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
 
-        IterativeFinancialDatasetBuilder(cfg).run()
+        IterativeFinancialDatasetBuilder(build_cfg).run(force=rebuild)
     else:
-        on_build()
+        on_build(build_cfg, rebuild)
     return json.loads(manifest_file.read_text())
 
 
@@ -203,8 +270,8 @@ def _callbacks(run_dir: Path, cfg, stats: dict[str, Any]):
 
     every = max(1, int(cfg.pretrain.checkpoint_every_n_steps))
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="step-{step}", every_n_train_steps=every, save_last=True,
-        save_top_k=1, monitor=None,
+        dirpath=run_dir / "checkpoints", filename="step={step:06d}", auto_insert_metric_name=False,
+        every_n_train_steps=every, save_last=True, save_top_k=1, monitor=None,
     )
     guard = loss_guard(
         f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}. "
@@ -269,12 +336,25 @@ def run_pretrain(
     out: Path | None = None,
     resume: bool = False,
     on_preflight: Callable[[Preflight, Path], None] | None = None,
-    on_build: Callable[[], Any] | None = None,
+    on_build: Callable[[Any, bool], Any] | None = None,
+    rebuild: bool = False,
+    lake: Path | None = None,
+    progress=None,
 ) -> PretrainResult:
+    run_dir = run_folder(loaded.cfg, "pretrain", out, resume)
+    with discard_on_failure(run_dir):
+        result = _run_pretrain(loaded, run_dir, dataset=dataset, resume=resume, on_preflight=on_preflight,
+                               on_build=on_build, rebuild=rebuild, lake=lake, progress=progress)
+    if out is None and is_rank_zero():
+        point_latest(loaded.cfg, "pretrain", run_dir)
+    return result
+
+
+def _run_pretrain(loaded, run_dir: Path, *, dataset: Path, resume: bool, on_preflight, on_build, rebuild: bool,
+                  lake: Path | None, progress) -> PretrainResult:
     cfg = loaded.cfg
     dataset = Path(dataset).expanduser()
-    run_dir = run_folder(cfg, "pretrain", out, resume)
-    manifest = ensure_dataset(cfg, dataset, on_build=on_build)
+    manifest = ensure_dataset(loaded, dataset, rebuild=rebuild, lake=lake, on_build=on_build)
     check = preflight(cfg, dataset, manifest, run_dir)
     if on_preflight is not None:
         on_preflight(check, run_dir)
@@ -288,7 +368,8 @@ def run_pretrain(
     stats: dict[str, Any] = {"patch_sizes": set()}
     hardware = check.hardware
     trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.pretrain.max_steps),
-                           callbacks=_callbacks(run_dir, cfg, stats), limit_val_batches=0)
+                           callbacks=_callbacks(run_dir, cfg, stats), limit_val_batches=0,
+                           progress=progress, phase="pre-training")
     check_launch(trainer)
     # the processes of one node share its cores (CPU runs; on GPUs this only bounds the loader's threads)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))

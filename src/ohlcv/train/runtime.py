@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -70,8 +72,70 @@ def latest_run(cfg, kind: str) -> Path | None:
     root = Path(str(cfg.output.runs_dir)).expanduser()
     if not root.is_dir():
         return None
-    runs = sorted(p for p in root.glob(f"{cfg.name}-{kind}-*") if (p / "checkpoints" / "last.ckpt").is_file())
+    runs = sorted(p for p in root.glob(f"{cfg.name}-{kind}-*")
+                  if not p.is_symlink() and (p / "checkpoints" / "last.ckpt").is_file())
     return runs[-1] if runs else None
+
+
+@contextlib.contextmanager
+def discard_on_failure(run_dir: Path):
+    """A command that fails leaves no run folder of its own behind, or a clearly marked one.
+
+    A folder this command created that holds no checkpoint and no verdict is removed; one that holds a
+    checkpoint (an interrupted run: it can be resumed) or says why it stopped (``diverged``) is kept, its
+    run.json marked failed with the error unless it already says why."""
+    run_dir = Path(run_dir)
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException as exc:
+        from ohlcv.train.distributed import is_rank_zero
+
+        if is_rank_zero() and run_dir.is_dir():
+            if not existed and not any(run_dir.glob("checkpoints/*.ckpt")) and _status(run_dir) in (None, "running"):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                _mark_failed(run_dir, exc)
+        raise
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _mark_failed(run_dir: Path, exc: BaseException) -> None:
+    marker = run_dir / "run.json"
+    try:
+        summary = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return
+    if summary.get("status") != "running":  # finished, diverged: it already says
+        return
+    from ohlcv.config.loader import atomic_write_text
+
+    summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                   error=f"{type(exc).__name__}: {exc}")
+    atomic_write_text(marker, json.dumps(summary, indent=2) + "\n")
+
+
+def point_latest(cfg, kind: str, run_dir: Path) -> Path | None:
+    """``<runs_dir>/<profile>-<kind>-latest``: a relative symbolic link to the newest finished run of that
+    kind, so that ``--from runs/demo-pretrain-latest/model`` names it whatever its time stamp. Replaced
+    atomically; None where the file system has no symbolic links."""
+    link = Path(str(cfg.output.runs_dir)).expanduser() / f"{cfg.name}-{kind}-latest"
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    try:
+        target = os.path.relpath(Path(run_dir).resolve(), link.parent.resolve())
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(target, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        return None
+    return link
 
 
 def check_writable(folder: Path) -> None:
@@ -217,10 +281,104 @@ def make_logger(cfg, run_dir: Path):
     return False  # none
 
 
-def make_trainer(cfg, hardware: Hardware, run_dir: Path, *, max_steps: int, callbacks: list, **extra):
-    """A Lightning Trainer with the profile's devices, precision, clipping and logger (``trainer.logger``)."""
+# Library messages that say nothing to a user of this tool, each matched by where it comes from and its
+# words (never all warnings): (logger name, message start) for Lightning's log lines,
+# (warning category, message pattern) for warnings. OHLCV_DEBUG=1 shows them all.
+QUIET_LOG_LINES = (
+    # advertisements for Lightning's cloud services, printed by every Trainer
+    ("lightning.pytorch.utilities.rank_zero", "💡 Tip:"),
+    ("lightning.fabric.utilities.rank_zero", "💡 Tip:"),
+    ("lightning_utilities.core.rank_zero", "💡 Tip:"),
+    # save_checkpoint's default; this tool's checkpoints are its own (see assert_own_run)
+    ("lightning.pytorch.trainer.connectors.checkpoint_connector", "`weights_only` was not set"),
+)
+QUIET_WARNINGS = (
+    # Lightning's own pytree helper on torch >= 2.10; nothing a user can change
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # pre-training has no validation split by design (MoiraiPretrain defines a validation_step)
+    (UserWarning, r"You defined a `validation_step` but have no `val_dataloader`"),
+)
+
+
+class _DropLines:
+    def __init__(self, start: str):
+        self.start = start
+
+    def filter(self, record) -> bool:
+        return not str(record.getMessage()).startswith(self.start)
+
+
+_quieted = False
+
+
+def quiet_libraries() -> None:
+    """Silence the known harmless library messages of a training run (once per process; not with OHLCV_DEBUG=1)."""
+    global _quieted
+    if _quieted or os.environ.get("OHLCV_DEBUG", "").strip() not in ("", "0", "false", "no"):
+        return
+    import logging
+    import warnings
+
+    for name, start in QUIET_LOG_LINES:
+        logging.getLogger(name).addFilter(_DropLines(start))
+    for category, pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    _quieted = True
+
+
+def progress_callback(progress, phase: str):
+    """A Lightning callback that reports steps, loss and validation batches to ``progress`` (rank zero only).
+
+    ``progress`` has ``on_start(phase, total, done)``, ``on_step(step, loss)``,
+    ``on_validation(done, total)`` and ``on_end()`` (see ``ohlcv.render.training_progress``)."""
+    import math
+
     import lightning as L
 
+    def batches(trainer) -> int | None:
+        total = sum(trainer.num_val_batches)
+        return int(total) if math.isfinite(total) else None  # an iterable loader: length unknown
+
+    class Progress(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            if trainer.is_global_zero:
+                progress.on_start(phase, int(trainer.max_steps), int(trainer.global_step))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.is_global_zero:
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+                progress.on_step(int(trainer.global_step), None if loss is None else float(loss.detach()))
+
+        def on_validation_start(self, trainer, pl_module):
+            if trainer.is_global_zero:
+                progress.on_validation(0, batches(trainer))
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if trainer.is_global_zero:
+                progress.on_validation(batch_idx + 1, batches(trainer))
+
+        def on_validation_end(self, trainer, pl_module):
+            if trainer.is_global_zero:
+                progress.on_validation(None, None)
+
+        def on_train_end(self, trainer, pl_module):
+            if trainer.is_global_zero:
+                progress.on_end()
+
+    return Progress()
+
+
+def make_trainer(cfg, hardware: Hardware, run_dir: Path, *, max_steps: int, callbacks: list, progress=None,
+                 phase: str = "training", **extra):
+    """A Lightning Trainer with the profile's devices, precision, clipping and logger (``trainer.logger``).
+
+    Lightning's own progress bar is off (its epoch totals are meaningless for step-based runs);
+    ``progress`` (see :func:`progress_callback`) shows steps of ``max_steps`` and the loss instead."""
+    import lightning as L
+
+    quiet_libraries()
+    if progress is not None:
+        callbacks = [*callbacks, progress_callback(progress, phase)]
     return L.Trainer(
         accelerator=hardware.accelerator,
         devices=hardware.devices,
@@ -236,6 +394,7 @@ def make_trainer(cfg, hardware: Hardware, run_dir: Path, *, max_steps: int, call
         log_every_n_steps=int(cfg.trainer.log_every_n_steps),
         num_sanity_val_steps=0,
         enable_model_summary=False,
+        enable_progress_bar=False,
         default_root_dir=str(run_dir),
         **extra,
     )

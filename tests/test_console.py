@@ -1,0 +1,50 @@
+"""What a training run prints: none of the libraries' known noise, a progress display in steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TINY, run_ohlcv_subprocess
+
+NOISE = ("💡 Tip", "litlogger", "LeafSpec", "but have no `val_dataloader`", "`weights_only` was not set")
+
+EMIT = """
+import logging, warnings
+from ohlcv.train.runtime import quiet_libraries
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+quiet_libraries()
+logging.getLogger("lightning.pytorch.utilities.rank_zero").info("💡 Tip: try litlogger")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").info("GPU available: False")
+logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").info("`weights_only` was not set, defaulting to `False`.")
+warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use something else", FutureWarning)
+warnings.warn("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.", UserWarning)
+warnings.warn("another library's warning", UserWarning)
+"""
+
+
+def test_the_known_library_messages_are_silenced_and_nothing_else():
+    result = run_ohlcv_subprocess(python_code=EMIT)
+    assert result.returncode == 0, result.stderr
+    assert not [word for word in NOISE if word in result.stderr + result.stdout], result.stderr
+    assert "GPU available: False" in result.stderr and "another library's warning" in result.stderr
+
+
+def test_debug_shows_the_library_messages():
+    result = run_ohlcv_subprocess(python_code=EMIT, env={"OHLCV_DEBUG": "1"})
+    assert result.returncode == 0, result.stderr
+    assert all(word in result.stderr for word in NOISE), result.stderr
+
+
+@pytest.mark.slow
+def test_a_tiny_pretraining_prints_no_library_noise_and_no_negative_totals(tmp_path):
+    from ohlcv.lake.sample import generate_sample_lake
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto", "fx"], bars=900, seed=2)
+    result = run_ohlcv_subprocess("pretrain", "--profile", "hourly", "--lake", str(lake.root), "--dataset",
+                                  str(tmp_path / "ds"), "--out", str(tmp_path / "run"), *TINY, "pretrain.max_steps=2",
+                                  timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout
+    printed = result.stdout + result.stderr
+    assert not [word for word in NOISE if word in printed], printed
+    assert "/-" not in printed and "Epoch" not in printed
+    assert "loss, last step" in result.stdout

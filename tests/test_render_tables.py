@@ -1,0 +1,58 @@
+"""Tables stay readable at 80 columns: numbers are never cut; columns that do not fit go to a second table."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+from rich.console import Console
+
+from ohlcv.render import print_fitted_table, render_evaluation
+
+
+def _console(width: int) -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, width=width, highlight=False, soft_wrap=True, color_system=None), out
+
+
+def test_a_wide_table_is_split_and_no_cell_is_cut():
+    columns = ["forecaster", *(f"metric number {i}" for i in range(9))]
+    rows = [["zero_shot", *(f"{1234.56789 * (i + 1):.6f}" for i in range(9))],
+            ["random_walk", *(f"{0.000123 * (i + 1):.6f}" for i in range(9))]]
+    console, out = _console(80)
+    print_fitted_table(console, "a title", columns, rows)
+    printed = out.getvalue()
+    assert "…" not in printed and "(continued)" in printed
+    assert all(len(line) <= 80 for line in printed.splitlines())
+    assert all(cell in printed for row in rows for cell in row)
+    assert printed.count("zero_shot") > 1  # the row's name is repeated in every part
+
+
+def test_a_narrow_table_stays_one_table():
+    console, out = _console(80)
+    print_fitted_table(console, "t", ["a", "b"], [["x", "1.000"]])
+    assert "(continued)" not in out.getvalue()
+
+
+def test_evaluation_at_80_columns_prints_every_number_whole():
+    metrics = {"crps": 0.012345, "mase": 1.234, "msis": 12.345, "coverage_50": 0.5, "coverage_80": 0.8,
+               "coverage_95": 0.95, "directional_accuracy": 0.51, "direction_window_accuracy": 0.52,
+               "direction_p": 0.34}
+    dm = {"crps": {"p_value": 0.0123}, "abs_error": {"p_value": 0.456}}
+    result = SimpleNamespace(
+        variates={"close": {"yardstick": "random_walk", "windows_removed": 0, "kind": "price", "units": "log price",
+                            "windows": 4}},
+        aggregate={"model": {"close": metrics}, "random_walk": {"close": metrics}},
+        relative={"model": {"close": {"crps": 0.987, "mae": 1.012}}, "random_walk": {"close": {"crps": 1.0, "mae": 1.0}}},
+        significance={"model": {"close": {"random_walk": dm}}},
+        models=["model"], ic={}, notes=[], plots=[], out="runs/x",
+        verdict=lambda variate, model: "verdict", flags=lambda: [],
+    )
+    console, out = _console(80)
+    render_evaluation(console, result)
+    printed = out.getvalue()
+    assert "…" not in printed
+    assert all(len(line) <= 80 for line in printed.splitlines())
+    for number in ("0.01235", "1.234", "12.345", "0.50/0.80/0.95", "0.51/0.52 (0.340)", "0.987", "1.012", "0.012",
+                   "0.456"):
+        assert number in printed, number
