@@ -87,7 +87,7 @@ class Calendar:
         if end_us < start_us:
             empty = np.empty(0, dtype=np.int64)
             return empty, empty
-        step = _step_us(freq)
+        step = step_us(freq)
         if self.continuous:
             first = (start_us // step) * step
             labels = np.arange(first, end_us + 1, step, dtype=np.int64)
@@ -123,7 +123,7 @@ def _year_grid(calendar: "Calendar", freq: Frequency, first_year: int, last_year
 
     start = int(np.datetime64(f"{first_year:04d}-01-01", "us").astype(np.int64))
     end = int(np.datetime64(f"{last_year + 1:04d}-01-01", "us").astype(np.int64)) - 1
-    step = _step_us(freq)
+    step = step_us(freq)
     if calendar.exchange:
         labels, ends = _exchange_grid(calendar.name, start, end, freq, clock=calendar.alignment == "clock")
         keep = (ends > start) & (labels <= end)
@@ -134,7 +134,8 @@ def _year_grid(calendar: "Calendar", freq: Frequency, first_year: int, last_year
     return labels, labels + step
 
 
-def _step_us(freq: Frequency) -> int:
+def step_us(freq: Frequency) -> int:
+    """The length of one bar in µs (a day for D/B bars)."""
     if freq.unit in ("D", "B"):
         return freq.n * US_PER_DAY
     if freq.seconds is None:
@@ -215,7 +216,7 @@ def _exchange_grid(name: str, start_us: int, end_us: int, freq: Frequency, *, cl
     if hi < lo:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty
-    step = _step_us(freq)
+    step = step_us(freq)
     if freq.unit in ("D", "B"):
         if freq.n > 1:  # "every other session" has no anchor a lake and a calendar would agree on
             raise ConfigError(f"an exchange calendar lays out one session per daily bar; '{freq.canonical}' bars "

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from ohlcv.calendars import Calendar
+from ohlcv.calendars import Calendar, step_us
 from ohlcv.freq import Frequency
 from ohlcv.lake.layout import REQUIRED_COLUMNS
 
@@ -582,8 +582,7 @@ def _grids(spans: "pl.DataFrame", venue: dict[int, Calendar], freq: Frequency):
         keys.append(np.full(len(labels), k, dtype=np.uint32))
         stamps.append(labels)
         complete &= len(labels) == n  # the symbol's bars are distinct labels of this grid: all there
-        step = freq.seconds * 1_000_000 if freq.seconds else freq.n * 86_400_000_000
-        closed[k] = max(0, (hi - lo) // step + 1 - len(labels))
+        closed[k] = max(0, (hi - lo) // step_us(freq) + 1 - len(labels))
     if complete and continuous:
         complete = _complete(spans.filter(pl.col(KEY).is_in(continuous)), freq) if freq.seconds else False
     if complete:  # no symbol has a gap: no grid to join

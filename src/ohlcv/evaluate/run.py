@@ -351,12 +351,12 @@ def evaluate(
             # different calendars (24/7 crypto, weekday FX, NYSE sessions) forecast the same period at different
             # clock times, and must be pooled as one origin, not counted as independent ones
             # (a backtest's folds add their offset, so that their origins stay in time order when pooled)
-            kept_times = [origin_offset + int((o - test_start) // stride) for o, k in zip(origins, keep) if k]
+            kept_origins = [origin_offset + int((o - test_start) // stride) for o, k in zip(origins, keep) if k]
             for name, samples in candidates.items():
                 rng = np.random.default_rng(seed_for(seed, name, row.item_id, variate, "pit"))
                 scores = window_scores(label[keep], samples[keep], ctx[keep], season,
                                        from_zero=kind is Kind.return_, rng=rng)
-                store.setdefault(name, {}).setdefault(variate, []).append((row.item_id, kept_times, scores))
+                store.setdefault(name, {}).setdefault(variate, []).append((row.item_id, kept_origins, scores))
             if variate == wanted[0] and len(plot_data) < int(cfg.evaluate.plot_assets):
                 at = int(np.flatnonzero(keep)[-1])
                 bars = np.arange(origins[at] - context, origins[at] + horizon)
@@ -476,7 +476,7 @@ def _geomean(values: list[float]) -> float:
 def summarize_scores(store, variates_info, learned, *, horizon: int, stride: int) -> dict[str, Any]:
     """Aggregates, ratios to the one to beat, DM tests, calibration, IC and error by step.
 
-    ``store``: forecaster -> variate -> [(item_id, origin times, WindowScores)], every forecaster with the
+    ``store``: forecaster -> variate -> [(item_id, origin numbers, WindowScores)], every forecaster with the
     same windows; ``variates_info``: variate -> {"kind", "baselines", "yardstick", ...}; ``learned``: the
     forecasters tested against every baseline (the others are tested against the one to beat).
     """
