@@ -181,9 +181,12 @@ app.add_typer(build_app, name="build")
 def build(
     ctx: typer.Context,
     profile: str = ProfileOption,
-    lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
+    lake: Optional[str] = typer.Option(
+        None, "--lake", help="The Parquet lake: a folder or s3:// gs:// az:// URL (sets data.lake)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where the dataset goes (sets data.dataset)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Build a deterministic 1/N of the symbols: K/N."),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="local (threads) or ray (RAY_ADDRESS's cluster, else a local one; sets build.executor)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the dataset is up to date."),
     check: bool = typer.Option(False, "--check", help="Afterwards, verify the dataset through uni2ts."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; a one-line summary."),
@@ -203,6 +206,8 @@ def build(
         extra.append(f"data.lake={lake}")
     if out is not None:
         extra.append(f"data.dataset={out}")
+    if executor is not None:
+        extra.append(f"build.executor={executor}")
     loaded = _load(profile, args, extra)
     result = _run_build(loaded.cfg, shard=shard, force=force, quiet=quiet)
     render_build(_console(), result, quiet=quiet)

@@ -274,6 +274,19 @@ class TrainerConfig:
     experiment: Optional[str] = None  # mlflow experiment / wandb project; null: the profile's name
 
 
+class Executor(str, Enum):
+    local = "local"  # worker threads on this machine
+    ray = "ray"  # Ray tasks on a cluster (RAY_ADDRESS) or a local Ray runtime: pip install 'ohlcv[ray]'
+
+
+@dataclass
+class BuildConfig:
+    """How ``ohlcv build`` runs its batches (not what it builds: the dataset is the same either way)."""
+
+    executor: Executor = Executor.local
+    cpus: Optional[int] = None  # CPUs of a local Ray runtime started by the build; null: every core
+
+
 @dataclass
 class OutputConfig:
     runs_dir: str = "runs"
@@ -291,4 +304,5 @@ class Profile:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
