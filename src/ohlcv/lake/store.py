@@ -5,7 +5,7 @@ few paged LIST requests per selected symbol, never a read) and its files are
 read by Polars' own cloud reader. Both take their credentials and endpoint
 from the standard environment variables (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``,
-``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP``; ``GOOGLE_APPLICATION_CREDENTIALS``;
+``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP`` for an ``http://`` endpoint; ``GOOGLE_APPLICATION_CREDENTIALS``;
 ``AZURE_STORAGE_ACCOUNT_NAME``, ``AZURE_STORAGE_ACCOUNT_KEY``, ...): nothing
 secret is ever written to a profile or a manifest.
 """
@@ -13,6 +13,7 @@ secret is ever written to a profile or a manifest.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -83,48 +84,36 @@ def file_stamp(path, lake) -> str:
 
 
 def open_store(url: str):
-    """An obstore store rooted at ``url``; one line saying how to install obstore when it is missing."""
+    """An obstore store rooted at ``url``, configured from the environment; one line saying how to install
+    obstore when it is missing."""
+    from datetime import timedelta
+
     try:
         from obstore.store import from_url
     except ImportError:
         raise OhlcvError(f"{lake_label(url)}: lakes on object storage need obstore to list them: {INSTALL}") from None
-    try:
-        return from_url(url, **_store_options(url))
+    try:  # a few quick retries: a wrong endpoint or bucket is reported in seconds, not after minutes
+        return from_url(url, retry_config={"max_retries": 2, "retry_timeout": timedelta(seconds=20)})
     except Exception as exc:  # noqa: BLE001 - a malformed URL or configuration: one line
-        raise OhlcvError(f"{lake_label(url)}: {_first_line(exc)}") from None
-
-
-def _store_options(url: str) -> dict:
-    """Settings the object-store libraries do not take from the environment themselves."""
-    options: dict = {}
-    if scheme_of(url) in ("s3", "s3a"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            options["endpoint"] = endpoint
-            if endpoint.startswith("http://"):
-                options["client_options"] = {"allow_http": True}
-    return options
-
-
-def storage_options(url: str) -> dict[str, str] | None:
-    """Polars' ``storage_options`` for a lake URL: only what its reader would not find in the environment
-    (an ``http://`` endpoint, e.g. a local S3-compatible server); None otherwise."""
-    options = _store_options(url)
-    if not options:
-        return None
-    result = {"aws_endpoint_url": options["endpoint"]}
-    if options.get("client_options", {}).get("allow_http"):
-        result["aws_allow_http"] = "true"
-    return result
+        raise OhlcvError(f"{lake_label(url)}: {_reason(exc)}") from None
 
 
 def listing_error(url: str, exc: Exception) -> OhlcvError:
     """One line for a lake that cannot be listed: the bucket, the reason, the variables to check."""
     family = {"s3a": "s3", "gcs": "gs", "azure": "az", "abfs": "az", "abfss": "az"}.get(scheme_of(url), scheme_of(url))
-    return OhlcvError(f"{lake_label(url)}: cannot list the lake ({_first_line(exc)}); check the bucket and "
-                      f"{CREDENTIALS.get(family, 'the credentials')} in the environment")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    hint = ("; an http:// endpoint also needs AWS_ALLOW_HTTP=true"
+            if family == "s3" and endpoint.startswith("http://") and not os.environ.get("AWS_ALLOW_HTTP") else "")
+    return OhlcvError(f"{lake_label(url)}: cannot list the lake ({_reason(exc)}); check the bucket and "
+                      f"{CREDENTIALS.get(family, 'the credentials')} in the environment{hint}")
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+def _reason(exc: Exception) -> str:
+    """The service's error code when the message carries one (NoSuchBucket, InvalidAccessKeyId, ...), else
+    the message's first line."""
+    text = str(exc)
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    if code:
+        return code.group(1)
+    lines = text.strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
