@@ -267,6 +267,10 @@ class TrainerConfig:
     precision: str = "auto"
     gradient_clip_val: float = 1.0
     tf32: bool = True
+    # torch.compile the MOIRAI module (its forward, in place: checkpoints keep their names); off by
+    # default: the first steps pay the compilation (see docs/benchmarks.md for what it gains on a GPU)
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's backend (e.g. aot_eager to tell a compiler bug apart)
     log_every_n_steps: int = 10
     seed: int = 0
     logger: LoggerKind = LoggerKind.tensorboard

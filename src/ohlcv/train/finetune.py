@@ -31,6 +31,7 @@ from ohlcv.train.pretrain import ensure_dataset, export_hf, manifest_hash
 from ohlcv.train.runtime import (
     OWNER_MARK,
     check_writable,
+    compile_module,
     discard_on_failure,
     git_revision,
     loss_guard,
@@ -205,6 +206,7 @@ def _run_finetune(loaded, start: str, run_dir: Path, *, dataset: Path, resume: b
 
     start_state = copy.deepcopy(module.state_dict())  # the model to fall back on if fine-tuning does not help
     model = build_model(cfg, module)
+    compile_module(cfg, model)
     datamodule, sizes = make_datamodule(cfg, dataset, manifest, model)
     hardware = resolve_hardware(cfg.trainer)
     if on_start is not None:
