@@ -14,24 +14,12 @@ pytestmark = pytest.mark.slow  # compiles and trains a model
 
 # Dynamo traces the module (its graph breaks and guards) as for any backend; the eager backend then runs
 # the captured graphs without code generation: with inductor this test took 4.5 minutes on two cores,
-# with eager about 1.5 (Dynamo's tracing of MOIRAI dominates); one patch size keeps recompiles few
+# with eager about 1.5 (Dynamo's tracing of MOIRAI dominates) on both stacks (torch 2.4 and 2.13); one
+# patch size keeps recompiles few
 BACKEND = "eager"
 
 
-def _torch_compile_runs_here() -> str | None:
-    """Why torch.compile cannot run on this stack, or None."""
-    import torch
-
-    if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 5):
-        # torch 2.4's inductor fails on uni2ts's packed attention (the pinned stack); GPU boxes bring a newer torch
-        return f"torch {torch.__version__}: trainer.compile needs torch >= 2.5 (the modern stack)"
-    return None
-
-
 def test_compiled_module_trains_and_exports_under_its_own_names(tmp_path):
-    reason = _torch_compile_runs_here()
-    if reason:
-        pytest.skip(reason)
     from safetensors import safe_open
 
     from ohlcv.train.pretrain import run_pretrain

@@ -91,3 +91,18 @@ def test_missing_ray_is_one_line_with_the_install_command(cli, lake, tmp_path, m
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'ohlcv[ray]'" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@needs_ray
+def test_a_failed_ray_task_is_one_line_naming_the_batch_and_the_cause(two_workers):
+    from ohlcv.builder.cluster import task_result
+    from ohlcv.errors import OhlcvError
+
+    def fails():
+        raise ModuleNotFoundError("No module named 'ohlcv_plugins'")
+
+    with pytest.raises(OhlcvError) as caught:
+        task_result(two_workers, two_workers.remote(fails).remote(), "batch 3")
+    message = str(caught.value)
+    assert "batch 3" in message and "ModuleNotFoundError" in message and "ohlcv_plugins" in message
+    assert "\n" not in message

@@ -122,7 +122,7 @@ def run_on_ray(builder, batches: list, pending: list[tuple[int, list]], all_sour
                 running[ref] = (index, batch)
             done, _ = ray.wait(list(running), num_returns=1)
             index, batch = running.pop(done[0])
-            meta, files = ray.get(done[0])
+            meta, files = task_result(ray, done[0], f"batch {index + 1}")
             for name, data in files.items():
                 tmp = folder / f".{name}.tmp"
                 tmp.write_bytes(data)
@@ -151,5 +151,17 @@ def _reference(ray, clean, state, builder, batches, pending, all_sources, cleane
         contributions.append(contribution_ref)
         if index in wanted:  # kept for the second pass: the batch is not cleaned twice
             cleaned_refs[index] = cleaned_ref
-    parts = [part for part in ray.get(contributions) if part is not None]
+    parts = [part for part in task_result(ray, contributions, "the reference pass") if part is not None]
     return builder.save_reference(parts, target)
+
+
+def task_result(ray, refs, what: str):
+    """``ray.get``, with a failed or lost task as one line (the usual cause: a node without the same ohlcv,
+    plugins or access to the lake)."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        first = (str(cause).strip().splitlines() or [""])[-1 if isinstance(cause, ray.exceptions.RayError) else 0]
+        raise OhlcvError(f"a Ray task failed in {what}: {type(cause).__name__}: {first[:300]}; every node needs the "
+                         "same ohlcv and plugins and must be able to read the lake") from None
