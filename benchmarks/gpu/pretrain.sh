@@ -16,4 +16,4 @@ OUT="${OUT:-$PWD}"
 source benchmarks/gpu/wheels.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-PYTHONUNBUFFERED=1 timeout 470 python3 benchmarks/gpu/pretrain_gpu.py "$OUT/gpu_pretrain.json"
+PYTHONUNBUFFERED=1 timeout 420 python3 benchmarks/gpu/pretrain_gpu.py "$OUT/gpu_pretrain.json"

@@ -112,7 +112,8 @@ def timed_steps(cfg, work: Path, name: str, precision: str, steps: int, warmup: 
     seconds = sum(times)
     rate = tokens / seconds
     mfu = (6 * params * rate + attn / seconds) / peak(name, precision == "bf16-mixed")
-    row = {"gpu": name, "size": str(cfg.model.size), "precision": precision, "parameters": params,
+    size = str(getattr(cfg.model.size, "value", cfg.model.size))
+    row = {"gpu": name, "size": size, "precision": precision, "parameters": params,
            "tokens_per_s": round(rate), "step_ms": round(1000 * seconds / len(times), 1),
            "samples_per_s": round(int(cfg.pretrain.batch_size) * len(times) / seconds, 1),
            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "mfu": round(mfu, 4),
@@ -124,7 +125,8 @@ def timed_steps(cfg, work: Path, name: str, precision: str, steps: int, warmup: 
     return row
 
 
-def loader_rows(work: Path, base: list[str], measured: list[dict], batches: int = 60) -> list[dict]:
+def loader_rows(work: Path, base: list[str], measured: list[dict], batches: int = 60,
+                workers_tried: tuple[int, ...] = (0, 4, 8, 16)) -> list[dict]:
     """Does the GPU wait on the data loader? Batches/s of the training loader alone (no model step), for
     several worker counts, against the fastest trainer samples/s measured above (small, bf16-mixed)."""
     from ohlcv.config import load_profile
@@ -133,7 +135,7 @@ def loader_rows(work: Path, base: list[str], measured: list[dict], batches: int 
 
     fastest = max(r["samples_per_s"] for r in measured if "samples_per_s" in r)
     rows = []
-    for workers in (0, 4, 8, 16):
+    for workers in workers_tried:
         cfg = load_profile("hourly", [*base, "model.size=small", "pretrain.batch_size=32",
                                       f"pretrain.num_workers={workers}"]).cfg
         model = build_model(cfg)  # the loader's transform asks the model for its patch sizes and limits

@@ -96,7 +96,8 @@ def _prepare(builder, index: int, batch, reference, cleaned) -> tuple[dict[str, 
     return meta, files
 
 
-def run_on_ray(builder, batches: list, pending: list[tuple[int, list]], all_sources: list) -> Iterator[tuple[int, list, dict]]:
+def run_on_ray(builder, batches: list, pending: list[tuple[int, list]],
+               all_sources: list) -> Iterator[tuple[int, list, dict]]:
     """The pending batches prepared by Ray tasks, yielded as they finish, as (index, batch, marker), their
     data files already in the build's work folder."""
     if not pending:

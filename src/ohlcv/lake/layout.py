@@ -237,7 +237,8 @@ def discover_remote(
                         discovery.skipped.append(f"{url}/{key}: not year=YYYY/month=MM/*.parquet")
                         continue
                     if _month_overlaps(int(year_text), int(month_text), t0, t1):
-                        files.append(RemoteFile(f"{url}/{key}", int(meta["size"]), str(meta.get("e_tag") or meta["last_modified"])))
+                        version = str(meta.get("e_tag") or meta["last_modified"])
+                        files.append(RemoteFile(f"{url}/{key}", int(meta["size"]), version))
                 discovery.sources.append(SymbolSource(asset_class, parsed, symbol, tuple(files)))
     discovery.sources.sort(key=lambda s: s.item_id)
     return discovery
