@@ -350,7 +350,8 @@ class IterativeFinancialDatasetBuilder:
         out = self.out.resolve()
         if out == Path(out.anchor) or out == Path.home().resolve():
             raise ConfigError(f"refusing to write a dataset over {out}", key="data.dataset")
-        if not is_remote(self.lake) and self.lake.exists() and (out == self.lake.resolve() or self.lake.resolve() in out.parents):
+        local_lake = None if is_remote(self.lake) else self.lake.resolve()
+        if local_lake is not None and self.lake.exists() and (out == local_lake or local_lake in out.parents):
             raise ConfigError(f"{out} is inside the lake {self.lake}; choose another output folder", key="data.dataset")
         if out.exists() and not out.is_dir():
             raise ConfigError(f"{out} exists and is not a folder", key="data.dataset")
