@@ -24,7 +24,7 @@ import pytest
 from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
 from ohlcv.config import load_profile
 from ohlcv.lake.sample import generate_sample_lake
-from ohlcv.lake.store import lake_label, listing_error
+from ohlcv.lake.store import lake_label, lake_root, listing_error
 
 SECRET = "ohlcv-test-secret-never-written"
 BUILD = ("features.enabled=[log_return,class_return]", "data.cleaning.min_length=100")
@@ -151,6 +151,14 @@ def test_a_refused_key_is_named_by_the_service_code_without_the_secret():
     assert "InvalidAccessKeyId" in message and SECRET not in message and "\n" not in message
 
 
-def test_the_recorded_lake_url_carries_no_credentials():
+def test_the_lake_url_carries_no_credentials_anywhere_it_is_used():
     assert lake_label("s3://key:secret@bucket/lakes/hourly?token=abc") == "s3://bucket/lakes/hourly"
+    assert lake_root("s3://key:secret@bucket/lakes/hourly/") == "s3://bucket/lakes/hourly"  # file URLs, messages
     assert lake_label("gs://bucket/lake") == "gs://bucket/lake"
+
+
+def test_an_unsupported_scheme_is_refused_with_the_supported_ones():
+    from ohlcv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"s3:// gs:// az://"):
+        lake_root("hdfs://namenode/lake")

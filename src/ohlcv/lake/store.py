@@ -59,7 +59,7 @@ def lake_root(text: str) -> Path | str:
             from ohlcv.errors import ConfigError
 
             raise ConfigError(f"'{text}': lakes are local folders or s3:// gs:// az:// URLs", key="data.lake")
-        return text.rstrip("/")
+        return lake_label(text.rstrip("/"))  # credentials come from the environment, never from the URL
     return Path(text).expanduser()
 
 
