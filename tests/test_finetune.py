@@ -62,7 +62,7 @@ def test_a_checkpoint_that_does_not_fit_the_profile_is_refused(pretrained, cli):
     assert result.exit_code == 2 and "patch sizes are [16, 32, 64]" in result.stderr
     missing = cli("finetune", "--from", str(root / "nope"), "--profile", "hourly", "--dataset", str(root / "ds"),
                   *TINY, *FT, "--out", str(root / "bad2"))
-    assert missing.exit_code == 1 and "no such folder" in missing.stderr
+    assert missing.exit_code == 2 and "no such file or folder" in missing.stderr
 
 
 def test_targets_with_past_covariates_work_through_every_step(tmp_path, cli):
