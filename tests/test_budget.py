@@ -172,3 +172,51 @@ def test_budget_counts_enabled_feature_outputs(cli):
     unknown = cli("budget", "--profile", "hourly", "features.enabled=[rsi_magic]")
     assert unknown.exit_code == 2
     assert "features.enabled" in unknown.stderr and "rsi_magic" in unknown.stderr
+
+
+def _small_dataset(root):
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.lake.sample import generate_sample_lake
+
+    generate_sample_lake(root / "lake", symbols_per_class=2, asset_classes=["crypto"], bars=800, seed=3)
+    data = [f"data.lake={root / 'lake'}", f"data.dataset={root / 'ds'}", "features.enabled=[log_return]",
+            "features.params.log_return.horizons=[1]", "model.size=custom", "model.d_model=64", "model.num_layers=1"]
+    IterativeFinancialDatasetBuilder(load_profile("hourly", data).cfg).run()
+    return data, json.loads((root / "ds" / "manifest.json").read_text())
+
+
+def test_budget_pretrain_and_finetune_accept_and_refuse_the_same_profiles_with_the_same_numbers(tmp_path, cli):
+    import pytest
+
+    from ohlcv.errors import ConfigError
+    from ohlcv.moirai.models import new_module
+    from ohlcv.train.finetune import check_start
+    from ohlcv.train.pretrain import preflight
+
+    data, manifest = _small_dataset(tmp_path)
+    variates = len(manifest["variates"])  # 6: OHLCV and one log return
+    # patch 16, context 168, horizon 24: the brief counts 12 patches per variate, uni2ts packs 11 + 2 = 13
+    shape = ["model.patch_sizes=[16]", "finetune.patch_size=16", "pretrain.allow_crop=false"]
+    for max_seq_len, accepted in ((13 * variates, True), (13 * variates - 1, False)):
+        overrides = [*data, *shape, f"model.max_seq_len={max_seq_len}"]
+        cfg = load_profile("hourly", overrides).cfg
+        budget = cli("budget", "--profile", "hourly", "--json", "--dataset", str(tmp_path / "ds"), *overrides)
+        report = json.loads(budget.stdout)
+        assert report["rows"][0]["brief_tokens"] == 12 * variates <= max_seq_len  # the brief's formula would say fits
+        assert report["rows"][0]["tokens"] == report["finetune"]["tokens"] == 13 * variates
+        assert report["ok"] is accepted and budget.exit_code == (0 if accepted else 1)
+        module = new_module("moirai", d_model=64, num_layers=1, patch_sizes=(16,), max_seq_len=max_seq_len)
+        if accepted:
+            assert preflight(cfg, tmp_path / "ds", manifest, tmp_path / "run").usable_patch_sizes == [16]
+            check_start(module, cfg, variates)
+            continue
+        with pytest.raises(ConfigError) as pretrain_refusal:
+            preflight(cfg, tmp_path / "ds", manifest, tmp_path / "run")
+        with pytest.raises(ConfigError) as finetune_refusal:
+            check_start(module, cfg, variates)
+        # the same count everywhere: budget's advice, pretrain's refusal, finetune's refusal
+        per_variate = max_seq_len // 13
+        assert f"at most {per_variate} variates fit (13 patches each)" in str(pretrain_refusal.value)
+        assert f"at most {per_variate} variates fit (13 patches each)" in " ".join(report["suggestions"])
+        tokens = f"{variates} variates x 13 patches = {13 * variates} tokens exceed"
+        assert tokens in str(finetune_refusal.value) and tokens in " ".join(report["suggestions"])

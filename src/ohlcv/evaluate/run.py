@@ -742,7 +742,7 @@ def model_line(info: dict[str, Any]) -> str:
     """'Moirai 1.x, small, 13.8M parameters (hub Salesforce/moirai-1.1-R-small)'."""
     size = f", {info['size']}" if info.get("size") else ""
     count = info.get("parameters", 0)
-    shown = f"{count / 1e6:.1f}M" if count >= 1e5 else f"{count:,}"
+    shown = f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count:,}"
     output = "; quantile forecasts" if info.get("output") == "quantiles" else ""
     return f"{info.get('family', 'MOIRAI')}{size}, {shown} parameters, patch {info.get('patch_size')}{output} ({info.get('source', '')})"
 

@@ -115,7 +115,8 @@ class ModelSource:
     def describe(self) -> dict[str, Any]:
         """What reports and run.json record about the model (the parameter count is added by the loader)."""
         where = {"hub": f"hub {self.repo_id}" + (f"@{self.revision}" if self.revision else ""),
-                 "folder": "folder", "run": "run folder", "checkpoint": "Lightning checkpoint"}[self.kind]
+                 "folder": f"folder {self.spec}", "run": f"run folder {self.spec}",
+                 "checkpoint": f"Lightning checkpoint {self.spec}"}[self.kind]
         return {"spec": self.spec, "source": where, "family": self.family.name, "family_key": self.family.key,
                 "size": self.size, "path": str(self.checkpoint or self.folder)}
 
