@@ -80,3 +80,18 @@ def test_targets_with_past_covariates_work_through_every_step(tmp_path, cli):
     assert evaluated.exit_code == 0, evaluated.stderr + evaluated.stdout
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(metrics["aggregate"]["model"]) == {"close"}
+
+
+def test_the_pretraining_checkpoint_and_its_run_folder_load_the_same_model(pretrained):
+    import torch
+
+    from ohlcv.moirai.models import load_module
+    from ohlcv.moirai.sources import resolve_model
+
+    root, start = pretrained
+    run = start.parent  # RUN/model -> RUN
+    by_checkpoint = resolve_model(str(run / "checkpoints" / "last.ckpt"))
+    assert (by_checkpoint.kind, by_checkpoint.family.name, resolve_model(str(run)).kind) == ("checkpoint", "Moirai 1.x", "run")
+    from_ckpt, from_run = load_module(by_checkpoint), load_module(str(run))
+    assert from_ckpt.state_dict().keys() == from_run.state_dict().keys()
+    assert all(torch.equal(from_ckpt.state_dict()[k], v) for k, v in from_run.state_dict().items())

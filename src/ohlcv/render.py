@@ -444,6 +444,7 @@ def render_evaluation(console: "Console", result) -> None:
 
     for name, info in result.model_info.items():
         console.print(f"[bold]{escape(name)}[/]: {escape(model_line(info))}")
+        console.print(f"  from {escape(str(info.get('source', '')))}", overflow="fold")
     for variate, info in result.variates.items():
         yard = info["yardstick"]
         removed = f", {info['windows_removed']} removed for all" if info["windows_removed"] else ""

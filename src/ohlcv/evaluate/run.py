@@ -739,12 +739,12 @@ def _write_outputs(loaded, result: EvalResult, model_spec, zero_shot, dataset, m
 
 
 def model_line(info: dict[str, Any]) -> str:
-    """'Moirai 1.x, small, 13.8M parameters (hub Salesforce/moirai-1.1-R-small)'."""
+    """'Moirai 1.x, small, 13.8M parameters, patch 32' (where it came from is ``info["source"]``)."""
     size = f", {info['size']}" if info.get("size") else ""
     count = info.get("parameters", 0)
     shown = f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count:,}"
     output = "; quantile forecasts" if info.get("output") == "quantiles" else ""
-    return f"{info.get('family', 'MOIRAI')}{size}, {shown} parameters, patch {info.get('patch_size')}{output} ({info.get('source', '')})"
+    return f"{info.get('family', 'MOIRAI')}{size}, {shown} parameters, patch {info.get('patch_size')}{output}"
 
 
 def render_report(result: EvalResult, settings: dict[str, Any], dataset) -> str:
@@ -752,7 +752,7 @@ def render_report(result: EvalResult, settings: dict[str, Any], dataset) -> str:
     lines = [f"# Evaluation of `{settings['model']}`", "",
              f"Dataset `{dataset}`; test span {span['first_origin']} to {span['last_forecast_bar']} "
              f"(first forecast origin to last forecast bar), {span['series']} series: {', '.join(span['symbols'])}.", "",
-             *[f"- {name}: {model_line(info)}" for name, info in result.model_info.items()], "",
+             *[f"- {name}: {model_line(info)} ({info.get('source', '')})" for name, info in result.model_info.items()], "",
              f"{result.windows} rolling-origin windows (context {settings['context_length']}, horizon "
              f"{settings['prediction_length']}, stride {settings['stride']}); {settings['num_samples']} samples per "
              f"forecaster, each with its own seed. Every forecaster is scored on the same windows.", "",
