@@ -74,8 +74,15 @@ def new_module(family: str, *, d_model: int, num_layers: int, patch_sizes=(16,),
         return cls(d_ff=d_ff or 4 * d_model, patch_size=int(tuple(patch_sizes)[0]), **common, **extra)
     if family == "moirai_moe":
         common["d_ff"] = d_ff or 2 * d_model
-    return cls(distr_output=distribution_output(list(distribution)), patch_sizes=tuple(int(p) for p in patch_sizes),
-               **common, **extra)
+    module = cls(distr_output=distribution_output(list(distribution)), patch_sizes=tuple(int(p) for p in patch_sizes),
+                 **common, **extra)
+    if family == "moirai_moe":
+        # uni2ts allocates the experts' routing centroids with torch.empty (a released checkpoint brings its own):
+        # left as they are, whatever the memory held routes the tokens, NaN forecasts included (seen on torch 2.4)
+        for name, buffer in module.named_buffers():
+            if name.endswith("centroid"):
+                buffer.normal_()
+    return module
 
 
 def count_parameters(kwargs: dict[str, Any]) -> int:

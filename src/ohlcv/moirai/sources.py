@@ -179,7 +179,7 @@ def resolve_model(spec: str, *, option: str = "--from") -> ModelSource:
 
 def _hub(spec: str, option: str) -> ModelSource:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
+    from huggingface_hub.utils import (  # (also exported here by releases before huggingface_hub.errors)
         GatedRepoError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
