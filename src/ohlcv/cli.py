@@ -350,7 +350,8 @@ def _ensure_sample_lake(cfg, name: str) -> None:
 def finetune(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
-    start: str = typer.Option(..., "--from", help="Starting checkpoint: a model folder (e.g. RUN/model) or a hub id."),
+    start: str = typer.Option(..., "--from", help="Starting model: a hub id (org/name[@revision]), a model folder, "
+                                                   "a run folder or a Lightning .ckpt."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
     lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/NAME-finetune-TIME)."),
@@ -374,10 +375,12 @@ def finetune(
 def evaluate(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
-    model: str = typer.Option(..., "--model", help="A model folder (e.g. RUN/model) or a hub id."),
+    model: str = typer.Option(..., "--model", help="A hub id (org/name[@revision]), a model folder, a run folder "
+                                                   "or a Lightning .ckpt."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where metrics, plots and report.md go."),
-    zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="A second model to compare in the same table."),
+    zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="A second model (any family, same forms as "
+                                                                        "--model) to compare in the same table."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (files are written too)."),
 ) -> None:
     """Rolling-origin forecasts on the test span against the baselines of each variate's kind, on the same windows.
@@ -411,7 +414,8 @@ def evaluate(
 def backtest(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
-    start: str = typer.Option(..., "--from", help="The model: a folder (e.g. RUN/model) or a hub id."),
+    start: str = typer.Option(..., "--from", help="The model: a hub id (org/name[@revision]), a model folder, a run "
+                                                   "folder or a Lightning .ckpt."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Walk-forward folds (sets backtest.folds)."),
     refit: Optional[str] = typer.Option(None, "--refit", help="finetune: fine-tune before each fold; none: the same model (sets backtest.refit)."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),

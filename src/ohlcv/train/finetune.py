@@ -58,17 +58,24 @@ def _windows(lengths: list[int], context: int, horizon: int, distance: int) -> i
 
 
 def check_start(module, cfg, variates: int) -> None:
-    """The starting checkpoint must have the profile's patch size and room for its windows."""
+    """The starting checkpoint must have the profile's patch size and room for its windows.
+
+    Tokens are counted as ``ohlcv budget`` counts them (:func:`ohlcv.budget.finetune_fit`), against
+    the checkpoint's own max_seq_len.
+    """
+    from ohlcv.budget import finetune_fit
+    from ohlcv.moirai.models import patch_sizes
+
     patch = int(cfg.finetune.patch_size)
-    sizes = [int(p) for p in module.patch_sizes]
+    sizes = patch_sizes(module)
     if patch not in sizes:
         raise ConfigError(f"the checkpoint's patch sizes are {sizes}; {patch} is not one of them", key="finetune.patch_size")
-    context, horizon = int(cfg.data.context_length), int(cfg.data.prediction_length)
-    tokens = variates * (math.ceil(context / patch) + math.ceil(horizon / patch))
-    if tokens > int(module.max_seq_len):
+    fit = finetune_fit(variates, int(cfg.data.context_length), int(cfg.data.prediction_length), patch,
+                       int(module.max_seq_len))
+    if not fit["fits"]:
         raise ConfigError(
-            f"{variates} variates x {math.ceil(context / patch) + math.ceil(horizon / patch)} patches = {tokens} tokens "
-            f"exceed the checkpoint's max_seq_len {module.max_seq_len}: use fewer variates, a larger patch or a shorter context",
+            f"{variates} variates x {fit['patches']} patches = {fit['tokens']} tokens exceed the checkpoint's "
+            f"max_seq_len {fit['max_seq_len']}: use fewer variates, a larger patch or a shorter context",
             key="finetune.patch_size",
         )
 
@@ -176,30 +183,41 @@ def run_finetune(
     progress=None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> FinetuneResult:
+    """Fine-tune ``start`` (anything :func:`ohlcv.moirai.sources.resolve_model` accepts).
+
+    ``start`` is resolved, and its family's support for ``finetune.pattern`` checked, before any
+    run folder or dataset is made: a wrong ``--from`` fails in a second, not after a build.
+    """
+    from ohlcv.moirai.sources import ModelSource, resolve_model
+
+    source = start if isinstance(start, ModelSource) else resolve_model(start)
+    source.family.check_finetune(source.spec, loaded.cfg.finetune.pattern.value)
     run_dir = run_folder(loaded.cfg, "finetune", out, resume)
     with discard_on_failure(run_dir):
-        result = _run_finetune(loaded, start, run_dir, dataset=dataset, resume=resume, on_build=on_build,
+        result = _run_finetune(loaded, source, run_dir, dataset=dataset, resume=resume, on_build=on_build,
                                rebuild=rebuild, lake=lake, progress=progress, on_start=on_start)
     if out is None and is_rank_zero():
         point_latest(loaded.cfg, "finetune", run_dir)
     return result
 
 
-def _run_finetune(loaded, start: str, run_dir: Path, *, dataset: Path, resume: bool, on_build, rebuild: bool,
+def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool, on_build, rebuild: bool,
                   lake: Path | None, progress, on_start) -> FinetuneResult:
     import lightning as L
     import torch
 
-    from ohlcv.moirai.models import load_module
+    from ohlcv.moirai.models import describe, load_module
 
     cfg = loaded.cfg
+    start = source.spec
     dataset = Path(dataset).expanduser()
     check_writable(run_dir)
     manifest = ensure_dataset(loaded, dataset, rebuild=rebuild, lake=lake, on_build=on_build)
     context, horizon = int(cfg.data.context_length), int(cfg.data.prediction_length)
     if context < 5 * horizon:
         raise ConfigError(f"context {context} is shorter than 5 x horizon {horizon}", key="data.context_length")
-    module = load_module(start)
+    module = load_module(source)
+    model_info = describe(module)
     check_start(module, cfg, len(manifest["variates"]))
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     import copy
@@ -210,8 +228,7 @@ def _run_finetune(loaded, start: str, run_dir: Path, *, dataset: Path, resume: b
     datamodule, sizes = make_datamodule(cfg, dataset, manifest, model)
     hardware = resolve_hardware(cfg.trainer)
     if on_start is not None:
-        on_start({"run_dir": run_dir, "start": start, "hardware": hardware, **sizes,
-                  "parameters": sum(p.numel() for p in module.parameters())})
+        on_start({"run_dir": run_dir, "start": start, "hardware": hardware, **sizes, **model_info})
 
     guard = loss_guard(f"the best checkpoint so far is in {run_dir / 'checkpoints'}. Lower finetune.lr")
     best = L.pytorch.callbacks.ModelCheckpoint(
@@ -227,7 +244,8 @@ def _run_finetune(loaded, start: str, run_dir: Path, *, dataset: Path, resume: b
             "use fewer devices or a longer validation span",
             key="trainer.devices",
         )
-    summary: dict[str, Any] = {"kind": OWNER_MARK, "command": "finetune", "status": "running", "start": start}
+    summary: dict[str, Any] = {"kind": OWNER_MARK, "command": "finetune", "status": "running", "start": start,
+                               "start_model": model_info}
     if is_rank_zero():
         write_resolved_profile(loaded, run_dir)
         atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
