@@ -324,6 +324,10 @@ def validate(cfg: DictConfig, source: str) -> None:
     from ohlcv.calendars import weekdays_rule
 
     weekdays_rule(data.weekdays)
+    if "://" in str(data.lake):  # a URL with credentials in it never reaches a saved profile or a log line
+        from ohlcv.lake.store import lake_root
+
+        lake_root(str(data.lake))
     if not 0 <= data.cleaning.max_off_session <= 1:
         fail("data.cleaning.max_off_session", f"must be a share in [0, 1], got {data.cleaning.max_off_session}")
     if not data.columns:
