@@ -75,8 +75,11 @@ def test_ray_shards_merge_into_the_local_build(two_workers, lake, tmp_path, monk
 
     local = _build(lake, tmp_path / "local")
     _no_local_work(monkeypatch)
-    shards = [_build(lake, tmp_path / f"shard{k}", "build.executor=ray", shard=Shard(k, 2)) for k in (1, 2)]
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # as on a cluster (the runtime running here is used as it is)
+    shards = [_build(lake, tmp_path / f"shard{k}", "build.executor=ray", "build.cpus=2", shard=Shard(k, 2))
+              for k in (1, 2)]
     assert all(shard.report["executor"]["ray_tasks"] > 0 for shard in shards)
+    assert any("build.cpus=2 ignored" in note for note in shards[0].report["notes"]), shards[0].report["notes"]
     parts = [shard.out for shard in shards]
     assert len(list(tmp_path.glob(".ohlcv-reference-*.parquet"))) == 1  # the whole selection's reference, once
     assert merge_shards(parts, tmp_path / "merged")["content_hash"] == local.manifest["content_hash"]
@@ -132,4 +135,11 @@ def test_a_failed_ray_task_is_one_line_naming_the_batch_and_the_cause(two_worker
         task_result(two_workers, two_workers.remote(fails).remote(), "batch 3")
     message = str(caught.value)
     assert "batch 3" in message and "ModuleNotFoundError" in message and "ohlcv_plugins" in message
-    assert "\n" not in message
+    assert "same ohlcv and plugins" in message and "\n" not in message
+
+    def refused():
+        raise OhlcvError("s3://bucket/lake/x.parquet: cannot fetch (SlowDown); retry the build")
+
+    with pytest.raises(OhlcvError) as caught:  # an ohlcv error from a task is passed on as it is
+        task_result(two_workers, two_workers.remote(refused).remote(), "batch 1")
+    assert str(caught.value) == "s3://bucket/lake/x.parquet: cannot fetch (SlowDown); retry the build"
