@@ -50,7 +50,7 @@ class RemoteReadError(OhlcvError):
 
 # what an object store's transport and authorisation failures say (Polars' cloud reader wraps them in its
 # own exception types); a corrupt or foreign file says none of these
-_TRANSPORT = re.compile(r"(?i)generic \w+ error|\brequest\b|connect|timed? ?out|token|credential|throttl|slow ?down|"
+_TRANSPORT = re.compile(r"(?i)object-store error|generic \w+ error|\brequest\b|connect|timed? ?out|token|credential|throttl|slow ?down|"
                         r"access ?denied|forbidden|unauthori[sz]ed|\b(403|429|500|502|503|504)\b|http")
 
 
