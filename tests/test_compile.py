@@ -12,11 +12,24 @@ from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow  # compiles and trains a model
 
-# Dynamo traces the module (its graph breaks and guards) as for any backend; the eager backend then runs
-# the captured graphs without code generation: with inductor this test took 4.5 minutes on two cores,
-# with eager about 1.5 (Dynamo's tracing of MOIRAI dominates) on both stacks (torch 2.4 and 2.13); one
-# patch size keeps recompiles few
-BACKEND = "eager"
+# Dynamo traces the module (its graph breaks and guards) as for any backend; the counting backend then
+# runs the captured graphs without code generation, as the eager backend does: with inductor this test
+# took 4.5 minutes on two cores, with eager about 1.5 (Dynamo's tracing of MOIRAI dominates) on both
+# stacks (torch 2.4 and 2.13); one patch size keeps recompiles few
+
+
+def _counting_backend() -> list:
+    """A torch.compile backend that counts the graphs it is given and runs them as captured (eager)."""
+    from torch._dynamo import list_backends, register_backend
+
+    if COUNTING not in list_backends(exclude_tags=()):
+        register_backend(name=COUNTING, compiler_fn=lambda gm, example_inputs: _GRAPHS.append(gm) or gm.forward)
+    _GRAPHS.clear()
+    return _GRAPHS
+
+
+COUNTING = "ohlcv_test_counting"
+_GRAPHS: list = []
 
 
 def test_compiled_module_trains_and_exports_under_its_own_names(tmp_path):
@@ -24,10 +37,12 @@ def test_compiled_module_trains_and_exports_under_its_own_names(tmp_path):
 
     from ohlcv.train.pretrain import run_pretrain
 
+    graphs = _counting_backend()
+
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto"], bars=900, seed=3)
     loaded = load_profile("hourly", [f"data.lake={lake.root}", f"data.dataset={tmp_path / 'ds'}",
                                      f"output.runs_dir={tmp_path / 'runs'}", *TINY, "pretrain.max_steps=2",
-                                     "trainer.compile=true", f"trainer.compile_backend={BACKEND}",
+                                     "trainer.compile=true", f"trainer.compile_backend={COUNTING}",
                                      "model.patch_sizes=[32]"])
     run = run_pretrain(loaded, dataset=tmp_path / "ds", out=tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -36,6 +51,14 @@ def test_compiled_module_trains_and_exports_under_its_own_names(tmp_path):
     with safe_open(str(run.model_dir / "model.safetensors"), "pt") as exported:
         names = list(exported.keys())
     assert names and not any("_orig_mod" in name for name in names)  # loads as an ordinary MoiraiModule
+    assert graphs, "torch.compile's backend was never called: the module ran uncompiled"
+
+
+def test_an_unknown_compile_backend_is_refused_when_the_profile_loads():
+    from ohlcv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"trainer.compile_backend.*'inductr' is not a torch.compile backend"):
+        load_profile("hourly", ["trainer.compile=true", "trainer.compile_backend=inductr"])
 
 
 def test_compile_is_off_by_default():

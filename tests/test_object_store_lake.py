@@ -48,10 +48,12 @@ def s3(tmp_path_factory):
     command = _server_command(port)
     if command is None:
         pytest.skip('needs an S3-compatible server: pip install "moto[server]" (or OHLCV_MOTO_SERVER=path/to/moto_server)')
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as sink:
-        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "MOTO_ENABLE_RECORDING": "True"})
+    folder = tmp_path_factory.mktemp("moto")
+    log = folder / "server.log"
+    with open(log, "wb") as sink:  # the recording (signed request headers) stays in the test's own folder
+        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=folder,
+                                  env={**os.environ, "MOTO_ENABLE_RECORDING": "True",
+                                       "MOTO_RECORDER_FILEPATH": str(folder / "moto_recording")})
     endpoint = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -83,6 +85,14 @@ def uploaded(s3, tmp_path_factory):
     import obstore
 
     lake = generate_sample_lake(tmp_path_factory.mktemp("s3lake") / "lake", symbols_per_class=2, bars=700, seed=6).root
+    # one symbol's last month under another spelling of its frequency (merged into one series), and a
+    # daily folder an hourly build must never list
+    moved = lake / "asset_class=crypto/freq=60min/symbol=CRY000/year=2023/month=05"
+    moved.parent.mkdir(parents=True)
+    shutil.move(lake / "asset_class=crypto/freq=1h/symbol=CRY000/year=2023/month=05", moved)
+    daily = lake / "asset_class=crypto/freq=1D/symbol=CRY001/year=2023/month=01"
+    daily.mkdir(parents=True)
+    shutil.copy(lake / "asset_class=crypto/freq=1h/symbol=CRY001/year=2023/month=01/part.parquet", daily)
     urllib.request.urlopen(urllib.request.Request(f"{s3}/lake-bucket", method="PUT"))
     store = S3Store("lake-bucket", prefix="lakes/hourly", endpoint=s3, region="us-east-1", access_key_id="x",
                     secret_access_key="x", client_options={"allow_http": True})
@@ -113,6 +123,11 @@ def test_a_lake_on_s3_builds_the_same_dataset_as_the_local_lake(aws_env, uploade
     remote = _build(url, tmp_path / "remote")
     assert remote.manifest["content_hash"] == local.manifest["content_hash"]
     assert remote.manifest["series"] == local.manifest["series"] == 6
+    assert remote.manifest["items"] == local.manifest["items"]  # freq=1h and freq=60min: one series
+    assert remote.report["totals"] == local.report["totals"]
+    assert remote.report["rows_read"] == local.report["rows_read"] and remote.report["symbols"] == 6
+    assert {k: (r["rows_read"], r["files"]) for k, r in remote.report["per_symbol"].items()} == \
+        {k: (r["rows_read"], r["files"]) for k, r in local.report["per_symbol"].items()}
     assert remote.manifest["lake"] == url
     assert SECRET not in (tmp_path / "remote" / "manifest.json").read_text()
     assert _build(url, tmp_path / "remote").up_to_date  # the listing's sizes and versions fingerprint the lake
@@ -123,17 +138,22 @@ def test_symbol_and_date_selection_read_only_their_partitions(aws_env, uploaded,
     _record(aws_env, "reset-recording")
     _record(aws_env, "start-recording")
     try:
-        built = _build(url, tmp_path / "one", "data.symbols=[CRY001]", "data.start=2023-02-01")
+        built = _build(url, tmp_path / "one", "data.symbols=[CRY001]", "data.asset_classes=[crypto]",
+                       "data.start=2023-02-01")
     finally:
         _record(aws_env, "stop-recording")
     assert [item["item_id"] for item in built.manifest["items"]] == ["crypto/CRY001"]
     requests = _recorded_gets(aws_env)
     objects = [r for r in requests if not r.startswith("/lake-bucket?")]
     listings = [r for r in requests if r.startswith("/lake-bucket?")]
-    assert objects and all("/symbol=CRY001/" in r for r in objects), objects
+    assert objects and all("/freq=1h/symbol=CRY001/" in r for r in objects), objects
     assert not any("/month=01/" in r for r in objects), "a month before data.start was read"
     # only the selected symbol's files are listed recursively; other symbols are never listed into
     assert not any("symbol=" in r and "symbol=CRY001" not in r for r in listings), listings
+    # nor other asset classes, nor the other frequency's folders
+    assert not any("asset_class=" in r and "asset_class=crypto" not in r for r in listings), listings
+    assert not any("freq=1D" in r for r in listings), listings
+    assert any("asset_class=crypto/freq=1h/symbol=CRY001" in r for r in listings), listings
 
 
 def test_an_unknown_bucket_is_one_line_naming_it_and_the_credentials(aws_env, uploaded, tmp_path, cli):
@@ -151,10 +171,78 @@ def test_a_refused_key_is_named_by_the_service_code_without_the_secret():
     assert "InvalidAccessKeyId" in message and SECRET not in message and "\n" not in message
 
 
-def test_the_lake_url_carries_no_credentials_anywhere_it_is_used():
-    assert lake_label("s3://key:secret@bucket/lakes/hourly?token=abc") == "s3://bucket/lakes/hourly"
-    assert lake_root("s3://key:secret@bucket/lakes/hourly/") == "s3://bucket/lakes/hourly"  # file URLs, messages
-    assert lake_label("gs://bucket/lake") == "gs://bucket/lake"
+@pytest.mark.parametrize("command", ["build", "pretrain"])
+def test_a_lake_url_with_credentials_is_refused_and_written_nowhere(cli, tmp_path, command):
+    url = f"s3://AKIAEXAMPLE:{SECRET}@bucket/lake?X-Amz-Security-Token=TOKEN{SECRET}"
+    where = ["--out", str(tmp_path / "ds"), "-q"] if command == "build" else ["--dataset", str(tmp_path / "ds")]
+    result = cli(command, "--lake", url, *where, f"output.runs_dir={tmp_path / 'runs'}")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data.lake" in lines[0] and "AWS_ACCESS_KEY_ID" in lines[0], result.stderr
+    assert SECRET not in result.stderr + result.stdout and "AKIAEXAMPLE" not in result.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not any(SECRET in p.read_text(errors="replace") for p in written), written
+
+
+def test_an_object_store_url_keeps_its_case_and_an_azure_container():
+    assert lake_root("s3://MyBucket/Lakes/Hourly/") == "s3://MyBucket/Lakes/Hourly"
+    abfs = "abfss://Prices@account.dfs.core.windows.net/lake"
+    assert lake_root(abfs) == abfs and lake_label(abfs) == abfs  # container@account is not a user name
+    from ohlcv.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        lake_root(f"abfss://user:{SECRET}@account.dfs.core.windows.net/lake")
+    assert SECRET not in str(caught.value)
+
+
+def test_missing_obstore_is_one_line_with_the_install_command(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "obstore", None)  # `import obstore` raises ImportError
+    monkeypatch.setitem(sys.modules, "obstore.store", None)
+    result = cli("build", "--lake", "s3://bucket/lake", "--out", str(tmp_path / "ds"), "-q", *BUILD)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'ohlcv[s3]'" in lines[0], result.stderr
+
+
+def test_a_failed_fetch_stops_the_build_and_is_not_counted_as_an_unreadable_file(aws_env, uploaded, tmp_path,
+                                                                                monkeypatch):
+    import polars as pl
+
+    from ohlcv.errors import OhlcvError
+
+    _, url = uploaded
+    real = pl.read_parquet
+
+    def throttled(source, *args, **kwargs):
+        if str(source).endswith("symbol=CRY001/year=2023/month=03/part.parquet"):
+            raise OSError("Generic S3 error: 503 Service Unavailable: SlowDown")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(pl, "read_parquet", throttled)
+    monkeypatch.setattr(pl, "scan_parquet", lambda *a, **k: (_ for _ in ()).throw(OSError("SlowDown")))
+    with pytest.raises(OhlcvError, match=r"CRY001.*retry the build") as caught:
+        _build(url, tmp_path / "ds", "data.symbols=[CRY001]")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+
+
+def test_an_object_store_build_with_an_unreadable_file_is_never_up_to_date(aws_env, uploaded, tmp_path):
+    """A corrupt object (fetched, not Parquet) is an unreadable file, as in a local lake, but the build
+    that skipped it is redone next time rather than found up to date."""
+    from obstore.store import S3Store
+    import obstore
+
+    local_lake, _ = uploaded
+    store = S3Store("lake-bucket", prefix="lakes/corrupt", endpoint=aws_env, region="us-east-1", access_key_id="x",
+                    secret_access_key="x", client_options={"allow_http": True})
+    symbol = local_lake / "asset_class=crypto/freq=1h/symbol=CRY001"
+    for path in sorted(symbol.rglob("*.parquet")):
+        data = b"not parquet" * 100 if "month=03" in path.as_posix() else path.read_bytes()
+        obstore.put(store, path.relative_to(local_lake).as_posix(), data)
+    url = "s3://lake-bucket/lakes/corrupt"
+    first = _build(url, tmp_path / "ds")
+    assert first.report["totals"]["files_unreadable"] == 1 and first.report["built"] == 1
+    assert not _build(url, tmp_path / "ds").up_to_date
 
 
 def test_an_unsupported_scheme_is_refused_with_the_supported_ones():

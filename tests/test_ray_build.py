@@ -42,10 +42,25 @@ def lake(tmp_path_factory):
     return generate_sample_lake(tmp_path_factory.mktemp("raylake") / "lake", symbols_per_class=3, bars=700, seed=4).root
 
 
+def _no_local_work(monkeypatch):
+    """The driver's own batch and reference code raises: a Ray build that fell back to it fails."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver prepared a batch itself instead of a Ray task")
+
+    monkeypatch.setattr(IterativeFinancialDatasetBuilder, "_prepare", refuse)
+    monkeypatch.setattr(IterativeFinancialDatasetBuilder, "_reference_pass", refuse)
+    monkeypatch.setattr(IterativeFinancialDatasetBuilder, "_shared_reference", refuse)
+
+
 @needs_ray
-def test_ray_build_gives_the_local_build_content_hash(two_workers, lake, tmp_path):
+def test_ray_build_gives_the_local_build_content_hash(two_workers, lake, tmp_path, monkeypatch):
     local = _build(lake, tmp_path / "local")
-    on_ray = _build(lake, tmp_path / "ray", "build.executor=ray")
+    with monkeypatch.context() as patched:
+        _no_local_work(patched)
+        on_ray = _build(lake, tmp_path / "ray", "build.executor=ray")
+    # 9 symbols in batches of 2: 5 reference-pass tasks and 5 batch tasks
+    assert on_ray.report["executor"] == {"name": "ray", "ray_tasks": 10}
+    assert local.report["executor"] == {"name": "local", "ray_tasks": 0}
     assert on_ray.manifest["content_hash"] == local.manifest["content_hash"]
     assert on_ray.manifest["items"] == local.manifest["items"] and on_ray.manifest["series"] == 9
     assert on_ray.report["totals"] == local.report["totals"]
@@ -55,17 +70,25 @@ def test_ray_build_gives_the_local_build_content_hash(two_workers, lake, tmp_pat
 
 
 @needs_ray
-def test_ray_shards_merge_into_the_local_build(two_workers, lake, tmp_path):
+def test_ray_shards_merge_into_the_local_build(two_workers, lake, tmp_path, monkeypatch):
     from ohlcv.builder.merge import merge_shards
 
     local = _build(lake, tmp_path / "local")
-    parts = [_build(lake, tmp_path / f"shard{k}", "build.executor=ray", shard=Shard(k, 2)).out for k in (1, 2)]
+    _no_local_work(monkeypatch)
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # as on a cluster (the runtime running here is used as it is)
+    shards = [_build(lake, tmp_path / f"shard{k}", "build.executor=ray", "build.cpus=2", shard=Shard(k, 2))
+              for k in (1, 2)]
+    assert all(shard.report["executor"]["ray_tasks"] > 0 for shard in shards)
+    assert any("build.cpus=2 ignored" in note for note in shards[0].report["notes"]), shards[0].report["notes"]
+    parts = [shard.out for shard in shards]
     assert len(list(tmp_path.glob(".ohlcv-reference-*.parquet"))) == 1  # the whole selection's reference, once
     assert merge_shards(parts, tmp_path / "merged")["content_hash"] == local.manifest["content_hash"]
 
 
 @needs_ray
-def test_ray_build_resumes_the_batches_a_local_build_finished(two_workers, lake, tmp_path):
+@pytest.mark.parametrize("reference_kept", [True, False], ids=["reference-cached", "reference-on-ray"])
+def test_ray_build_resumes_the_batches_a_local_build_finished(two_workers, lake, tmp_path, monkeypatch,
+                                                              reference_kept):
     cfg = load_profile("hourly", [f"data.lake={lake}", f"data.dataset={tmp_path / 'ds'}", *EXTRA]).cfg
     local = IterativeFinancialDatasetBuilder(cfg).run()
     shutil.rmtree(tmp_path / "ds")
@@ -75,11 +98,18 @@ def test_ray_build_resumes_the_batches_a_local_build_finished(two_workers, lake,
     with pytest.raises(KeyboardInterrupt):
         partial.run()
     for marker in sorted((partial.work / "batches").glob("batch-*.json"))[2:]:
-        marker.unlink()
+        for written in marker.parent.glob(marker.stem + ".*"):  # the marker and the batch's data files
+            written.unlink()
+    if not reference_kept:
+        shutil.rmtree(partial.work / "reference")
+    assert len(list((partial.work / "batches").glob("batch-*"))) == 6  # two batches: marker, rows, stamps
     on_ray = load_profile("hourly", [f"data.lake={lake}", f"data.dataset={tmp_path / 'ds'}", *EXTRA,
                                      "build.executor=ray"]).cfg
+    _no_local_work(monkeypatch)
     resumed = IterativeFinancialDatasetBuilder(on_ray).run()
     assert resumed.resumed_batches == 2
+    # the three unfinished batches, plus the five reference tasks when the cached reference is gone
+    assert resumed.report["executor"]["ray_tasks"] == (3 if reference_kept else 8)
     assert resumed.manifest["content_hash"] == local.manifest["content_hash"]
 
 
@@ -105,4 +135,11 @@ def test_a_failed_ray_task_is_one_line_naming_the_batch_and_the_cause(two_worker
         task_result(two_workers, two_workers.remote(fails).remote(), "batch 3")
     message = str(caught.value)
     assert "batch 3" in message and "ModuleNotFoundError" in message and "ohlcv_plugins" in message
-    assert "\n" not in message
+    assert "same ohlcv and plugins" in message and "\n" not in message
+
+    def refused():
+        raise OhlcvError("s3://bucket/lake/x.parquet: cannot fetch (SlowDown); retry the build")
+
+    with pytest.raises(OhlcvError) as caught:  # an ohlcv error from a task is passed on as it is
+        task_result(two_workers, two_workers.remote(refused).remote(), "batch 1")
+    assert str(caught.value) == "s3://bucket/lake/x.parquet: cannot fetch (SlowDown); retry the build"

@@ -280,7 +280,7 @@ def check(
 def pretrain(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
-    lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
+    lake: Optional[str] = typer.Option(None, "--lake", help="The Parquet lake: a folder or s3:// gs:// az:// URL (sets data.lake)."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/NAME-pretrain-TIME)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoints/last.ckpt."),
@@ -307,7 +307,7 @@ def pretrain(
     render_pretrain_result(_console(), result)
 
 
-def _data_options(lake: Optional[Path], dataset: Optional[Path]) -> List[str]:
+def _data_options(lake: Optional[str], dataset: Optional[Path]) -> List[str]:
     extra = []
     if lake is not None:
         extra.append(f"data.lake={lake}")
@@ -353,7 +353,7 @@ def finetune(
     start: str = typer.Option(..., "--from", help="Starting model: a hub id (org/name[@revision]), a model folder, "
                                                    "a run folder or a Lightning .ckpt."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
-    lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
+    lake: Optional[str] = typer.Option(None, "--lake", help="The Parquet lake: a folder or s3:// gs:// az:// URL (sets data.lake)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/NAME-finetune-TIME)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoints/last.ckpt."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the dataset first (from the lake its manifest records, or --lake)."),
@@ -419,7 +419,7 @@ def backtest(
     folds: Optional[int] = typer.Option(None, "--folds", help="Walk-forward folds (sets backtest.folds)."),
     refit: Optional[str] = typer.Option(None, "--refit", help="finetune: fine-tune before each fold; none: the same model (sets backtest.refit)."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
-    lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
+    lake: Optional[str] = typer.Option(None, "--lake", help="The Parquet lake: a folder or s3:// gs:// az:// URL (sets data.lake)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where folds, plots and report.md go."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the dataset first (from the lake its manifest records, or --lake)."),

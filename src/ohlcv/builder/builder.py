@@ -59,7 +59,7 @@ from ohlcv.dataset.write import (
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.freq import parse_freq
 from ohlcv.lake.layout import SymbolSource, discover
-from ohlcv.lake.store import file_stamp, is_remote, lake_label, lake_root
+from ohlcv.lake.store import RemoteReadError, file_stamp, is_remote, lake_label, lake_root
 
 WORK_FORMAT = 2  # layout of the temporary batch files; a work folder of another layout is not resumed
 
@@ -100,6 +100,7 @@ class IterativeFinancialDatasetBuilder:
         self.progress = progress or _Progress()
         self.executor = cfg.build.executor.value if "build" in cfg else "local"
         self.scratch: Path | None = None  # a Ray task's own work folder, in place of the shared one (builder.cluster)
+        self.ray_tasks = 0  # Ray tasks this run submitted (recorded in the report)
         self.scaler = self.data.normalization.scaler.value
         self.scope = self.data.normalization.scope.value
         if self.scaler == "robust" and self.scope == "asset_class":
@@ -238,7 +239,10 @@ class IterativeFinancialDatasetBuilder:
                 manifest = {}
             if manifest.get("fingerprint") == fingerprint and same_datasets_major(manifest):
                 report = json.loads((self.out / "report.json").read_text()) if (self.out / "report.json").is_file() else {}
-                return BuildResult(self.out, manifest, report, up_to_date=True)
+                # an object store's file that could not be read may read next time: such a build is redone
+                unread = is_remote(self.lake) and report.get("totals", {}).get("files_unreadable", 0) > 0
+                if not unread:
+                    return BuildResult(self.out, manifest, report, up_to_date=True)
 
         batches = [sources[i : i + self.data.batch_size] for i in range(0, len(sources), self.data.batch_size)]
         work = self.work
@@ -394,7 +398,7 @@ class IterativeFinancialDatasetBuilder:
     def _isolate(self, batch: list[SymbolSource], exc: Exception):
         import polars as pl
 
-        if os.environ.get("OHLCV_DEBUG"):
+        if os.environ.get("OHLCV_DEBUG") or isinstance(exc, RemoteReadError):
             raise exc
         if len(batch) > 1:
             parts = [self.clean_batch([source]) for source in batch]
@@ -688,6 +692,7 @@ class IterativeFinancialDatasetBuilder:
         write_timestamps([m.with_suffix(".ts.parquet") for m, _ in with_data], staging / TIMESTAMPS_FILE)
         report = build_report(reports, skipped, started, resumed, batch_count)
         report["notes"] = list(self.notes) + off_session_notes(reports, self.calendars)
+        report["executor"] = {"name": self.executor, "ray_tasks": self.ray_tasks}
         manifest = {
             "format": FORMAT,
             "name": str(self.cfg.name),

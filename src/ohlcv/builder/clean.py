@@ -34,6 +34,7 @@ import numpy as np
 from ohlcv.calendars import Calendar, step_us
 from ohlcv.freq import Frequency
 from ohlcv.lake.layout import REQUIRED_COLUMNS
+from ohlcv.lake.store import read_failure
 
 if TYPE_CHECKING:
     import polars as pl
@@ -164,7 +165,10 @@ def edge_timestamp(files, *, earliest: bool, start=None, end=None) -> "datetime 
             frame, _ = to_utc_timestamps(pl.read_parquet(path, columns=["ts"]), SymbolReport("probe"))
             stamps = frame["ts"].drop_nulls()
             stamps = stamps.filter((stamps <= now) & (stamps >= (start or stamps.min())) & (stamps <= (end or now)))
-        except Exception:  # noqa: BLE001 - a bad file is skipped here and reported by the build
+        except Exception as exc:  # noqa: BLE001 - a bad file is skipped here and reported by the build
+            fatal = read_failure(path, exc)
+            if fatal is not None:
+                raise fatal from None
             continue
         if stamps.len():
             return stamps.min() if earliest else stamps.max()
@@ -189,7 +193,10 @@ def read_symbol_files(files: list[Path] | tuple[Path, ...], report: SymbolReport
         report.files += 1
         try:
             frame = pl.read_parquet(path)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, never fatal
+        except Exception as exc:  # noqa: BLE001 - an unreadable file is skipped; a failed fetch stops the build
+            fatal = read_failure(path, exc)
+            if fatal is not None:
+                raise fatal from None
             report.add("files_unreadable")
             report.file_problems.append(f"{path}: unreadable ({type(exc).__name__})")
             continue

@@ -53,6 +53,8 @@ def ray_runtime(cpus: int | None) -> Iterator[Any]:
         return
     address = os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    if address is None:  # a runtime of our own: no usage report sent from the user's machine
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None and cpus is not None:
         if cpus <= 0:
             from ohlcv.errors import ConfigError
@@ -102,9 +104,14 @@ def run_on_ray(builder, batches: list, pending: list[tuple[int, list]],
     data files already in the build's work folder."""
     if not pending:
         return
+    if os.environ.get("RAY_ADDRESS") and builder.cfg.build.cpus is not None:
+        builder.notes.append(f"build.cpus={builder.cfg.build.cpus} ignored: the Ray cluster at RAY_ADDRESS "
+                             "schedules on its own CPUs")
     with ray_runtime(builder.cfg.build.cpus) as ray:
-        clean = ray.remote(num_returns=2)(_clean)
-        prepare = ray.remote(_prepare)
+        # a task holds one CPU: its Polars queries use one thread, as many tasks share a node
+        task = dict(num_cpus=1, runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1"}})
+        clean = ray.remote(num_returns=2, **task)(_clean)
+        prepare = ray.remote(**task)(_prepare)
         state = ray.put(builder)
         cleaned_refs: dict[int, Any] = {}
         reference = None
@@ -120,6 +127,7 @@ def run_on_ray(builder, batches: list, pending: list[tuple[int, list]],
             while queue and len(running) < window:
                 index, batch = queue.pop(0)
                 ref = prepare.remote(state, index, batch, reference_ref, cleaned_refs.pop(index, None))
+                builder.ray_tasks += 1
                 running[ref] = (index, batch)
             done, _ = ray.wait(list(running), num_returns=1)
             index, batch = running.pop(done[0])
@@ -149,6 +157,7 @@ def _reference(ray, clean, state, builder, batches, pending, all_sources, cleane
     contributions = []
     for index, batch in enumerate(grouped):
         cleaned_ref, contribution_ref = clean.remote(state, batch)
+        builder.ray_tasks += 1
         contributions.append(contribution_ref)
         if index in wanted:  # kept for the second pass: the batch is not cleaned twice
             cleaned_refs[index] = cleaned_ref
@@ -157,12 +166,16 @@ def _reference(ray, clean, state, builder, batches, pending, all_sources, cleane
 
 
 def task_result(ray, refs, what: str):
-    """``ray.get``, with a failed or lost task as one line (the usual cause: a node without the same ohlcv,
-    plugins or access to the lake)."""
+    """``ray.get``, with a failed or lost task as one line; an ohlcv error raised in the task is passed on as
+    it is, and an import or unpickling failure (a node without the same ohlcv or plugins) says so."""
     try:
         return ray.get(refs)
     except ray.exceptions.RayError as exc:
         cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, OhlcvError):
+            raise OhlcvError(str(cause)) from None
         first = (str(cause).strip().splitlines() or [""])[-1 if isinstance(cause, ray.exceptions.RayError) else 0]
-        raise OhlcvError(f"a Ray task failed in {what}: {type(cause).__name__}: {first[:300]}; every node needs the "
-                         "same ohlcv and plugins and must be able to read the lake") from None
+        environment = isinstance(cause, (ImportError, AttributeError)) or "pickl" in str(cause).lower() or \
+            "deserializ" in str(cause).lower()
+        hint = "; every node needs the same ohlcv and plugins installed" if environment else ""
+        raise OhlcvError(f"a Ray task failed in {what}: {type(cause).__name__}: {first[:300]}{hint}") from None

@@ -324,6 +324,10 @@ def validate(cfg: DictConfig, source: str) -> None:
     from ohlcv.calendars import weekdays_rule
 
     weekdays_rule(data.weekdays)
+    if "://" in str(data.lake):  # a URL with credentials in it never reaches a saved profile or a log line
+        from ohlcv.lake.store import lake_root
+
+        lake_root(str(data.lake))
     if not 0 <= data.cleaning.max_off_session <= 1:
         fail("data.cleaning.max_off_session", f"must be a share in [0, 1], got {data.cleaning.max_off_session}")
     if not data.columns:
@@ -384,6 +388,13 @@ def validate(cfg: DictConfig, source: str) -> None:
         fail("backtest.folds", f"must be a positive integer, got {cfg.backtest.folds}")
     if cfg.backtest.embargo is not None and cfg.backtest.embargo < 0:
         fail("backtest.embargo", f"must be 0 or more bars, got {cfg.backtest.embargo}")
+    if cfg.trainer.compile:  # a misspelt backend fails here, not after the dataset and the model are ready
+        from torch._dynamo import list_backends
+
+        backends = list_backends(exclude_tags=())
+        if str(cfg.trainer.compile_backend) not in backends:
+            fail("trainer.compile_backend", f"'{cfg.trainer.compile_backend}' is not a torch.compile backend; "
+                                            f"e.g. {', '.join(b for b in ('inductor', 'aot_eager', 'eager', 'cudagraphs') if b in backends)}")
     precision = str(cfg.trainer.precision)
     if precision == "bf16-true":
         fail("trainer.precision", "bf16-true fails inside uni2ts; use auto or bf16-mixed")

@@ -173,16 +173,20 @@ def discover_remote(
     only below the selected ones; each selected symbol's month files in one recursive listing. So the
     requests grow with the selection, not with the lake, and no object is read.
     """
+    from ohlcv.lake.store import RemoteFile, listing_error, open_store
+
+    store = open_store(url)  # first: a missing obstore is one line with the install command
     from obstore import list as list_objects
     from obstore import list_with_delimiter
 
-    from ohlcv.lake.store import RemoteFile, listing_error, open_store
-
-    store = open_store(url)
     wanted_freq = parse_freq(freq) if freq else None
     classes, wanted_symbols = list(asset_classes), list(symbols)
     t0, t1 = _parse_instant(start, "data.start"), _parse_instant(end, "data.end")
     discovery = Discovery(sources=[])
+    # one source per (asset class, symbol), whatever the spelling of its freq folder (freq=1h and
+    # freq=60min merge), as :func:`discover` does
+    found: dict[tuple[str, str], list] = {}
+    freqs: dict[tuple[str, str], Frequency] = {}
 
     def folders(prefix: str | None) -> list[str]:
         try:
@@ -220,7 +224,8 @@ def discover_remote(
                 if not _matches(wanted_symbols, symbol, f"{asset_class}/{symbol}"):
                     continue
                 prefix = f"{ac_name}/{freq_name}/{sym_name}"
-                files = []
+                files = found.setdefault((asset_class, symbol), [])
+                freqs[(asset_class, symbol)] = parsed
                 try:
                     listed = [meta for chunk in list_objects(store, prefix + "/") for meta in chunk]
                 except Exception as exc:  # noqa: BLE001
@@ -239,6 +244,6 @@ def discover_remote(
                     if _month_overlaps(int(year_text), int(month_text), t0, t1):
                         version = str(meta.get("e_tag") or meta["last_modified"])
                         files.append(RemoteFile(f"{url}/{key}", int(meta["size"]), version))
-                discovery.sources.append(SymbolSource(asset_class, parsed, symbol, tuple(files)))
-    discovery.sources.sort(key=lambda s: s.item_id)
+    for (asset_class, symbol), files in sorted(found.items(), key=lambda kv: f"{kv[0][0]}/{kv[0][1]}"):
+        discovery.sources.append(SymbolSource(asset_class, freqs[(asset_class, symbol)], symbol, tuple(files)))
     return discovery

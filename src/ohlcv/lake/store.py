@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from ohlcv.errors import OhlcvError
 
@@ -44,6 +43,28 @@ class RemoteFile(str):
         return RemoteFile, (str(self), self.size, self.version)
 
 
+class RemoteReadError(OhlcvError):
+    """An object-store lake file that could not be fetched (throttling, a dropped connection, an expired
+    token): the build stops rather than count the file as unreadable and call the result up to date."""
+
+
+# what an object store's transport and authorisation failures say (Polars' cloud reader wraps them in its
+# own exception types); a corrupt or foreign file says none of these
+_TRANSPORT = re.compile(r"(?i)object-store error|generic \w+ error|\brequest\b|connect|timed? ?out|token|credential|throttl|slow ?down|"
+                        r"access ?denied|forbidden|unauthori[sz]ed|\b(403|429|500|502|503|504)\b|http")
+
+
+def read_failure(path, exc: Exception) -> RemoteReadError | None:
+    """For a file of an object-store lake, the error that stops the build when ``exc`` is a transport or
+    authorisation failure (None for a local file, or a file that was fetched and failed to parse)."""
+    if not isinstance(path, RemoteFile):
+        return None
+    if not (isinstance(exc, OSError) or _TRANSPORT.search(str(exc))):
+        return None
+    return RemoteReadError(f"{path}: cannot fetch ({_reason(exc)}); the object store failed or refused the "
+                           "request: check the credentials and retry the build")
+
+
 def scheme_of(text: str) -> str:
     return text.split("://", 1)[0].lower() if "://" in text else ""
 
@@ -53,23 +74,66 @@ def is_remote(lake) -> bool:
 
 
 def lake_root(text: str) -> Path | str:
-    """A lake named in a profile or on the command line: a URL for an object store, else a local folder."""
+    """A lake named in a profile or on the command line: a URL for an object store, else a local folder
+    (made absolute, so that every Ray node and every saved profile names the same one).
+
+    A URL carrying a user name, a password or a query (``s3://KEY:SECRET@bucket``, ``?X-Amz-Security-Token=``)
+    is refused: it would be saved with the profile, the manifest and the logs; credentials come from the
+    environment."""
     if "://" in text:
-        if scheme_of(text) not in SCHEMES:
+        scheme = scheme_of(text)
+        if scheme not in SCHEMES:
             from ohlcv.errors import ConfigError
 
-            raise ConfigError(f"'{text}': lakes are local folders or s3:// gs:// az:// URLs", key="data.lake")
-        return lake_label(text.rstrip("/"))  # credentials come from the environment, never from the URL
-    return Path(text).expanduser()
+            raise ConfigError(f"'{safe_url(text)}': lakes are local folders or s3:// gs:// az:// URLs", key="data.lake")
+        if carries_credentials(text):
+            from ohlcv.errors import ConfigError
+
+            family = FAMILY.get(scheme, scheme)
+            raise ConfigError(f"'{safe_url(text)}...' carries a user name, password or query; give the bare URL and "
+                              f"the credentials in the environment ({CREDENTIALS[family]})", key="data.lake")
+        return text.rstrip("/")
+    return Path(text).expanduser().resolve()
+
+
+FAMILY = {"s3a": "s3", "gcs": "gs", "azure": "az", "abfs": "az", "abfss": "az"}
+
+
+def _netloc(text: str) -> tuple[str, str]:
+    """A URL's authority as written (case kept: bucket names are case-sensitive on some stores) and the
+    rest; ``abfs[s]://container@account.dfs.core.windows.net`` names a container, not a user."""
+    rest = text.split("://", 1)[1]
+    netloc, _, path = rest.partition("/")
+    return netloc, path
+
+
+def carries_credentials(text: str) -> bool:
+    """Whether an object-store URL holds a user name, password, query or fragment."""
+    netloc, path = _netloc(text)
+    if "?" in text or "#" in text:
+        return True
+    if "@" not in netloc:
+        return False
+    user = netloc.rsplit("@", 1)[0]
+    return not (scheme_of(text) in ("abfs", "abfss") and ":" not in user)
+
+
+def safe_url(text: str) -> str:
+    """A URL fit for a message: without user info (an abfs container is kept), query or fragment."""
+    if "://" not in text:
+        return text
+    netloc, path = _netloc(text.split("?", 1)[0].split("#", 1)[0])
+    if "@" in netloc and carries_credentials(f"{scheme_of(text)}://{netloc}"):
+        netloc = netloc.rsplit("@", 1)[1]
+    return f"{text.split('://', 1)[0]}://{netloc}" + (f"/{path}" if path else "")
 
 
 def lake_label(lake) -> str:
-    """The lake as recorded in a manifest: a folder's absolute path, or the URL without any user name,
-    password or query (where credentials could hide)."""
+    """The lake as recorded in a manifest: a folder's absolute path, or the URL (credentials never in it:
+    :func:`lake_root` refuses them)."""
     if not is_remote(lake):
         return str(Path(lake).resolve())
-    parts = urlsplit(lake)
-    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+    return safe_url(lake)
 
 
 def file_stamp(path, lake) -> str:
@@ -100,7 +164,7 @@ def open_store(url: str):
 
 def listing_error(url: str, exc: Exception) -> OhlcvError:
     """One line for a lake that cannot be listed: the bucket, the reason, the variables to check."""
-    family = {"s3a": "s3", "gcs": "gs", "azure": "az", "abfs": "az", "abfss": "az"}.get(scheme_of(url), scheme_of(url))
+    family = FAMILY.get(scheme_of(url), scheme_of(url))
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
     hint = ("; an http:// endpoint also needs AWS_ALLOW_HTTP=true"
             if family == "s3" and endpoint.startswith("http://") and not os.environ.get("AWS_ALLOW_HTTP") else "")
