@@ -166,8 +166,13 @@ class FeaturePipeline:
         if per_series:
             work = query.collect(engine="in-memory").drop(temporary)
             parts = []
-            for key, part in work.group_by("item_id", maintain_order=True):
-                item_id = key[0] if isinstance(key, tuple) else key
+            if numbered:  # each item's rows are together: zero-copy slices instead of a group-by's gathers
+                items = [(item_id, work.slice(int(start), int(length)))
+                         for item_id, start, length in zip(values.to_list(), starts, lengths)]
+            else:
+                items = [(key[0] if isinstance(key, tuple) else key, part)
+                         for key, part in work.group_by("item_id", maintain_order=True)]
+            for item_id, part in items:
                 inputs = part.drop("item_id", "_series", "_pos", strict=False)
                 outputs = []
                 for feature, params in per_series:
