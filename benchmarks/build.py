@@ -42,15 +42,18 @@ from pathlib import Path
 CLASSES = ["crypto", "equity", "fx", "commodity"]
 
 
-def make_lake(root: Path, symbols: int, bars: int, *, classes=CLASSES, calendars=None, freq: str = "1h") -> Path:
-    """A sample lake; each class on its venue's calendar (``calendars=None``) or as given ({}: all 24/7)."""
+def make_lake(root: Path, symbols: int, bars: int, *, classes=CLASSES, calendars=None, freq: str = "1h",
+              start: str = "2023-01-01") -> Path:
+    """A sample lake; each class on its venue's calendar (``calendars=None``) or as given ({}: all 24/7).
+
+    Bars after today are not built (the future), so a long daily lake must start early enough."""
     from ohlcv.lake.sample import generate_sample_lake
 
     if root.exists():  # the same arguments give the same lake (a --workdir kept between runs)
         return root
     per_class = -(-symbols // len(classes))
     generate_sample_lake(root, symbols_per_class=per_class, asset_classes=classes, bars=bars, seed=1,
-                         calendars=calendars, freq=freq)
+                         calendars=calendars, freq=freq, start=start)
     return root
 
 
@@ -206,8 +209,10 @@ def peak_rss_of_build(lake: Path, out: Path, batch_size: int, full: bool = False
 
 def full_profiles(work: Path, args, results: dict) -> None:
     """Question 5: the full hourly and daily profiles against the one-feature build of the same lake."""
-    for profile, freq, bars in (("hourly", "1h", args.profile_bars), ("daily", "1D", args.profile_bars // 2)):
-        lake = make_lake(work / f"profile-{profile}", args.profiles, bars, classes=["crypto", "equity", "fx"], freq=freq)
+    for profile, freq, bars, start in (("hourly", "1h", args.profile_bars, "2023-01-01"),
+                                       ("daily", "1D", args.profile_bars // 2, "2012-01-02")):
+        lake = make_lake(work / f"profile-{profile}", args.profiles, bars, classes=["crypto", "equity", "fx"], freq=freq,
+                         start=start)
         rows = row_count(lake)
         one, full = [], []
         for _ in range(args.repeat):  # interleaved, so that both sides see the same machine
