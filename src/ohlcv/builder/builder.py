@@ -488,7 +488,6 @@ class IterativeFinancialDatasetBuilder:
         folder = self.work / "reference"
         folder.mkdir(parents=True, exist_ok=True)
         combined = folder / "reference.parquet"
-        parts = []
 
         def clean(index: int, batch: list[SymbolSource]) -> None:
             cleaned, reports = self.clean_batch(batch)
@@ -504,14 +503,15 @@ class IterativeFinancialDatasetBuilder:
         pending = [(i, b) for i, b in enumerate(batches) if not (folder / f"clean-{i:05d}.json").is_file()]
         for _ in in_order(pending, clean):
             pass
-        for index in range(len(batches)):
-            if not combined.is_file():
-                part = folder / f"contrib-{index:05d}.parquet"
-                if part.is_file():
-                    parts.append(pl.read_parquet(part))
         if combined.is_file():
             return pl.read_parquet(combined)
-        reference = FeaturePipeline.combine(parts)
+        # folded in batch order, part by part (the same sums as all at once): memory stays one reference
+        # series, not one per batch
+        reference = None
+        for index in range(len(batches)):
+            part = folder / f"contrib-{index:05d}.parquet"
+            if part.is_file():
+                reference = FeaturePipeline.combine([reference, pl.read_parquet(part)])
         if reference is not None:
             tmp = folder / ".reference.parquet.tmp"
             reference.write_parquet(tmp)
