@@ -272,3 +272,56 @@ def test_every_output_declares_a_kind_and_the_declaration_is_checked():
         make("prices")
     with pytest.raises(PluginError, match="declares 1 kinds for 2 outputs"):
         make(["price"]).output_kinds()
+
+
+def test_class_beta_and_correlation_equal_a_straightforward_computation(features):
+    # evaluated over the whole batch at once (bounded); the reference: numpy over each window by hand
+    frame = synthetic_class(n_assets=3, bars=500, seed=4)
+    feature = features.get("class_beta")
+    pipeline = FeaturePipeline([(feature, feature.resolve_params({"window": 50}))])
+    out = pipeline.apply(frame, reference=pipeline.contributions(frame))
+    closes = {k[0]: part["close"].to_numpy() for k, part in frame.group_by("item_id", maintain_order=True)}
+    returns = {k: np.concatenate([[np.nan], np.diff(np.log(v))]) for k, v in closes.items()}
+    item = "test/A2"
+    others = np.stack([r for k, r in returns.items() if k != item])
+    with np.errstate(invalid="ignore"):
+        market = np.nansum(others, axis=0) / np.isfinite(others).sum(axis=0)  # leave-one-out class mean
+    ours = out.filter(pl.col("item_id") == item)
+    for t in (60, 250, 499):
+        x, y = returns[item][t - 49 : t + 1], market[t - 49 : t + 1]
+        both = np.isfinite(x) & np.isfinite(y)
+        x, y = x[both], y[both]
+        cov = np.mean(x * y) - x.mean() * y.mean()
+        np.testing.assert_allclose(ours["class_beta_50"][t], cov / y.var(), rtol=1e-7)
+        np.testing.assert_allclose(ours["class_corr_50"][t], cov / (x.std() * y.std()), rtol=1e-7)
+
+
+def test_the_learned_regime_of_a_symbol_does_not_depend_on_the_other_symbols_of_its_batch(features):
+    frame = synthetic_class(n_assets=3, bars=900, seed=2)
+    feature = features.get("gmm_regime")
+    pipeline = FeaturePipeline([(feature, feature.resolve_params())])
+    ends = {item_id: 600 for item_id in frame["item_id"].unique()}
+    together = pipeline.apply(frame, train_end=ends).filter(pl.col("item_id") == "test/A1")
+    alone = pipeline.apply(frame.filter(pl.col("item_id") == "test/A1"), train_end={"test/A1": 600})
+    assert together["regime_p0"].drop_nulls().len() > 500
+    assert together.equals(alone)
+
+
+def test_the_full_hourly_dataset_does_not_depend_on_batch_size_or_worker_threads(tmp_path, monkeypatch):
+    import concurrent.futures
+
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.config import load_profile
+    from ohlcv.lake.sample import generate_sample_lake
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=3, asset_classes=["crypto", "fx"], bars=1000, seed=5)
+    pool = concurrent.futures.ThreadPoolExecutor
+    hashes = set()
+    for batch_size, threads in ((6, 3), (1, 1), (4, 2)):
+        monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", lambda max_workers, _t=threads: pool(max_workers=_t))
+        cfg = load_profile("hourly", [f"data.lake={lake.root}", f"data.dataset={tmp_path / f'ds{batch_size}'}",
+                                      f"data.batch_size={batch_size}", "data.cleaning.min_length=300"]).cfg
+        result = IterativeFinancialDatasetBuilder(cfg).run()
+        assert len(result.manifest["variates"]) == 32 and len(result.manifest["items"]) == 6
+        hashes.add(result.manifest["content_hash"])
+    assert len(hashes) == 1

@@ -7,7 +7,9 @@ squares of the one-bar log returns of the class's symbols (``ref_r1__n``,
 row per asset class and bar — not by the lake.
 
 At bar t everything uses returns of bar t and earlier; other assets' bar t
-is known at the close of bar t, as is the asset's own.
+is known at the close of bar t, as is the asset's own. Every feature here is
+``bounded`` (a one-bar return, rolling windows): the builder evaluates it over
+a whole batch at once.
 """
 
 from __future__ import annotations
@@ -51,19 +53,17 @@ def _class_return(params):
     return [_own_known(mean).alias("class_return")]
 
 
+def _beta_corr_stages(params):
+    """The two return series, materialised once; both are read by five rolling means."""
+    market, _ = _leave_one_out()
+    return [[_r1().alias("_class_beta_own"), market.alias("_class_beta_market")]]
+
+
 def _beta_corr(params):
-    """Rolling beta and correlation; the two return series are materialised once, then rolled."""
+    """Rolling beta and correlation of the asset's return to the leave-one-out class return."""
     import polars as pl
 
-    w = int(params["window"])
-    market_expr, _ = _leave_one_out()
-    return _beta_corr_from(pl.col("_own_r1"), pl.col("_market_r1"), w), [_r1().alias("_own_r1"), market_expr.alias("_market_r1")]
-
-
-def _beta_corr_frame(frame, params):
-
-    outputs, helpers = _beta_corr(params)
-    return frame.lazy().with_columns(helpers).select(outputs).collect()
+    return _beta_corr_from(pl.col("_class_beta_own"), pl.col("_class_beta_market"), int(params["window"]))
 
 
 def _beta_corr_from(own, market, w):
@@ -115,18 +115,19 @@ def _relative_strength(params):
 
 FEATURES = [
     Feature(name="class_return", family="cross_asset", inputs=("close",), outputs=["class_return"], warmup=1,
-            exprs=_class_return, reference=_reference,
+            exprs=_class_return, reference=_reference, bounded=True,
             description="equal-weighted one-bar log return of the asset's class, leaving the asset out", kinds="return"),
     Feature(name="class_beta", family="cross_asset", inputs=("close",),
             outputs=lambda p: [f"class_beta_{int(p['window'])}", f"class_corr_{int(p['window'])}"],
-            warmup=lambda p: int(p["window"]), frame=_beta_corr_frame, reference=_reference, params={"window": 168},
+            warmup=lambda p: int(p["window"]), exprs=_beta_corr, intermediates=_beta_corr_stages, bounded=True,
+            reference=_reference, params={"window": 168},
             description="rolling beta and correlation of the asset's returns to its class (leave-one-out)"),
     Feature(name="relative_strength", family="cross_asset", inputs=("close",), outputs=["relative_strength"],
-            warmup=1, exprs=_relative_strength, reference=_reference,
+            warmup=1, exprs=_relative_strength, reference=_reference, bounded=True,
             description="the asset's return standardised within its class, 0 (weakest) to 1 (strongest)",
             kinds="oscillator"),
     Feature(name="class_dispersion", family="cross_asset", inputs=("close",), outputs=["class_dispersion"],
-            warmup=1, exprs=_dispersion, reference=_reference,
+            warmup=1, exprs=_dispersion, reference=_reference, bounded=True,
             description="cross-sectional standard deviation of one-bar log returns in the class", kinds="volatility"),
 ]
 

@@ -25,8 +25,8 @@ def _vol(window: int):
     return _r1().rolling_std(window_size=window, min_samples=min_observations(window))
 
 
-def _vol_regime(params):
-    """One-hot low / mid / high volatility against the volatility's own trailing terciles.
+def _vol_regime_stages(params):
+    """Volatility, then its trailing terciles: each computed once, though the three outputs read them.
 
     The terciles are taken over the volatility sampled every ``step`` bars
     across the last ``history`` bars (an exact rolling quantile over every bar
@@ -34,13 +34,22 @@ def _vol_regime(params):
     """
     import polars as pl
 
-    vol = _vol(int(params["window"]))
     history, step = int(params["history"]), int(params["step"])
     samples = max(history // step, 3)
     position = pl.int_range(pl.len()) // step
-    sampled = vol.gather_every(step)
-    low_q = sampled.rolling_quantile(quantile=1 / 3, window_size=samples, min_samples=max(samples // 4, 2)).gather(position)
-    high_q = sampled.rolling_quantile(quantile=2 / 3, window_size=samples, min_samples=max(samples // 4, 2)).gather(position)
+    sampled = pl.col("_vol_regime_vol").gather_every(step)
+    terciles = [
+        sampled.rolling_quantile(quantile=q, window_size=samples, min_samples=max(samples // 4, 2)).gather(position).alias(name)
+        for q, name in ((1 / 3, "_vol_regime_low_q"), (2 / 3, "_vol_regime_high_q"))
+    ]
+    return [[_vol(int(params["window"])).alias("_vol_regime_vol")], terciles]
+
+
+def _vol_regime(params):
+    """One-hot low / mid / high volatility against the volatility's own trailing terciles."""
+    import polars as pl
+
+    vol, low_q, high_q = pl.col("_vol_regime_vol"), pl.col("_vol_regime_low_q"), pl.col("_vol_regime_high_q")
     known = vol.is_not_null() & low_q.is_not_null()
     low = vol <= low_q
     high = vol > high_q
@@ -51,13 +60,19 @@ def _vol_regime(params):
     ]
 
 
-def _trend(params):
-    """Slope of the long moving average (log change over ``lag`` bars) and its sign."""
+def _trend_stages(params):
     import polars as pl
 
     window, lag = int(params["window"]), int(params["lag"])
     average = pl.col("close").rolling_mean(window_size=window, min_samples=min_observations(window))
-    slope = average.log() - average.shift(lag).log()
+    return [[(average.log() - average.shift(lag).log()).alias("_trend_regime_slope")]]
+
+
+def _trend(params):
+    """Slope of the long moving average (log change over ``lag`` bars) and its sign."""
+    import polars as pl
+
+    slope = pl.col("_trend_regime_slope")
     return [
         slope.alias("trend_slope"),
         pl.when(slope.is_null()).then(None).otherwise((slope > 0).cast(pl.Float64)).alias("trend_up"),
@@ -85,7 +100,14 @@ def _gmm_inputs(frame, params):
 
 
 def _gmm_fit(train, params):
-    """Fit a Gaussian mixture on the training span; components ordered from calm to turbulent."""
+    """Fit a Gaussian mixture on the training span; components ordered from calm to turbulent.
+
+    The start is fixed instead of drawn by k-means (scikit-learn's default): the components' means
+    spread over the volatility's quantiles, a flat trend, unit variances, equal weights. EM then
+    converges in about ten steps; k-means and a full covariance cost ~25x more per symbol (and
+    k-means' OpenMP threads fought the builder's worker threads). The fit depends on the symbol's
+    own training bars only, so a dataset does not depend on batch size or worker count.
+    """
     from sklearn.mixture import GaussianMixture
 
     x = _gmm_inputs(train, params)
@@ -97,8 +119,17 @@ def _gmm_fit(train, params):
     if len(x) < 10 * k:
         return None
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-12
-    model = GaussianMixture(n_components=k, covariance_type="full", random_state=int(params["seed"]), n_init=1)
-    model.fit((x - mean) / std)
+    z = (x - mean) / std
+    covariance = str(params["covariance"])
+    if covariance not in ("diag", "full"):
+        raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
+    means = np.zeros((k, z.shape[1]))
+    means[:, 0] = np.quantile(z[:, 0], (np.arange(k) + 0.5) / k)
+    precisions = np.ones((k, z.shape[1])) if covariance == "diag" else np.tile(np.eye(z.shape[1]), (k, 1, 1))
+    model = GaussianMixture(n_components=k, covariance_type=covariance, random_state=int(params["seed"]), n_init=1,
+                            init_params="random_from_data", weights_init=np.full(k, 1 / k), means_init=means,
+                            precisions_init=precisions)
+    model.fit(z)
     order = np.argsort(model.means_[:, 0])  # by volatility
     return {"model": model, "mean": mean, "std": std, "order": order}
 
@@ -123,10 +154,12 @@ FEATURES = [
     Feature(name="vol_regime", family="regime", inputs=("close",),
             outputs=["vol_regime_low", "vol_regime_mid", "vol_regime_high"],
             warmup=lambda p: int(p["window"]) + int(p["history"]) // 4 + int(p["step"]) - 1, exprs=_vol_regime,
+            intermediates=_vol_regime_stages,
             params={"window": 24, "history": 720, "step": 24},
             description="one-hot low/mid/high realized volatility against its trailing terciles", kinds="oscillator"),
     Feature(name="trend_regime", family="regime", inputs=("close",), outputs=["trend_slope", "trend_up"],
-            warmup=lambda p: int(p["window"]) + int(p["lag"]) - 1, exprs=_trend, params={"window": 168, "lag": 24},
+            warmup=lambda p: int(p["window"]) + int(p["lag"]) - 1, exprs=_trend, intermediates=_trend_stages, bounded=True,
+            params={"window": 168, "lag": 24},
             description="log slope of the long moving average over `lag` bars, and whether it is rising",
             kinds=["indicator", "oscillator"]),
     Feature(name="drawdown", family="regime", inputs=("close",), outputs=["drawdown"], warmup=0, exprs=_drawdown,
@@ -136,7 +169,7 @@ FEATURES = [
             warmup=lambda p: max(int(p["vol_window"]), int(p["trend_window"]) + int(p["trend_lag"]) - 1),
             frame=_gmm_frame, fit=_gmm_fit,
             params={"components": 3, "vol_window": 24, "trend_window": 168, "trend_lag": 24, "seed": 0,
-                    "max_fit_points": 20_000},
+                    "max_fit_points": 2_000, "covariance": "diag"},
             description="regime probabilities of a Gaussian mixture on volatility and trend, fitted on the "
                         "training span, components ordered calm to turbulent", kinds="oscillator"),
 ]

@@ -189,10 +189,12 @@ def check_bounded(feature: Feature, params: Mapping[str, Any] | None = None, *, 
     full = synthetic_class(bars=bars, seed=seed)
     # series of different lengths, so that no two series line up bar for bar
     parts = [part.head(bars - 37 * k) for k, (_, part) in enumerate(full.group_by("item_id", maintain_order=True))]
-    batch = pipeline.apply(pl.concat(parts))
+    # a cross-asset feature reads the reference series of the whole class, alone as in the batch
+    reference = pipeline.contributions(pl.concat(parts)) if pipeline.needs_reference else None
+    batch = pipeline.apply(pl.concat(parts), reference=reference)
     for part in parts:
         item_id = part["item_id"][0]
-        alone = pipeline.apply(part)
+        alone = pipeline.apply(part, reference=reference)
         together = batch.filter(pl.col("item_id") == item_id)
         for column in feature.output_names(resolved):
             a = alone[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()

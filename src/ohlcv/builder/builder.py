@@ -506,25 +506,30 @@ class IterativeFinancialDatasetBuilder:
         folder = self.work / "reference"
         folder.mkdir(parents=True, exist_ok=True)
         combined = folder / "reference.parquet"
-        parts = []
-        for index, batch in enumerate(batches):
-            marker = folder / f"clean-{index:05d}.json"
-            if not marker.is_file():
-                cleaned, reports = self.clean_batch(batch)
-                contribution = self.pipeline.contributions(cleaned) if cleaned is not None else None
-                for name, frame in (("clean", cleaned), ("contrib", contribution)):
-                    if frame is not None:
-                        tmp = folder / f".{name}-{index:05d}.parquet.tmp"
-                        frame.write_parquet(tmp)
-                        os.replace(tmp, folder / f"{name}-{index:05d}.parquet")
-                atomic_json(marker, {"reports": [r.to_dict() for r in reports]}, scratch=True)
-            if not combined.is_file():
-                part = folder / f"contrib-{index:05d}.parquet"
-                if part.is_file():
-                    parts.append(pl.read_parquet(part))
+
+        def clean(index: int, batch: list[SymbolSource]) -> None:
+            cleaned, reports = self.clean_batch(batch)
+            contribution = self.pipeline.contributions(cleaned) if cleaned is not None else None
+            for name, frame in (("clean", cleaned), ("contrib", contribution)):
+                if frame is not None:
+                    tmp = folder / f".{name}-{index:05d}.parquet.tmp"
+                    frame.write_parquet(tmp)
+                    os.replace(tmp, folder / f"{name}-{index:05d}.parquet")
+            atomic_json(folder / f"clean-{index:05d}.json", {"reports": [r.to_dict() for r in reports]}, scratch=True)
+
+        # batches are cleaned in the worker threads, as in the second pass; the parts are summed in batch order
+        pending = [(i, b) for i, b in enumerate(batches) if not (folder / f"clean-{i:05d}.json").is_file()]
+        for _ in in_order(pending, clean):
+            pass
         if combined.is_file():
             return pl.read_parquet(combined)
-        reference = FeaturePipeline.combine(parts)
+        # folded in batch order, part by part (the same sums as all at once): memory stays one reference
+        # series, not one per batch
+        reference = None
+        for index in range(len(batches)):
+            part = folder / f"contrib-{index:05d}.parquet"
+            if part.is_file():
+                reference = FeaturePipeline.combine([reference, pl.read_parquet(part)])
         if reference is not None:
             tmp = folder / ".reference.parquet.tmp"
             reference.write_parquet(tmp)

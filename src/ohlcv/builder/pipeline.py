@@ -55,27 +55,28 @@ class FeaturePipeline:
         if not exprs or frame.height == 0:
             return None
         names = [e.meta.output_name() for e in exprs]
-        per_bar = (
-            frame.lazy()
-            .select(
-                pl.col("item_id").str.split("/").list.first().alias("asset_class"),
-                "ts",
-                "item_id",
-                *[e.over("item_id") for e in exprs],
-            )
-            .sort("asset_class", "ts", "item_id")
-            .collect()
-        )
-        keys = per_bar.select("asset_class", "ts")
-        new_group = keys.select(
-            (pl.col("asset_class") != pl.col("asset_class").shift(1)) | (pl.col("ts") != pl.col("ts").shift(1))
-        ).to_series().fill_null(True).to_numpy()
+        # integer keys instead of strings (sorting 1M id strings cost more than the features): each item's
+        # rank among the batch's ids, each class's rank among its classes, the bar's time as an integer;
+        # ranks keep the strings' order, so the rows are summed in the same order as by the strings
+        runs = frame["item_id"].rle()
+        run_ids, lengths = runs.struct.field("value"), runs.struct.field("len").to_numpy()
+        items, item_of_run = np.unique(run_ids.to_numpy(), return_inverse=True)
+        classes, class_of_run = np.unique(run_ids.str.split("/").list.first().to_numpy(), return_inverse=True)
+        item = np.repeat(item_of_run, lengths)
+        asset_class = np.repeat(class_of_run, lengths)
+        stamps = frame["ts"].to_physical().to_numpy()
+        values = frame.lazy().with_columns(pl.Series("_item", item)).select(*[e.over("_item") for e in exprs]).collect()
+        order = np.lexsort((item, stamps, asset_class))
+        sorted_class, sorted_ts = asset_class[order], stamps[order]
+        new_group = np.ones(len(order), dtype=bool)
+        new_group[1:] = (sorted_class[1:] != sorted_class[:-1]) | (sorted_ts[1:] != sorted_ts[:-1])
         starts = np.flatnonzero(new_group)
-        out = {"asset_class": keys["asset_class"].gather(starts), "ts": keys["ts"].gather(starts)}
+        out = {"asset_class": pl.Series("asset_class", classes[sorted_class[starts]], dtype=pl.String),
+               "ts": frame["ts"].gather(order[starts])}
         for name in names:
-            values = per_bar[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-            known = np.isfinite(values)
-            clean = np.where(known, values, 0.0)
+            column = values[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()[order]
+            known = np.isfinite(column)
+            clean = np.where(known, column, 0.0)
             out[f"{name}__n"] = np.add.reduceat(known.astype(np.float64), starts)
             out[f"{name}__sum"] = np.add.reduceat(clean, starts)
             out[f"{name}__sumsq"] = np.add.reduceat(clean * clean, starts)
@@ -165,8 +166,13 @@ class FeaturePipeline:
         if per_series:
             work = query.collect(engine="in-memory").drop(temporary)
             parts = []
-            for key, part in work.group_by("item_id", maintain_order=True):
-                item_id = key[0] if isinstance(key, tuple) else key
+            if numbered:  # each item's rows are together: zero-copy slices instead of a group-by's gathers
+                items = [(item_id, work.slice(int(start), int(length)))
+                         for item_id, start, length in zip(values.to_list(), starts, lengths)]
+            else:
+                items = [(key[0] if isinstance(key, tuple) else key, part)
+                         for key, part in work.group_by("item_id", maintain_order=True)]
+            for item_id, part in items:
                 inputs = part.drop("item_id", "_series", "_pos", strict=False)
                 outputs = []
                 for feature, params in per_series:
