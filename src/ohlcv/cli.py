@@ -9,7 +9,6 @@ datasets) happen inside the commands that need them, never at start-up.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -382,7 +381,7 @@ def evaluate(
     import time as _time
 
     from ohlcv.evaluate.run import evaluate as run_evaluate
-    from ohlcv.render import render_evaluation, render_notes
+    from ohlcv.render import count_progress, render_evaluation, render_notes
     from ohlcv.train.distributed import is_rank_zero, one_process_note
 
     extra = [f"data.dataset={dataset}"] if dataset is not None else []
@@ -391,9 +390,10 @@ def evaluate(
     if not is_rank_zero():  # started by torchrun / srun beside rank zero, which evaluates everything
         return
     target = out or Path(str(loaded.cfg.output.runs_dir)) / f"{loaded.name}-evaluate-{_time.strftime('%Y%m%d-%H%M%S')}"
-    with _stdout_to_stderr(as_json):  # libraries print while loading models: keep --json output parseable
+    with _stdout_to_stderr(as_json), count_progress(_console(stderr=True)) as progress:
+        # (libraries may print while loading models: stdout goes to stderr, so --json output stays parseable)
         result = run_evaluate(loaded, model, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=target,
-                              zero_shot=zero_shot)
+                              zero_shot=zero_shot, progress=progress)
     if as_json:
         import json
 
@@ -419,7 +419,7 @@ def backtest(
     import time as _time
 
     from ohlcv.evaluate.backtest import run_backtest
-    from ohlcv.render import render_backtest, render_line, render_notes
+    from ohlcv.render import count_progress, render_backtest, render_line, render_notes
     from ohlcv.train.distributed import is_rank_zero, one_process_note
 
     extra = _data_options(lake, dataset)
@@ -435,9 +435,9 @@ def backtest(
     if not is_rank_zero():  # started by torchrun / srun beside rank zero, which runs every fold
         return
     target = out or Path(str(loaded.cfg.output.runs_dir)) / f"{loaded.name}-backtest-{_time.strftime('%Y%m%d-%H%M%S')}"
-    with _stdout_to_stderr(as_json):
+    with _stdout_to_stderr(as_json), count_progress(_console(stderr=True)) as progress:
         result = run_backtest(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=target,
-                              on_build=_build_first(loaded), rebuild=rebuild, lake=lake,
+                              on_build=_build_first(loaded), rebuild=rebuild, lake=lake, progress=progress,
                               on_fold=lambda fold, total: render_line(_console(stderr=as_json), f"fold {fold + 1}/{total}"))
     if as_json:
         import json
@@ -540,16 +540,19 @@ def plugins_check(
     Exit 1 if any feature fails.
     """
     from ohlcv.lookahead import check_plugins
-    from ohlcv.render import render_plugin_checks
+    from ohlcv.render import count_progress, render_plugin_checks
 
-    checks = check_plugins(names)
+    with count_progress(_console(stderr=True)) as progress:
+        checks = check_plugins(names, progress=progress)
     render_plugin_checks(_console(), checks)
     if not all(check.ok for check in checks):
         raise typer.Exit(1)
 
 
 def _debug() -> bool:
-    return os.environ.get("OHLCV_DEBUG", "").strip() not in ("", "0", "false", "no")
+    from ohlcv.errors import debug_enabled
+
+    return debug_enabled()
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -5,6 +5,13 @@ Every message says what was wrong and, where there is one, what to do about it.
 
 from __future__ import annotations
 
+import os
+
+
+def debug_enabled() -> bool:
+    """``OHLCV_DEBUG`` set (and not 0/false/no): tracebacks, and the library messages otherwise silenced."""
+    return os.environ.get("OHLCV_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
 
 class OhlcvError(Exception):
     """Base class of every error meant for a person rather than a traceback."""

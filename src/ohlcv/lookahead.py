@@ -344,8 +344,10 @@ class PluginCheck:
     detail: str
 
 
-def check_plugins(names=None) -> list[PluginCheck]:
-    """The look-ahead, warm-up and bounded checks of every registered feature (or of ``names``)."""
+def check_plugins(names=None, progress=None) -> list[PluginCheck]:
+    """The look-ahead, warm-up and bounded checks of every registered feature (or of ``names``).
+
+    ``progress`` (see ``ohlcv.render.count_progress``) hears of each feature as its checks start."""
     from ohlcv.errors import ConfigError
     from ohlcv.plugins import load_plugins
 
@@ -356,7 +358,11 @@ def check_plugins(names=None) -> list[PluginCheck]:
             raise ConfigError(f"no registered feature named {unknown}; see `ohlcv plugins list`", key="NAME")
         entries = [e for e in entries if e.feature.name in names]
     checks = []
+    if progress is not None:
+        progress.on_start("checking", len(entries), "features")
     for entry in entries:
+        if progress is not None:
+            progress.on_next(entry.feature.name)
         result = check_feature(entry.feature)
         problem = check_warmup(entry.feature) if result.ok else None
         if result.ok and problem is None:

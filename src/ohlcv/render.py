@@ -286,6 +286,63 @@ def training_progress(console: "Console") -> _TrainProgress:
     return _TrainProgress(console)
 
 
+class _CountProgress:
+    """One transient progress line per phase of a long loop that is not training: items done of the
+    phase's total (``12/40 forecasts``), what is being done now, the elapsed time. Like the training
+    display it draws only on a terminal; piped or in a log it prints nothing (the result says it all)."""
+
+    def __init__(self, console: "Console"):
+        self.console = console
+        self._progress = None
+        self._task = None
+        self._pending = 0  # the units announced by the last on_next: done when the next one starts
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.on_end()
+        return False
+
+    def on_start(self, phase: str, total: int, unit: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[unit]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[now]}"),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.__enter__()
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task, self._pending = self._progress.add_task(escape(phase), total=total, unit=escape(unit), now=""), 0
+
+    def on_next(self, now: str = "", count: int = 1) -> None:
+        """``count`` units described by ``now`` start; the ones announced before are done."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=self._pending, now=escape(now))
+            self._pending = count
+
+    def on_end(self) -> None:
+        if self._progress is not None:
+            if self._task is not None:
+                self._progress.update(self._task, advance=self._pending, now="")
+            self._progress.__exit__(None, None, None)
+            self._progress, self._task, self._pending = None, None, 0
+
+
+def count_progress(console: "Console") -> _CountProgress:
+    """Progress for ``evaluate`` (per forecast of a series) and ``plugins check`` (per feature): an object
+    with ``on_start(phase, total, unit)``, ``on_next(now, count=1)`` (what starts now) and ``on_end()``."""
+    return _CountProgress(console)
+
+
 def render_build(console: "Console", result, *, quiet: bool = False) -> None:
     report, manifest = result.report, result.manifest
     if result.up_to_date:

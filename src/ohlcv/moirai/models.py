@@ -2,30 +2,57 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ohlcv.errors import OhlcvError
+from ohlcv.errors import OhlcvError, debug_enabled
+
+# Lines libraries print (``print``, not a logger) while loading a model that say nothing to a user:
+# huggingface_hub's mixin announces every local load. OHLCV_DEBUG=1 shows them.
+QUIET_PRINTS = ("Loading weights from local directory",)
+
+
+@contextlib.contextmanager
+def _without_known_prints():
+    """Hold back what is printed to stdout inside the block, then pass on every line but ``QUIET_PRINTS``."""
+    if debug_enabled():
+        yield
+        return
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(held):
+            yield
+    finally:
+        kept = [line for line in held.getvalue().splitlines(keepends=True) if line.strip() not in QUIET_PRINTS]
+        sys.stdout.write("".join(kept))
+
+
+def _from_pretrained(source: str):
+    from uni2ts.model.moirai import MoiraiModule
+
+    with _without_known_prints():
+        return MoiraiModule.from_pretrained(source)
 
 
 def load_module(spec: str):
     """A MoiraiModule from a local Hugging Face folder or a hub id (e.g. Salesforce/moirai-1.1-R-small)."""
-    from uni2ts.model.moirai import MoiraiModule
-
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise OhlcvError(f"{path}: no config.json here; point at a model folder such as RUN/model")
-        return MoiraiModule.from_pretrained(str(path))
+        return _from_pretrained(str(path))
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
         raise OhlcvError(f"'{spec}': no such folder, and not a hub id of the form org/name")
     if Path(spec.split("/", 1)[0]).is_dir():  # runs/nope: a mistyped local path, not an organisation on the hub
         raise OhlcvError(f"{path}: no such folder (its parent {spec.split('/', 1)[0]}/ is here); "
                          "point at a model folder such as RUN/model")
     try:
-        return MoiraiModule.from_pretrained(spec)
+        return _from_pretrained(spec)
     except Exception as exc:  # noqa: BLE001 - network, missing repo, wrong format: one clear line
         raise OhlcvError(
             f"cannot load '{spec}' from the Hugging Face hub ({type(exc).__name__}); "
