@@ -69,7 +69,10 @@ def test_evaluate_scores_each_variate_against_the_baselines_of_its_kind_and_writ
     as_json = cli("evaluate", "--profile", "hourly", "--model", str(model), "--dataset", str(root / "ds"),
                   "--out", str(root / "eval-json"), "--json", *TINY, *SMALL)
     assert as_json.exit_code == 0, as_json.stderr
-    assert json.loads(as_json.stdout)["variates"]["close"]["yardstick"] == "random_walk"
+    printed = json.loads(as_json.stdout)
+    assert printed["variates"]["close"]["yardstick"] == "random_walk"
+    for name in ("model", "random_walk"):  # the same numbers as the table, which printed them to 4 digits
+        assert f"{printed['aggregate'][name]['close']['crps']:.4g}" in result.stdout
 
 
 def test_adding_a_second_model_changes_no_number_of_the_first(trained):

@@ -343,6 +343,10 @@ class PluginCheck:
     first_bad_bar: int | None
     detail: str
 
+    def to_dict(self) -> dict:
+        return {"feature": self.feature.name, "family": self.feature.family.value, "plugin": self.plugin,
+                "ok": self.ok, "first_bad_bar": self.first_bad_bar, "detail": self.detail}
+
 
 def check_plugins(names=None, progress=None) -> list[PluginCheck]:
     """The look-ahead, warm-up and bounded checks of every registered feature (or of ``names``).

@@ -132,26 +132,25 @@ def render_plugins(console: "Console", plugins: "Plugins", *, warnings_to: "Cons
     table.add_column("warm-up", justify="right", no_wrap=True)
     table.add_column("plugin", no_wrap=True)
     table.add_column("distribution", overflow="fold")
-    for entry in plugins.features:
-        feature, info = entry.feature, entry.plugin
-        try:
-            outputs = ", ".join(f"{name} ({kind.value})" for name, kind in feature.output_kinds().items())
-            warmup = str(feature.warmup_bars())
-        except Exception as exc:  # noqa: BLE001 - show, don't crash
-            outputs, warmup = f"(error: {exc})", "?"
+    for entry in plugins.describe():
+        outputs = ", ".join(f"{name} ({kind})" for name, kind in entry["outputs"].items())
         table.add_row(
-            escape(feature.name),
-            feature.family.value,
-            escape(outputs),
-            warmup,
-            escape(info.name),
-            escape(f"{info.distribution} {info.version}"),
+            escape(entry["feature"]),
+            entry["family"],
+            escape(f"(error: {entry['error']})" if entry["error"] else outputs),
+            "?" if entry["warmup_bars"] is None else str(entry["warmup_bars"]),
+            escape(entry["plugin"]),
+            escape(f"{entry['distribution']} {entry['version']}"),
         )
     console.print(table)
     if not len(plugins.features):
         console.print("no features registered (is OHLCV_LOAD_PLUGINS set?)")
-    for warning in plugins.warnings:
-        (warnings_to or console).print(f"[yellow]warning:[/] {escape(warning)}")
+    render_warnings(warnings_to or console, plugins.warnings)
+
+
+def render_warnings(console: "Console", lines) -> None:
+    for line in lines:
+        console.print(f"[yellow]warning:[/] {escape(line)}")
 
 
 class _BuildProgress:
@@ -363,14 +362,10 @@ def render_build(console: "Console", result, *, quiet: bool = False) -> None:
     table.add_column("count", justify="right")
     table.add_column("symbols", justify="right")
     table.add_column("outcome", no_wrap=True)
-    per_symbol = report["per_symbol"].values()
-    for rule, info in report["rules"].items():
-        count = report["totals"].get(rule, 0)
-        if not count:
-            continue
-        affected = sum(1 for r in per_symbol if r["counts"].get(rule))
-        table.add_row(rule, f"{count:,}", str(affected), info["outcome"])
-    if report["totals"]:
+    rows = result.cleaning()
+    for row in rows:
+        table.add_row(row["rule"], f"{row['count']:,}", str(row["symbols"]), row["outcome"])
+    if rows:
         console.print(table)
     else:
         console.print("cleaning: nothing to repair")

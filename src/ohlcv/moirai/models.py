@@ -18,7 +18,7 @@ QUIET_PRINTS = ("Loading weights from local directory",)
 
 
 @contextlib.contextmanager
-def _without_known_prints():
+def without_known_prints():
     """Hold back what is printed to stdout inside the block, then pass on every line but ``QUIET_PRINTS``."""
     if debug_enabled():
         yield
@@ -35,7 +35,7 @@ def _without_known_prints():
 def _from_pretrained(source: str):
     from uni2ts.model.moirai import MoiraiModule
 
-    with _without_known_prints():
+    with without_known_prints():
         return MoiraiModule.from_pretrained(source)
 
 
