@@ -65,3 +65,48 @@ def test_installed_wheel_finds_its_packaged_profiles(wheel, tmp_path):
     profiles_dir, hourly = result.stdout.split()
     assert Path(profiles_dir) == target / "ohlcv" / "profiles"
     assert Path(hourly) == target / "ohlcv" / "profiles" / "hourly.yaml"
+
+
+def _satisfied(requirement: str, extra: str = "") -> str | None:
+    """What `pip check` would say about one requirement of the wheel's metadata (None: nothing)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    req = Requirement(requirement)
+    if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+        return None
+    try:
+        installed = metadata.version(req.name)
+    except metadata.PackageNotFoundError:
+        return None  # not installed: pip check says so for the packages the stack needs; not this test's point
+    return None if req.specifier.contains(installed, prereleases=True) else f"{req} but {installed} is installed"
+
+
+def test_pip_check_finds_nothing_wrong_with_ohlcvs_own_requirements(wheel):
+    """ohlcv's own pins fit both stacks: a cap only the pinned stack needs is in the `pinned` extra."""
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = [line.split(":", 1)[1].strip() for line in archive.read(name).decode().splitlines()
+                    if line.startswith("Requires-Dist:")]
+    from packaging.requirements import Requirement
+
+    caps = [Requirement(r) for r in requires if r.startswith("pyarrow") and "<26" in r]
+    assert caps and all(c.marker.evaluate({"extra": "pinned"}) and not c.marker.evaluate({"extra": ""}) for c in caps)
+    assert [problem for r in requires if (problem := _satisfied(r))] == []
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) < 2:  # the pinned stack also meets its extra
+        assert [problem for r in requires if (problem := _satisfied(r, "pinned"))] == []
+
+
+def test_pyarrow_26_beside_numpy_1_is_named_with_its_fix(monkeypatch):
+    from importlib import metadata
+
+    from ohlcv.errors import stack_conflict
+
+    versions = {"numpy": "1.26.4", "pyarrow": "26.0.1"}
+    monkeypatch.setattr(metadata, "version", lambda name: versions[name])
+    assert "pip install 'pyarrow<26'" in stack_conflict()
+    versions["numpy"] = "2.4.6"
+    assert stack_conflict() is None

@@ -596,7 +596,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as exc:  # noqa: BLE001 - last resort: still one line
         if _debug():
             raise
-        _error(f"unexpected {type(exc).__name__}: {exc} (set OHLCV_DEBUG=1 for the traceback)")
+        from ohlcv.errors import stack_conflict
+
+        _error(stack_conflict() or f"unexpected {type(exc).__name__}: {exc} (set OHLCV_DEBUG=1 for the traceback)")
         sys.exit(1)
 
 

@@ -150,7 +150,7 @@ def check_feature(
                     return LookaheadResult(
                         feature.name, False, first_bad_bar=bad, column=column, cut=cut,
                         detail=f"'{column}' at bar {bad} changed when bars after {cut} changed "
-                               f"({a[bad]!r} -> {b[bad]!r})",
+                               f"({float(a[bad]):.6g} -> {float(b[bad]):.6g})",
                     )
     return LookaheadResult(feature.name, True, detail=f"{len(cuts)} cuts x 2 perturbations")
 
