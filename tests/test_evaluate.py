@@ -143,3 +143,28 @@ def test_conformal_recalibration_is_reported_beside_the_raw_model(trained):
     assert fitted["windows"] > 0 and len(fitted["shift_by_step"]["80"]) == 24
     assert calibrated.aggregate["model+conformal"]["close"]["crps"] != raw.aggregate["model"]["close"]["crps"]
     assert "model+conformal" in calibrated.significance and "model+conformal" in calibrated.calibration
+
+
+def test_evaluate_reports_progress_per_model_and_per_forecast_up_to_each_total(trained):
+    root, model = trained
+
+    class Recorder:
+        def __init__(self):
+            self.phases: list[list] = []
+
+        def on_start(self, phase, total, unit):
+            self.phases.append([phase, total, unit, 0, []])
+
+        def on_next(self, now="", count=1):
+            self.phases[-1][3] += count
+            self.phases[-1][4].append(now)
+
+    progress = Recorder()
+    loaded = load_profile("hourly", [f"data.dataset={root / 'ds'}", *TINY, *SMALL])
+    evaluate(loaded, str(model), dataset=root / "ds", out=root / "progress", zero_shot=str(model), write=False,
+             progress=progress)
+    (loading, forecasting) = progress.phases
+    assert loading[:4] == ["loading", 2, "models", 2] and loading[4] == ["model", "zero_shot"]
+    phase, total, unit, done, said = forecasting
+    assert (phase, unit) == ("forecasting", "forecasts") and done == total > 0
+    assert any(s.endswith("random_walk") for s in said) and any("zero_shot" in s for s in said)

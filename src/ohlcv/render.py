@@ -252,6 +252,8 @@ class _TrainProgress:
     def on_start(self, phase: str, total: int, done: int) -> None:
         import time
 
+        if not self.console.is_terminal:  # a log: not even the blank line a finished live display leaves
+            return
         self._started, self._first = time.perf_counter(), done
         self._task = self._ensure().add_task(phase, total=total, completed=done, unit="steps", loss="", rate="")
 
@@ -265,6 +267,8 @@ class _TrainProgress:
                               rate=f"{(step - self._first) / elapsed:.2f} steps/s")
 
     def on_validation(self, done: "int | None", total: "int | None") -> None:
+        if not self.console.is_terminal:
+            return
         progress = self._ensure()
         if done is None:
             if self._val is not None:
@@ -306,6 +310,8 @@ class _CountProgress:
     def on_start(self, phase: str, total: int, unit: str) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        if not self.console.is_terminal:  # a log: not even the blank line a finished live display leaves
+            return
         if self._progress is None:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}[/]"),
