@@ -17,8 +17,8 @@
 # here as you would run it in a terminal.
 #
 # The bars are the sample data shipped inside the
-# [`backtesting`](https://pypi.org/project/backtesting/) package (installed by
-# `pip install -e ".[test]"`, or `pip install backtesting`): Google's daily bars
+# [`backtesting`](https://pypi.org/project/backtesting/) package (installed with
+# the test extra, or by `pip install backtesting`): Google's daily bars
 # 2004–2013 and EUR/USD hourly bars 2017–2018.
 #
 # Everything is written under `work/` next to where you run it.

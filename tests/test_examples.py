@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example"
-INSTALL = "pip install nbclient jupytext ipykernel (in the test extra: pip install -e '.[test]')"
+INSTALL = "pip install nbclient jupytext ipykernel (in the test extra and requirements/modern.txt)"
 
 
 def _notebook_tools():
