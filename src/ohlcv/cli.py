@@ -297,7 +297,7 @@ def pretrain(
 
     loaded = _load(profile, overrides, _data_options(lake, dataset))
     build_first = _build_first(loaded, to_stderr=as_json)
-    with training_progress(_console(stderr=True)) as progress:
+    with _stdout_to_stderr(as_json), training_progress(_console(stderr=True)) as progress:
         result = run_pretrain(
             loaded,
             dataset=Path(str(loaded.cfg.data.dataset)).expanduser(),
