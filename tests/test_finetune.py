@@ -80,3 +80,13 @@ def test_targets_with_past_covariates_work_through_every_step(tmp_path, cli):
     assert evaluated.exit_code == 0, evaluated.stderr + evaluated.stdout
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(metrics["aggregate"]["model"]) == {"close"}
+
+
+def test_a_run_shorter_than_one_validation_interval_still_validates_and_saves(pretrained, cli):
+    root, start = pretrained
+    result = cli("finetune", "--from", str(start), "--out", str(root / "ft-short"), "--profile", "hourly",
+                 "--dataset", str(root / "ds"), *TINY, *FT, "finetune.max_steps=1", "finetune.val_every_n_steps=5")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    summary = json.loads((root / "ft-short" / "run.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 1 and summary["val_loss_after"] > 0
+    assert (root / "ft-short" / "model" / "config.json").is_file()
