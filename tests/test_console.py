@@ -6,7 +6,8 @@ import pytest
 
 from tests.conftest import TINY, run_ohlcv_subprocess
 
-NOISE = ("💡 Tip", "litlogger", "LeafSpec", "but have no `val_dataloader`", "`weights_only` was not set")
+NOISE = ("💡 Tip", "litlogger", "LeafSpec", "but have no `val_dataloader`", "`weights_only` was not set",
+         "GPU available", "`Trainer.fit` stopped")
 
 EMIT = """
 import logging, warnings
@@ -14,7 +15,9 @@ from ohlcv.train.runtime import quiet_libraries
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 quiet_libraries()
 logging.getLogger("lightning.pytorch.utilities.rank_zero").info("💡 Tip: try litlogger")
-logging.getLogger("lightning.pytorch.utilities.rank_zero").info("GPU available: False")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").info("GPU available: False, used: False")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").info("`Trainer.fit` stopped: `max_steps=2` reached.")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").info("Restoring states from the checkpoint path")
 logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").info("`weights_only` was not set, defaulting to `False`.")
 warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use something else", FutureWarning)
 warnings.warn("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.", UserWarning)
@@ -26,7 +29,7 @@ def test_the_known_library_messages_are_silenced_and_nothing_else():
     result = run_ohlcv_subprocess(python_code=EMIT)
     assert result.returncode == 0, result.stderr
     assert not [word for word in NOISE if word in result.stderr + result.stdout], result.stderr
-    assert "GPU available: False" in result.stderr and "another library's warning" in result.stderr
+    assert "Restoring states" in result.stderr and "another library's warning" in result.stderr
 
 
 def test_debug_shows_the_library_messages():
@@ -48,3 +51,19 @@ def test_a_tiny_pretraining_prints_no_library_noise_and_no_negative_totals(tmp_p
     assert not [word for word in NOISE if word in printed], printed
     assert "/-" not in printed and "Epoch" not in printed
     assert "loss, last step" in result.stdout
+
+
+PRINTS = """
+from ohlcv.moirai.models import without_known_prints
+with without_known_prints():
+    print("Loading weights from local directory")
+    print("a line of another library")
+"""
+
+
+@pytest.mark.parametrize("debug", ["", "1"])
+def test_the_model_loading_announcement_is_silenced_unless_debugging(debug):
+    result = run_ohlcv_subprocess(python_code=PRINTS, env={"OHLCV_DEBUG": debug})
+    assert result.returncode == 0, result.stderr
+    assert ("Loading weights from local directory" in result.stdout) == bool(debug)
+    assert "a line of another library" in result.stdout

@@ -69,7 +69,10 @@ def test_evaluate_scores_each_variate_against_the_baselines_of_its_kind_and_writ
     as_json = cli("evaluate", "--profile", "hourly", "--model", str(model), "--dataset", str(root / "ds"),
                   "--out", str(root / "eval-json"), "--json", *TINY, *SMALL)
     assert as_json.exit_code == 0, as_json.stderr
-    assert json.loads(as_json.stdout)["variates"]["close"]["yardstick"] == "random_walk"
+    printed = json.loads(as_json.stdout)
+    assert printed["variates"]["close"]["yardstick"] == "random_walk"
+    for name in ("model", "random_walk"):  # the same numbers as the table, which printed them to 4 digits
+        assert f"{printed['aggregate'][name]['close']['crps']:.4g}" in result.stdout
 
 
 def test_adding_a_second_model_changes_no_number_of_the_first(trained):
@@ -140,3 +143,28 @@ def test_conformal_recalibration_is_reported_beside_the_raw_model(trained):
     assert fitted["windows"] > 0 and len(fitted["shift_by_step"]["80"]) == 24
     assert calibrated.aggregate["model+conformal"]["close"]["crps"] != raw.aggregate["model"]["close"]["crps"]
     assert "model+conformal" in calibrated.significance and "model+conformal" in calibrated.calibration
+
+
+def test_evaluate_reports_progress_per_model_and_per_forecast_up_to_each_total(trained):
+    root, model = trained
+
+    class Recorder:
+        def __init__(self):
+            self.phases: list[list] = []
+
+        def on_start(self, phase, total, unit):
+            self.phases.append([phase, total, unit, 0, []])
+
+        def on_next(self, now="", count=1):
+            self.phases[-1][3] += count
+            self.phases[-1][4].append(now)
+
+    progress = Recorder()
+    loaded = load_profile("hourly", [f"data.dataset={root / 'ds'}", *TINY, *SMALL])
+    evaluate(loaded, str(model), dataset=root / "ds", out=root / "progress", zero_shot=str(model), write=False,
+             progress=progress)
+    (loading, forecasting) = progress.phases
+    assert loading[:4] == ["loading", 2, "models", 2] and loading[4] == ["model", "zero_shot"]
+    phase, total, unit, done, said = forecasting
+    assert (phase, unit) == ("forecasting", "forecasts") and done == total > 0
+    assert any(s.endswith("random_walk") for s in said) and any("zero_shot" in s for s in said)

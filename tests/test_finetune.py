@@ -95,3 +95,13 @@ def test_the_pretraining_checkpoint_and_its_run_folder_load_the_same_model(pretr
     from_ckpt, from_run = load_module(by_checkpoint), load_module(str(run))
     assert from_ckpt.state_dict().keys() == from_run.state_dict().keys()
     assert all(torch.equal(from_ckpt.state_dict()[k], v) for k, v in from_run.state_dict().items())
+
+
+def test_a_run_shorter_than_one_validation_interval_still_validates_and_saves(pretrained, cli):
+    root, start = pretrained
+    result = cli("finetune", "--from", str(start), "--out", str(root / "ft-short"), "--profile", "hourly",
+                 "--dataset", str(root / "ds"), *TINY, *FT, "finetune.max_steps=1", "finetune.val_every_n_steps=5")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    summary = json.loads((root / "ft-short" / "run.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 1 and summary["val_loss_after"] > 0
+    assert (root / "ft-short" / "model" / "config.json").is_file()

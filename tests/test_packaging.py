@@ -65,3 +65,44 @@ def test_installed_wheel_finds_its_packaged_profiles(wheel, tmp_path):
     profiles_dir, hourly = result.stdout.split()
     assert Path(profiles_dir) == target / "ohlcv" / "profiles"
     assert Path(hourly) == target / "ohlcv" / "profiles" / "hourly.yaml"
+
+
+def _satisfied(requirement: str, extra: str = "") -> str | None:
+    """What `pip check` would say about one requirement of the wheel's metadata (None: nothing)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    req = Requirement(requirement)
+    if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+        return None
+    try:
+        installed = metadata.version(req.name)
+    except metadata.PackageNotFoundError:
+        return None  # not installed: pip check says so for the packages the stack needs; not this test's point
+    return None if req.specifier.contains(installed, prereleases=True) else f"{req} but {installed} is installed"
+
+
+def test_pip_check_finds_nothing_wrong_with_ohlcvs_own_requirements(wheel):
+    """ohlcv's own pins fit the stack this runs on (README install or requirements/modern.txt): pip check is clean."""
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = [line.split(":", 1)[1].strip() for line in archive.read(name).decode().splitlines()
+                    if line.startswith("Requires-Dist:")]
+    from packaging.requirements import Requirement
+
+    caps = [Requirement(r) for r in requires if r.startswith("pyarrow")]
+    assert caps and all(c.marker is None and not c.specifier.contains("26.0.0") for c in caps)  # plain `pip install ohlcv` is safe
+    assert [problem for r in requires if (problem := _satisfied(r))] == []
+
+
+def test_pyarrow_26_beside_numpy_1_is_named_with_its_fix(monkeypatch):
+    from importlib import metadata
+
+    from ohlcv.errors import stack_conflict
+
+    versions = {"numpy": "1.26.4", "pyarrow": "26.0.1"}
+    monkeypatch.setattr(metadata, "version", lambda name: versions[name])
+    assert "pip install 'pyarrow<26'" in stack_conflict()
+    versions["numpy"] = "2.4.6"
+    assert stack_conflict() is None

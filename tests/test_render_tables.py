@@ -59,3 +59,20 @@ def test_evaluation_at_80_columns_prints_every_number_whole():
     for number in ("0.01235", "1.234", "12.345", "0.50/0.80/0.95", "0.51/0.52 (0.340)", "0.987", "1.012", "0.012",
                    "0.456"):
         assert number in printed, number
+
+
+def test_count_progress_draws_items_done_of_the_total_on_a_terminal_only():
+    from ohlcv.render import count_progress
+
+    def run(terminal: bool) -> str:
+        out = io.StringIO()
+        console = Console(file=out, width=100, force_terminal=terminal, color_system=None)
+        with count_progress(console) as progress:
+            progress.on_start("checking", 3, "features")
+            for name in ("rsi", "macd", "drawdown"):
+                progress.on_next(name)
+        return out.getvalue()
+
+    drawn = run(terminal=True)
+    assert "0/3 features" in drawn and "3/3 features" in drawn
+    assert run(terminal=False) == ""

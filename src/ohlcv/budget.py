@@ -23,7 +23,7 @@ from typing import Any
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.freq import Frequency, parse_freq
 
-MIN_CONTEXT_TO_HORIZON = 5  # the brief: context >= 5 x horizon
+MIN_CONTEXT_TO_HORIZON = 5  # context >= 5 x horizon: less history than five horizons makes forecasts unstable
 
 
 def patches_for(context: int, horizon: int, patch: int) -> int:

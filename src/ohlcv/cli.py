@@ -9,7 +9,6 @@ datasets) happen inside the commands that need them, never at start-up.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -190,6 +189,7 @@ def build(
     force: bool = typer.Option(False, "--force", help="Rebuild even if the dataset is up to date."),
     check: bool = typer.Option(False, "--check", help="Afterwards, verify the dataset through uni2ts."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; a one-line summary."),
+    as_json: bool = typer.Option(False, "--json", help="Print the build's summary (and --check's report) as JSON."),
 ) -> None:
     """Build a uni2ts dataset from the Parquet lake: clean, add features, split, normalize.
 
@@ -209,7 +209,18 @@ def build(
     if executor is not None:
         extra.append(f"build.executor={executor}")
     loaded = _load(profile, args, extra)
-    result = _run_build(loaded.cfg, shard=shard, force=force, quiet=quiet)
+    result = _run_build(loaded.cfg, shard=shard, force=force, quiet=quiet or as_json)
+    if as_json:
+        summary = result.to_json()
+        if check:
+            from ohlcv.builder.check import check_dataset
+
+            report = check_dataset(Path(str(loaded.cfg.data.dataset)).expanduser(), loaded.cfg)
+            summary["check"] = report.to_dict()
+        _plain(_json_text(summary))
+        if check and not report.ok:
+            raise typer.Exit(1)
+        return
     render_build(_console(), result, quiet=quiet)
     if check:
         _check(loaded, Path(str(loaded.cfg.data.dataset)).expanduser(), as_json=False)
@@ -243,14 +254,12 @@ def build_merge(
 
 
 def _check(loaded, dataset: Path, *, as_json: bool) -> None:
-    import json as _json
-
     from ohlcv.builder.check import check_dataset
     from ohlcv.render import render_check
 
     report = check_dataset(dataset, loaded.cfg)
     if as_json:
-        _plain(_json.dumps(report.to_dict(), indent=2, default=str))
+        _plain(_json_text(report.to_dict()))
     else:
         render_check(_console(), report)
     if not report.ok:
@@ -285,14 +294,15 @@ def pretrain(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/NAME-pretrain-TIME)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoints/last.ckpt."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the dataset first (from the lake its manifest records, or --lake)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (what else is said goes to stderr)."),
 ) -> None:
     """Pre-train a MOIRAI model; builds the dataset first if it is missing (an existing one is used as built)."""
     from ohlcv.render import render_preflight, render_pretrain_result, training_progress
     from ohlcv.train.pretrain import run_pretrain
 
     loaded = _load(profile, overrides, _data_options(lake, dataset))
-    build_first = _build_first(loaded)
-    with training_progress(_console(stderr=True)) as progress:
+    build_first = _build_first(loaded, to_stderr=as_json)
+    with _stdout_to_stderr(as_json), training_progress(_console(stderr=True)) as progress:
         result = run_pretrain(
             loaded,
             dataset=Path(str(loaded.cfg.data.dataset)).expanduser(),
@@ -301,10 +311,13 @@ def pretrain(
             rebuild=rebuild,
             lake=lake,
             progress=progress,
-            on_preflight=lambda check, run_dir: render_preflight(_console(), check, run_dir, loaded),
+            on_preflight=lambda check, run_dir: render_preflight(_console(stderr=as_json), check, run_dir, loaded),
             on_build=build_first,
         )
-    render_pretrain_result(_console(), result)
+    if as_json:
+        _plain(_json_text(result.to_json()))
+    else:
+        render_pretrain_result(_console(), result)
 
 
 def _data_options(lake: Optional[str], dataset: Optional[Path]) -> List[str]:
@@ -316,23 +329,24 @@ def _data_options(lake: Optional[str], dataset: Optional[Path]) -> List[str]:
     return extra
 
 
-def _build_first(loaded):
-    """What a training command does when its dataset is missing (or --rebuild): build it, with the report.
+def _build_first(loaded, *, to_stderr: bool = False):
+    """What a training command does when its dataset is missing (or --rebuild): build it, with the report
+    (on stderr with ``to_stderr``: the command's stdout is JSON).
 
     The library passes the profile to build with (its lake may be the one the old manifest records)."""
 
     def build(cfg, force: bool) -> None:
         from ohlcv.render import render_build, render_line
 
-        _ensure_sample_lake(cfg, loaded.name)
-        render_line(_console(), f"{'rebuilding' if force else 'building'} the dataset {cfg.data.dataset} "
-                                f"from {cfg.data.lake} first")
-        render_build(_console(), _run_build(cfg, shard=None, force=force, quiet=False))
+        _ensure_sample_lake(cfg, loaded.name, to_stderr=to_stderr)
+        render_line(_console(stderr=to_stderr), f"{'rebuilding' if force else 'building'} the dataset "
+                                                f"{cfg.data.dataset} from {cfg.data.lake} first")
+        render_build(_console(stderr=to_stderr), _run_build(cfg, shard=None, force=force, quiet=False))
 
     return build
 
 
-def _ensure_sample_lake(cfg, name: str) -> None:
+def _ensure_sample_lake(cfg, name: str, *, to_stderr: bool = False) -> None:
     """Profiles with data.sample_if_missing (the demo) generate their sample lake on first use."""
     from ohlcv.train.distributed import is_rank_zero
 
@@ -342,7 +356,7 @@ def _ensure_sample_lake(cfg, name: str) -> None:
     from ohlcv.lake.sample import generate_sample_lake
     from ohlcv.render import render_line
 
-    render_line(_console(), f"no lake at {lake}: generating the sample lake for profile '{name}'")
+    render_line(_console(stderr=to_stderr), f"no lake at {lake}: generating the sample lake for profile '{name}'")
     generate_sample_lake(lake, symbols_per_class=3, freq=str(cfg.data.freq), bars=1200, seed=int(cfg.trainer.seed))
 
 
@@ -390,7 +404,7 @@ def evaluate(
     import time as _time
 
     from ohlcv.evaluate.run import evaluate as run_evaluate
-    from ohlcv.render import render_evaluation, render_notes
+    from ohlcv.render import count_progress, render_evaluation, render_notes
     from ohlcv.train.distributed import is_rank_zero, one_process_note
 
     extra = [f"data.dataset={dataset}"] if dataset is not None else []
@@ -399,13 +413,12 @@ def evaluate(
     if not is_rank_zero():  # started by torchrun / srun beside rank zero, which evaluates everything
         return
     target = out or Path(str(loaded.cfg.output.runs_dir)) / f"{loaded.name}-evaluate-{_time.strftime('%Y%m%d-%H%M%S')}"
-    with _stdout_to_stderr(as_json):  # libraries print while loading models: keep --json output parseable
+    with _stdout_to_stderr(as_json), count_progress(_console(stderr=True)) as progress:
+        # (libraries may print while loading models: stdout goes to stderr, so --json output stays parseable)
         result = run_evaluate(loaded, model, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=target,
-                              zero_shot=zero_shot)
+                              zero_shot=zero_shot, progress=progress)
     if as_json:
-        import json
-
-        _plain(json.dumps({"out": str(result.out), **result.to_json()}, indent=2, default=float))
+        _plain(_json_text({"out": str(result.out), **result.to_json()}))
     else:
         render_evaluation(_console(), result)
 
@@ -428,7 +441,7 @@ def backtest(
     import time as _time
 
     from ohlcv.evaluate.backtest import run_backtest
-    from ohlcv.render import render_backtest, render_line, render_notes
+    from ohlcv.render import count_progress, render_backtest, render_line, render_notes
     from ohlcv.train.distributed import is_rank_zero, one_process_note
 
     extra = _data_options(lake, dataset)
@@ -444,25 +457,28 @@ def backtest(
     if not is_rank_zero():  # started by torchrun / srun beside rank zero, which runs every fold
         return
     target = out or Path(str(loaded.cfg.output.runs_dir)) / f"{loaded.name}-backtest-{_time.strftime('%Y%m%d-%H%M%S')}"
-    with _stdout_to_stderr(as_json):
+    with _stdout_to_stderr(as_json), count_progress(_console(stderr=True)) as progress:
         result = run_backtest(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=target,
-                              on_build=_build_first(loaded), rebuild=rebuild, lake=lake,
+                              on_build=_build_first(loaded, to_stderr=as_json), rebuild=rebuild, lake=lake, progress=progress,
                               on_fold=lambda fold, total: render_line(_console(stderr=as_json), f"fold {fold + 1}/{total}"))
     if as_json:
-        import json
-
-        _plain(json.dumps(result.to_json(), indent=2, default=float))
+        _plain(_json_text(result.to_json()))
     else:
         render_backtest(_console(), result)
 
 
 @profiles_app.command("list")
-def profiles_list() -> None:
+def profiles_list(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
+) -> None:
     """Profiles reachable by name: ./profiles first, then the packaged ones."""
     from ohlcv.config import list_profiles
     from ohlcv.render import render_profiles
 
-    render_profiles(_console(), list_profiles())
+    if as_json:
+        _plain(_json_text([info.to_dict() for info in list_profiles()]))
+    else:
+        render_profiles(_console(), list_profiles())
 
 
 @profiles_app.command("show")
@@ -479,13 +495,19 @@ def profiles_show(
 
 
 @plugins_app.command("list")
-def plugins_list() -> None:
+def plugins_list(
+    as_json: bool = typer.Option(False, "--json", help="Print the features as JSON (warnings go to stderr)."),
+) -> None:
     """Registered features with their family, plugin, distribution and version."""
     from ohlcv.plugins import load_plugins
-    from ohlcv.render import render_plugins
+    from ohlcv.render import render_plugins, render_warnings
 
     plugins = load_plugins()
-    render_plugins(_console(), plugins, warnings_to=_console(stderr=True))
+    if as_json:
+        _plain(_json_text(plugins.describe()))
+        render_warnings(_console(stderr=True), plugins.warnings)
+    else:
+        render_plugins(_console(), plugins, warnings_to=_console(stderr=True))
 
 
 @lake_app.command("sample")
@@ -541,6 +563,7 @@ def lake_ingest(
 @plugins_app.command("check")
 def plugins_check(
     names: Optional[List[str]] = typer.Argument(None, help="Feature names (default: every registered feature)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Check features for look-ahead: change every bar after t, recompute, and compare bars <= t.
 
@@ -549,16 +572,22 @@ def plugins_check(
     Exit 1 if any feature fails.
     """
     from ohlcv.lookahead import check_plugins
-    from ohlcv.render import render_plugin_checks
+    from ohlcv.render import count_progress, render_plugin_checks
 
-    checks = check_plugins(names)
-    render_plugin_checks(_console(), checks)
+    with count_progress(_console(stderr=True)) as progress:
+        checks = check_plugins(names, progress=progress)
+    if as_json:
+        _plain(_json_text([check.to_dict() for check in checks]))
+    else:
+        render_plugin_checks(_console(), checks)
     if not all(check.ok for check in checks):
         raise typer.Exit(1)
 
 
 def _debug() -> bool:
-    return os.environ.get("OHLCV_DEBUG", "").strip() not in ("", "0", "false", "no")
+    from ohlcv.errors import debug_enabled
+
+    return debug_enabled()
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -576,8 +605,23 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as exc:  # noqa: BLE001 - last resort: still one line
         if _debug():
             raise
-        _error(f"unexpected {type(exc).__name__}: {exc} (set OHLCV_DEBUG=1 for the traceback)")
+        from ohlcv.errors import stack_conflict
+
+        _error(stack_conflict() or f"unexpected {type(exc).__name__}: {exc} (set OHLCV_DEBUG=1 for the traceback)")
         sys.exit(1)
+
+
+def _json_text(data) -> str:
+    """JSON for --json: numpy numbers as numbers, paths and time stamps as strings."""
+    import json
+
+    def other(value):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return str(value)
+
+    return json.dumps(data, indent=2, default=other)
 
 
 def _plain(text: str, *, end: str = "\n") -> None:

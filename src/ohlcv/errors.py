@@ -5,6 +5,30 @@ Every message says what was wrong and, where there is one, what to do about it.
 
 from __future__ import annotations
 
+import os
+
+
+def stack_conflict() -> str | None:
+    """A known broken combination of installed packages, as one line with the fix (None when there is none).
+
+    pyarrow 26 is built for numpy 2 and does not say so in its metadata: beside numpy 1.26 (uni2ts's pin)
+    `import datasets` fails. Read from the installed versions only: nothing heavy is imported."""
+    from importlib import metadata
+
+    try:
+        numpy, pyarrow = metadata.version("numpy"), metadata.version("pyarrow")
+    except metadata.PackageNotFoundError:
+        return None
+    if int(numpy.split(".")[0]) < 2 and int(pyarrow.split(".")[0]) >= 26:
+        return (f"pyarrow {pyarrow} needs numpy 2, and this environment has numpy {numpy} (uni2ts's pin): "
+                "pip install 'pyarrow<26' or use the modern stack")
+    return None
+
+
+def debug_enabled() -> bool:
+    """``OHLCV_DEBUG`` set (and not 0/false/no): tracebacks, and the library messages otherwise silenced."""
+    return os.environ.get("OHLCV_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
 
 class OhlcvError(Exception):
     """Base class of every error meant for a person rather than a traceback."""

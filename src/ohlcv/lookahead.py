@@ -150,7 +150,7 @@ def check_feature(
                     return LookaheadResult(
                         feature.name, False, first_bad_bar=bad, column=column, cut=cut,
                         detail=f"'{column}' at bar {bad} changed when bars after {cut} changed "
-                               f"({a[bad]!r} -> {b[bad]!r})",
+                               f"({float(a[bad]):.6g} -> {float(b[bad]):.6g})",
                     )
     return LookaheadResult(feature.name, True, detail=f"{len(cuts)} cuts x 2 perturbations")
 
@@ -345,9 +345,15 @@ class PluginCheck:
     first_bad_bar: int | None
     detail: str
 
+    def to_dict(self) -> dict:
+        return {"feature": self.feature.name, "family": self.feature.family.value, "plugin": self.plugin,
+                "ok": self.ok, "first_bad_bar": self.first_bad_bar, "detail": self.detail}
 
-def check_plugins(names=None) -> list[PluginCheck]:
-    """The look-ahead, warm-up and bounded checks of every registered feature (or of ``names``)."""
+
+def check_plugins(names=None, progress=None) -> list[PluginCheck]:
+    """The look-ahead, warm-up and bounded checks of every registered feature (or of ``names``).
+
+    ``progress`` (see ``ohlcv.render.count_progress``) hears of each feature as its checks start."""
     from ohlcv.errors import ConfigError
     from ohlcv.plugins import load_plugins
 
@@ -358,7 +364,11 @@ def check_plugins(names=None) -> list[PluginCheck]:
             raise ConfigError(f"no registered feature named {unknown}; see `ohlcv plugins list`", key="NAME")
         entries = [e for e in entries if e.feature.name in names]
     checks = []
+    if progress is not None:
+        progress.on_start("checking", len(entries), "features")
     for entry in entries:
+        if progress is not None:
+            progress.on_next(entry.feature.name)
         result = check_feature(entry.feature)
         problem = check_warmup(entry.feature) if result.ok else None
         if result.ok and problem is None:

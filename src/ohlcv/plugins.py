@@ -109,6 +109,23 @@ class Plugins:
             except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the tool
                 self.warnings.append(f"plugin '{name}' failed to register its features and was skipped: {exc}")
 
+    def describe(self) -> list[dict[str, Any]]:
+        """One entry per registered feature, as ``ohlcv plugins list`` shows it (its table and ``--json``):
+        name, family, outputs and their kinds, warm-up bars, plugin, distribution and version. A feature
+        whose declaration raises is listed with the error instead of its outputs."""
+        entries = []
+        for entry in self.features:
+            feature, info = entry.feature, entry.plugin
+            try:
+                outputs = {name: kind.value for name, kind in feature.output_kinds().items()}
+                warmup, error = feature.warmup_bars(), None
+            except Exception as exc:  # noqa: BLE001 - show, don't crash
+                outputs, warmup, error = {}, None, str(exc)
+            entries.append({"feature": feature.name, "family": feature.family.value, "outputs": outputs,
+                            "warmup_bars": warmup, "error": error, "plugin": info.name,
+                            "distribution": info.distribution, "version": info.version})
+        return entries
+
     def versions(self) -> dict[str, str]:
         """``{plugin name: "distribution version"}``: recorded with every output."""
         return {name: f"{info.distribution} {info.version}" for name, info in sorted(self.infos.items())}

@@ -125,26 +125,25 @@ def render_plugins(console: "Console", plugins: "Plugins", *, warnings_to: "Cons
     table.add_column("warm-up", justify="right", no_wrap=True)
     table.add_column("plugin", no_wrap=True)
     table.add_column("distribution", overflow="fold")
-    for entry in plugins.features:
-        feature, info = entry.feature, entry.plugin
-        try:
-            outputs = ", ".join(f"{name} ({kind.value})" for name, kind in feature.output_kinds().items())
-            warmup = str(feature.warmup_bars())
-        except Exception as exc:  # noqa: BLE001 - show, don't crash
-            outputs, warmup = f"(error: {exc})", "?"
+    for entry in plugins.describe():
+        outputs = ", ".join(f"{name} ({kind})" for name, kind in entry["outputs"].items())
         table.add_row(
-            escape(feature.name),
-            feature.family.value,
-            escape(outputs),
-            warmup,
-            escape(info.name),
-            escape(f"{info.distribution} {info.version}"),
+            escape(entry["feature"]),
+            entry["family"],
+            escape(f"(error: {entry['error']})" if entry["error"] else outputs),
+            "?" if entry["warmup_bars"] is None else str(entry["warmup_bars"]),
+            escape(entry["plugin"]),
+            escape(f"{entry['distribution']} {entry['version']}"),
         )
     console.print(table)
     if not len(plugins.features):
         console.print("no features registered (is OHLCV_LOAD_PLUGINS set?)")
-    for warning in plugins.warnings:
-        (warnings_to or console).print(f"[yellow]warning:[/] {escape(warning)}")
+    render_warnings(warnings_to or console, plugins.warnings)
+
+
+def render_warnings(console: "Console", lines) -> None:
+    for line in lines:
+        console.print(f"[yellow]warning:[/] {escape(line)}")
 
 
 class _BuildProgress:
@@ -246,6 +245,8 @@ class _TrainProgress:
     def on_start(self, phase: str, total: int, done: int) -> None:
         import time
 
+        if not self.console.is_terminal:  # a log: not even the blank line a finished live display leaves
+            return
         self._started, self._first = time.perf_counter(), done
         self._task = self._ensure().add_task(phase, total=total, completed=done, unit="steps", loss="", rate="")
 
@@ -259,6 +260,8 @@ class _TrainProgress:
                               rate=f"{(step - self._first) / elapsed:.2f} steps/s")
 
     def on_validation(self, done: "int | None", total: "int | None") -> None:
+        if not self.console.is_terminal:
+            return
         progress = self._ensure()
         if done is None:
             if self._val is not None:
@@ -277,6 +280,65 @@ class _TrainProgress:
 
 def training_progress(console: "Console") -> _TrainProgress:
     return _TrainProgress(console)
+
+
+class _CountProgress:
+    """One transient progress line per phase of a long loop that is not training: items done of the
+    phase's total (``12/40 forecasts``), what is being done now, the elapsed time. Like the training
+    display it draws only on a terminal; piped or in a log it prints nothing (the result says it all)."""
+
+    def __init__(self, console: "Console"):
+        self.console = console
+        self._progress = None
+        self._task = None
+        self._pending = 0  # the units announced by the last on_next: done when the next one starts
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.on_end()
+        return False
+
+    def on_start(self, phase: str, total: int, unit: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if not self.console.is_terminal:  # a log: not even the blank line a finished live display leaves
+            return
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[unit]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[now]}"),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.__enter__()
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task, self._pending = self._progress.add_task(escape(phase), total=total, unit=escape(unit), now=""), 0
+
+    def on_next(self, now: str = "", count: int = 1) -> None:
+        """``count`` units described by ``now`` start; the ones announced before are done."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=self._pending, now=escape(now))
+            self._pending = count
+
+    def on_end(self) -> None:
+        if self._progress is not None:
+            if self._task is not None:
+                self._progress.update(self._task, advance=self._pending, now="")
+            self._progress.__exit__(None, None, None)
+            self._progress, self._task, self._pending = None, None, 0
+
+
+def count_progress(console: "Console") -> _CountProgress:
+    """Progress for ``evaluate`` (per forecast of a series) and ``plugins check`` (per feature): an object
+    with ``on_start(phase, total, unit)``, ``on_next(now, count=1)`` (what starts now) and ``on_end()``."""
+    return _CountProgress(console)
 
 
 def render_build(console: "Console", result, *, quiet: bool = False) -> None:
@@ -299,14 +361,10 @@ def render_build(console: "Console", result, *, quiet: bool = False) -> None:
     table.add_column("count", justify="right")
     table.add_column("symbols", justify="right")
     table.add_column("outcome", no_wrap=True)
-    per_symbol = report["per_symbol"].values()
-    for rule, info in report["rules"].items():
-        count = report["totals"].get(rule, 0)
-        if not count:
-            continue
-        affected = sum(1 for r in per_symbol if r["counts"].get(rule))
-        table.add_row(rule, f"{count:,}", str(affected), info["outcome"])
-    if report["totals"]:
+    rows = result.cleaning()
+    for row in rows:
+        table.add_row(row["rule"], f"{row['count']:,}", str(row["symbols"]), row["outcome"])
+    if rows:
         console.print(table)
     else:
         console.print("cleaning: nothing to repair")

@@ -72,6 +72,23 @@ class BuildResult:
     up_to_date: bool = False
     resumed_batches: int = 0
 
+    def cleaning(self) -> list[dict[str, Any]]:
+        """The rules that fired: rule, bars or events counted, symbols affected, outcome (the build's table)."""
+        per_symbol = self.report.get("per_symbol", {}).values()
+        return [{"rule": rule, "count": self.report["totals"][rule],
+                 "symbols": sum(1 for r in per_symbol if r["counts"].get(rule)), "outcome": info["outcome"]}
+                for rule, info in self.report.get("rules", {}).items() if self.report.get("totals", {}).get(rule)]
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``ohlcv build --json`` prints: the folder, the cleaning table, quarantine, split and size."""
+        report, manifest = self.report, self.manifest
+        return {"out": str(self.out), "up_to_date": self.up_to_date, "resumed_batches": self.resumed_batches,
+                "series": manifest.get("series"), "variates": manifest.get("variates"), "bars": manifest.get("bars"),
+                "cleaning": self.cleaning(), "quarantined": report.get("quarantined", []),
+                "notes": report.get("notes", []), "rows_read": report.get("rows_read"),
+                "seconds": report.get("seconds"), "calendars": manifest.get("calendars"),
+                "split": manifest.get("split")}
+
 
 @dataclass
 class _Progress:

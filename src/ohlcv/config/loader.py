@@ -78,6 +78,10 @@ class ProfileInfo:
     description: str
     extends: str | None
 
+    def to_dict(self) -> dict[str, str | None]:
+        return {"name": self.name, "origin": self.origin, "extends": self.extends, "description": self.description,
+                "path": str(self.path)}
+
 
 def packaged_profiles_dir() -> Path:
     """Profiles shipped with ohlcv: inside the wheel, or the source checkout's ``profiles/``."""

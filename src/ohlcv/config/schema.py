@@ -3,7 +3,7 @@
 OmegaConf builds a structured config from these dataclasses: a key that is not
 declared here is an error, a value of the wrong type is an error, and ``???``
 (``MISSING``) marks a value the profile must supply. Defaults are neutral; the
-numbers of the technical brief live in ``profiles/hourly.yaml``.
+numbers for market data live in the profiles (``profiles/hourly.yaml`` and those extending it).
 """
 
 from __future__ import annotations

@@ -101,17 +101,18 @@ def run_backtest(
     rebuild: bool = False,
     lake: Path | None = None,
     on_fold: Callable[[int, int], None] | None = None,
+    progress: Any = None,
 ) -> BacktestResult:
     """Walk-forward folds into ``out``; a backtest that fails removes the folder it created."""
     from ohlcv.train.runtime import discard_on_failure
 
     with discard_on_failure(Path(out).expanduser()):
         return _run_backtest(loaded, start, dataset=dataset, out=out, on_build=on_build, rebuild=rebuild, lake=lake,
-                             on_fold=on_fold)
+                             on_fold=on_fold, progress=progress)
 
 
 def _run_backtest(loaded, start: str, *, dataset: Path, out: Path, on_build, rebuild: bool, lake: Path | None,
-                  on_fold) -> BacktestResult:
+                  on_fold, progress) -> BacktestResult:
     from ohlcv.moirai.sources import resolve_model
     from ohlcv.train.pretrain import ensure_dataset
 
@@ -172,7 +173,7 @@ def _run_backtest(loaded, start: str, *, dataset: Path, out: Path, on_build, reb
             finetune_summary = {k2: tuned.summary.get(k2) for k2 in ("val_loss_before", "val_loss_after", "improved", "steps")}
         try:
             result = evaluate(loaded, model, dataset=dataset, out=folder / "evaluate", shift=shift,
-                              origin_offset=-(folds_n - 1 - k) * int(cfg.evaluate.windows))
+                              origin_offset=-(folds_n - 1 - k) * int(cfg.evaluate.windows), progress=progress)
         except OhlcvError as exc:
             raise OhlcvError(f"fold {k + 1} of {folds_n}: {exc}") from None
         results.append(result)

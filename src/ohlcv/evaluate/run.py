@@ -266,13 +266,15 @@ def evaluate(
     origin_offset: int = 0,
     on_item: Callable[[str], None] | None = None,
     write: bool = True,
+    progress: Any = None,
 ) -> EvalResult:
     """Score ``model_spec`` (and ``zero_shot``) and the baselines on the test span of ``dataset``.
 
     ``shift`` moves every series' train/validation/test boundaries by that many
     bars (negative: earlier), which is how ``ohlcv backtest`` evaluates a fold; a mapping gives
     each series its own (the bars of one instant differ between calendars). ``origin_offset`` is
-    added to the origins' numbers (a fold's place in a backtest).
+    added to the origins' numbers (a fold's place in a backtest). ``progress`` (see
+    ``ohlcv.render.count_progress``) hears of each model loaded and each forecast of a series made.
     """
     from ohlcv.evaluate.kinds import UNITS, variate_kinds
     from ohlcv.dataset.read import read_manifest
@@ -300,8 +302,11 @@ def evaluate(
     by_kind = baselines_by_kind(cfg, notes)
     target_idx = [names.index(v) for v in targets]
     cov_idx = [names.index(v) for v in covariates]
+    progress = progress or _NoProgress()
+    progress.on_start("loading", len(specs), "models")
     models, model_info = {}, {}
     for name, spec in specs.items():
+        progress.on_next(name)
         module = load_module(sources[name])
         check_model_fits(spec, module, cfg, manifest, notes)
         models[name] = forecaster(module, cfg, len(targets), len(covariates))
@@ -312,7 +317,9 @@ def evaluate(
 
     conformal: dict[str, dict[str, Conformal]] = {}
     if cfg.evaluate.calibrate.value == "conformal":
-        conformal = _fit_conformal(models, dataset, manifest, cfg, wanted, shift, season, seed, notes)
+        progress.on_start("calibrating", len(manifest["items"]), "series")
+        conformal = _fit_conformal(models, dataset, manifest, cfg, wanted, shift, season, seed, notes,
+                                   on_item=progress.on_next)
 
     store: dict[str, dict[str, list[tuple[str, list[str], WindowScores]]]] = {}
     kept = {v: 0 for v in wanted}
@@ -320,6 +327,8 @@ def evaluate(
     plot_data: list[dict[str, Any]] = []
     total_windows, symbols, first, last = 0, [], None, None
     capped = 0  # the most windows a series' test span could hold
+    per_series = len(models) + sum(len(by_kind[kinds[v].value]) for v in wanted)
+    progress.on_start("forecasting", per_series * len(manifest["items"]), "forecasts")
     for row in _rows(dataset, manifest):
         test_start = int(row.item["validation_end"]) + shift_of(shift, row.item_id)
         length = row.values.shape[1]
@@ -327,6 +336,7 @@ def evaluate(
         possible = max(0, (length - horizon - max(test_start, context)) // max(1, stride) + 1)
         capped = max(capped, possible)
         if not len(origins):
+            progress.on_next(f"{row.item_id}: no window", per_series)
             continue
         total_windows += len(origins)
         symbols.append(row.item_id)
@@ -335,8 +345,10 @@ def evaluate(
         first = min(first or times[0], times[0])
         last = max(last or ends[-1], ends[-1])
         cut = cut_windows(row.values, origins, context, horizon)
-        forecasts = {name: forecast_samples(model, cut.context, target_idx, cov_idx, seed_for(seed, name, row.item_id))
-                     for name, model in models.items()}
+        forecasts = {}
+        for name, model in models.items():
+            progress.on_next(f"{row.item_id}: {name}, {len(origins)} windows")
+            forecasts[name] = forecast_samples(model, cut.context, target_idx, cov_idx, seed_for(seed, name, row.item_id))
         for variate in wanted:
             v, t, kind = names.index(variate), targets.index(variate), kinds[variate]
             ctx = _denormalize(cut.context[:, v, :], row.group, v)
@@ -347,6 +359,7 @@ def evaluate(
                 if variate in conformal.get(name, {}):
                     candidates[f"{name}+conformal"] = apply_conformal(candidates[name], scale, conformal[name][variate])
             for baseline in by_kind[kind.value]:
+                progress.on_next(f"{row.item_id} {variate}: {baseline}")
                 rng = np.random.default_rng(seed_for(seed, baseline, row.item_id, variate))
                 candidates[baseline] = BASELINES[baseline](ctx, horizon, samples_n, rng, season=season)
             keep = np.logical_and.reduce([usable(label, s, ctx, season) for s in candidates.values()])
@@ -408,7 +421,16 @@ def evaluate(
     return evaluation
 
 
-def _fit_conformal(models, dataset, manifest, cfg, wanted, shift, season, seed, notes) -> dict[str, dict[str, Conformal]]:
+class _NoProgress:
+    def on_start(self, phase: str, total: int, unit: str) -> None:
+        pass
+
+    def on_next(self, now: str = "", count: int = 1) -> None:
+        pass
+
+
+def _fit_conformal(models, dataset, manifest, cfg, wanted, shift, season, seed, notes,
+                   on_item: Callable[[str], None]) -> dict[str, dict[str, Conformal]]:
     """Split conformal shifts per model and variate from windows on the validation span."""
     names, targets = manifest["variates"], manifest["targets"]
     target_idx = [names.index(v) for v in targets]
@@ -417,6 +439,7 @@ def _fit_conformal(models, dataset, manifest, cfg, wanted, shift, season, seed, 
     stride = int(cfg.evaluate.stride or horizon)
     pooled: dict[tuple[str, str], list[list[np.ndarray]]] = {}
     for row in _rows(dataset, manifest):
+        on_item(row.item_id)
         moved = shift_of(shift, row.item_id)
         end = int(row.item["validation_end"]) + moved  # calibration windows end inside the validation span
         origins = rolling_origins(end, int(row.item["train_end"]) + moved, context, horizon,

@@ -9,13 +9,36 @@ every metric reads like samples (docs/evaluate.md says how, and what is extrapol
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import sys
 from typing import Any
 
 import numpy as np
 
-from ohlcv.errors import ConfigError, OhlcvError
+from ohlcv.errors import ConfigError, OhlcvError, debug_enabled
 from ohlcv.moirai.sources import ModelSource, resolve_model
+
+# Lines libraries print (``print``, not a logger) while loading a model that say nothing to a user:
+# huggingface_hub's mixin announces every local load. OHLCV_DEBUG=1 shows them.
+QUIET_PRINTS = ("Loading weights from local directory",)
+
+
+@contextlib.contextmanager
+def without_known_prints():
+    """Hold back what is printed to stdout inside the block, then pass on every line but ``QUIET_PRINTS``."""
+    if debug_enabled():
+        yield
+        return
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(held):
+            yield
+    finally:
+        kept = [line for line in held.getvalue().splitlines(keepends=True) if line.strip() not in QUIET_PRINTS]
+        sys.stdout.write("".join(kept))
+
 
 GRID = 101  # quantile-grid points for a quantile forecast: levels 0, 0.01, ..., 1 (every level a metric reads)
 
@@ -31,7 +54,8 @@ def load_module(spec: str | ModelSource, *, option: str = "--from"):
     cls = _class(source, "module_class")
     try:
         if source.folder is not None and (source.folder / "config.json").is_file():
-            module = cls.from_pretrained(str(source.folder))
+            with without_known_prints():
+                module = cls.from_pretrained(str(source.folder))
         else:  # a checkpoint whose hyper-parameters hold the module's arguments
             module = cls(**source.config)
     except Exception as exc:  # noqa: BLE001 - mismatched weights, a config of another uni2ts: one line

@@ -152,7 +152,9 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
                 data,
                 batch_size=max(1, int(f.batch_size) // world),
                 cycle=train,
-                num_batches_per_epoch=int(f.val_every_n_steps) if train else None,
+                # validation runs at the end of each "epoch" of this many steps; a run shorter than one
+                # interval still validates once, at its end (early stopping and the guardrail need it)
+                num_batches_per_epoch=min(int(f.val_every_n_steps), int(f.max_steps)) if train else None,
                 shuffle=train and sampler is None,
                 sampler=sampler,
                 num_workers=int(cfg.pretrain.num_workers),

@@ -67,6 +67,9 @@ class PretrainResult:
     model_dir: Path
     summary: dict[str, Any]
 
+    def to_json(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "model_dir": str(self.model_dir), **self.summary}
+
 
 def manifest_hash(dataset: Path) -> str:
     return hashlib.sha256((Path(dataset) / "manifest.json").read_bytes()).hexdigest()[:16]

@@ -291,11 +291,17 @@ def make_logger(cfg, run_dir: Path):
 # Library messages that say nothing to a user of this tool, each matched by where it comes from and its
 # words (never all warnings): (logger name, message start) for Lightning's log lines,
 # (warning category, message pattern) for warnings. OHLCV_DEBUG=1 shows them all.
+# Lightning's rank-zero messages go through whichever of these loggers was set up last
+_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                      "lightning_utilities.core.rank_zero")
+_RANK_ZERO_LINES = (
+    "💡 Tip:",  # advertisements for Lightning's cloud services, printed by every Trainer
+    # the accelerator inventory of every Trainer; the run's own first lines name the device it uses
+    "GPU available:", "TPU available:", "HPU available:", "IPU available:",
+    "`Trainer.fit` stopped: `max_steps=",  # the normal end of a run; the summary says how many steps ran
+)
 QUIET_LOG_LINES = (
-    # advertisements for Lightning's cloud services, printed by every Trainer
-    ("lightning.pytorch.utilities.rank_zero", "💡 Tip:"),
-    ("lightning.fabric.utilities.rank_zero", "💡 Tip:"),
-    ("lightning_utilities.core.rank_zero", "💡 Tip:"),
+    *((name, start) for name in _RANK_ZERO_LOGGERS for start in _RANK_ZERO_LINES),
     # save_checkpoint's default; this tool's checkpoints are its own (see assert_own_run)
     ("lightning.pytorch.trainer.connectors.checkpoint_connector", "`weights_only` was not set"),
 )
@@ -321,7 +327,9 @@ _quieted = False
 def quiet_libraries() -> None:
     """Silence the known harmless library messages of a training run (once per process; not with OHLCV_DEBUG=1)."""
     global _quieted
-    if _quieted or os.environ.get("OHLCV_DEBUG", "").strip() not in ("", "0", "false", "no"):
+    from ohlcv.errors import debug_enabled
+
+    if _quieted or debug_enabled():
         return
     import logging
     import warnings
