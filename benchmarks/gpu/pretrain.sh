@@ -2,7 +2,9 @@
 # One short, prepared GPU benchmark (about 9 minutes): MOIRAI small and base at batch 32,
 # bf16-mixed against 32-bit + TF32: tokens/s, step time, peak GPU memory, MFU; then `run_pretrain`
 # for small on one GPU with strategy auto and with strategy ddp on one device (the path of
-# `trainer.devices: auto` on a one-GPU box): both must finish with the model exported.
+# `trainer.devices: auto` on a one-GPU box): both must finish with the model exported; then
+# fine-tuning at moirai-1.1-R-base shapes (random weights), full against LoRA: step time, peak
+# memory, trainable parameters (LoRA needs the peft, transformers, accelerate, tokenizers wheels in .whl/).
 #
 # Assumes a machine with Python 3.12, a recent torch and numpy 2, and no internet. Wheels the
 # machine lacks travel in .whl/ (see docs/benchmarks.md for the pip download command):

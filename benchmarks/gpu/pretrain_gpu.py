@@ -9,6 +9,11 @@ export, run.json) for MOIRAI small, once with Lightning's single-device strategy
 once under DDP with one device -- what ``trainer.devices: auto`` gives a one-GPU box
 with strategy ddp: a process group of one, NCCL collectives, the checkpoint after fit.
 Each must finish with its model exported; tokens/s of the two are printed side by side.
+
+Last, fine-tuning at moirai-1.1-R-base shapes (its released configuration, random weights: the
+machine has no hub access), full against LoRA at batch 32, bf16-mixed: step time, peak GPU memory
+and trainable parameters (``finetune_rows``; the module comes from benchmarks/finetune_cpu.py).
+LoRA needs peft and transformers in .whl/; without them that row says so and the rest stands.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ def main(out: Path, steps: int = 30, warmup: int = 5) -> None:
             del model, optim, loader
             torch.cuda.empty_cache()
     results.extend(whole_command(work, base))
+    results.extend(finetune_rows(work, base))
     out.write_text(json.dumps(results, indent=2))
 
 
@@ -114,6 +120,73 @@ def whole_command(work: Path, base: list[str], steps: int = 40) -> list[dict]:
                      "last_ckpt": (run / "checkpoints" / "last.ckpt").is_file()})
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def finetune_rows(work: Path, base: list[str], steps: int = 10, warmup: int = 3) -> list[dict]:
+    """Full and LoRA fine-tuning of a moirai-1.1-R-base-shaped module: ms/step, peak memory, trainable share."""
+    import importlib.util
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from finetune_cpu import make_module
+
+    from ohlcv.dataset.read import read_manifest
+    from ohlcv.moirai.tuning import family_of, parameter_counts
+    from ohlcv.train.finetune import adapt, build_model, make_datamodule, model_patch
+
+    rows = []
+    for pattern in ("full", "lora"):
+        if pattern == "lora" and importlib.util.find_spec("peft") is None:
+            rows.append({"path": "finetune", "shape": "moirai-1.1-R-base", "pattern": pattern,
+                         "status": "skipped: peft not in .whl/"})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
+        cfg = load_profile_for(base, pattern)
+        manifest = read_manifest(work / "ds")
+        module = make_module("moirai-1.1-R-base")
+        family = family_of(module)
+        module = adapt(cfg, module, family)
+        model = build_model(cfg, module, family, manifest).cuda()
+
+        class _Trainer:
+            world_size = 1
+
+        data, _ = make_datamodule(cfg, work / "ds", manifest, model, family, model_patch(module, cfg))
+        data.trainer = _Trainer()
+        loader = iter(data.train_dataloader())
+        optim = model.configure_optimizers()["optimizer"]
+        params = [p for p in model.parameters() if p.requires_grad]
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for step in range(steps + warmup):
+            batch = {k: v.cuda(non_blocking=True) for k, v in next(loader).items()}
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model.training_step(batch, step)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            torch.cuda.synchronize()
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+        rows.append({"path": "finetune", "shape": "moirai-1.1-R-base", "pattern": pattern, "batch": 32,
+                     "precision": "bf16-mixed", "step_ms": round(1000 * sum(times) / len(times), 1),
+                     "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                     **parameter_counts(module)})
+        print(json.dumps(rows[-1]), flush=True)
+        del model, optim, loader, module
+        torch.cuda.empty_cache()
+    return rows
+
+
+def load_profile_for(base: list[str], pattern: str):
+    from ohlcv.config import load_profile
+
+    return load_profile("hourly", [*base, "finetune.batch_size=32", f"finetune.pattern={pattern}",
+                                   "finetune.max_steps=100", "finetune.warmup_steps=5"]).cfg
 
 
 if __name__ == "__main__":
