@@ -158,6 +158,12 @@ def test_each_pattern_trains_only_its_part_and_exports_a_plain_uni2ts_model(pret
     assert kept and all(np.array_equal(exported[k], original[k]) for k in kept)
     if summary["improved"]:
         assert any(not np.array_equal(exported[k], original[k]) for k in original if k not in kept)
+    if pattern == "lora":  # the merged export is an ordinary model to `ohlcv evaluate`
+        scored = cli("evaluate", "--model", str(root / "p-lora" / "model"), "--out", str(root / "ev-lora"),
+                     "--profile", "hourly", "--dataset", str(root / "ds"), *TINY, *FT, "evaluate.windows=1",
+                     "evaluate.num_samples=8", "evaluate.variates=[close]")
+        assert scored.exit_code == 0, scored.stderr + scored.stdout
+        assert "close" in json.loads((root / "ev-lora" / "metrics.json").read_text())["aggregate"]["model"]
 
 
 @needs_peft
@@ -240,6 +246,17 @@ def test_moirai2_validation_loss_is_the_pinball_loss_of_its_own_forecast(tmp_pat
         expected, count = pinball((quantiles - loc.unsqueeze(1)) / scale.unsqueeze(1), (x[:, context:, 0] - loc) / scale,
                                   torch.ones(n, horizon, dtype=torch.bool), torch.tensor(module.quantile_levels))
     torch.testing.assert_close(loss, expected / count, rtol=1e-3, atol=1e-4)
+    # past covariates (data.layout: covariates) are inputs: the loss sees them, and stays about the targets
+    with_cov = layout_for(module, context, horizon, 1, 2)
+    module.eval()
+    losses = []
+    for seed in (3, 4):
+        draw = torch.randn(n, context, 2, generator=torch.Generator().manual_seed(seed)).cumsum(1)
+        cov = {"past_feat_dynamic_real": draw,
+               "past_observed_feat_dynamic_real": torch.ones(n, context, 2, dtype=torch.bool)}
+        with torch.no_grad():
+            losses.append(float(quantile_loss(module, with_cov, {**batch, **cov}, forecast_only=True)))
+    assert all(np.isfinite(losses)) and abs(losses[0] - losses[1]) > 1e-4
 
 
 @pytest.mark.parametrize("pattern", ["full", "head_only", pytest.param("lora", marks=needs_peft)])
