@@ -145,7 +145,7 @@ def main() -> None:
                     print(f"{shape:20} {pattern:8} failed: {out.stderr.strip().splitlines()[-1]}")
                     continue
                 r = rows[pattern] = json.loads(out.stdout.strip().splitlines()[-1])
-                print(f"{shape:20} {pattern:8} {r['steps_per_s']:8.2f} {r['peak_rss_mb']:12,} "
+                print(f"{shape:20} {pattern:8} {r['steps_per_s']:8.3f} {r['peak_rss_mb']:12,} "
                       f"{r['training_rss_growth_mb']:10,} {r['trainable_parameters']:12,} {r['parameters']:12,} "
                       f"{r['trainable_percent']:7.2f}")
             if len(rows) == 2:
