@@ -209,6 +209,18 @@ def _moirai1_batch():
             "patch_size": torch.full((1, n), patch, dtype=torch.long)}
 
 
+def test_lora_without_peft_says_how_to_install_it_in_one_line(pretrained, cli, monkeypatch):
+    import sys
+
+    root, start = pretrained
+    monkeypatch.setitem(sys.modules, "peft", None)  # what `import peft` meets where it is not installed
+    result = finetune(cli, root, start, "no-peft", "finetune.pattern=lora", "finetune.max_steps=2")
+    assert result.exit_code == 2
+    assert 'finetune.pattern lora needs peft: pip install "ohlcv[lora]"' in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (root / "no-peft").exists()  # no run folder left behind
+
+
 def test_moirai_moe_fine_tuning_is_refused_in_one_line():
     from ohlcv.errors import ConfigError
     from ohlcv.moirai.tuning import check_pattern
