@@ -70,7 +70,7 @@ def child(shape: str, pattern: str, dataset: Path, steps: int, batch: int) -> di
     from ohlcv.config import load_profile
     from ohlcv.dataset.read import read_manifest
     from ohlcv.moirai.tuning import family_of, parameter_counts
-    from ohlcv.train.finetune import adapt, build_model, make_datamodule, model_patch
+    from ohlcv.train.finetune import adapt, build_model, check_start, make_datamodule
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     loaded = load_profile("hourly", [*OVERRIDES, f"data.dataset={dataset}", f"finetune.batch_size={batch}",
@@ -80,9 +80,10 @@ def child(shape: str, pattern: str, dataset: Path, steps: int, batch: int) -> di
     L.seed_everything(0, verbose=False)
     module = make_module(shape)
     family = family_of(module)
+    patch = check_start(module, cfg, len(manifest["variates"]))
     module = adapt(cfg, module, family)
     model = build_model(cfg, module, family, manifest)
-    data, _ = make_datamodule(cfg, dataset, manifest, model, family, model_patch(module, cfg))
+    data, _ = make_datamodule(cfg, dataset, manifest, model, family, patch)
 
     class _Trainer:  # what the data module's loader reads
         world_size = 1

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from ohlcv.budget import (
     BudgetInputs,
     inputs_from_profile,
+    model_tokens,
     patches_for,
     plan,
     smallest_fitting_patch,
@@ -61,7 +62,10 @@ def test_fits_and_verdict_follow_the_formula(context, horizon, patch_sizes, vari
     report = plan(_inputs(context, horizon, patch_sizes, variates, max_seq_len))
     assert [row.patch_size for row in report.rows] == sorted(set(patch_sizes))
     for row in report.rows:
-        assert row.tokens == variates * math.ceil((context + horizon) / row.patch_size)
+        assert row.brief_tokens == variates * math.ceil((context + horizon) / row.patch_size)
+        # what uni2ts packs: the context and the horizon each padded to whole patches; never fewer than the brief's
+        assert row.tokens == variates * (math.ceil(context / row.patch_size) + math.ceil(horizon / row.patch_size))
+        assert row.brief_tokens <= row.tokens <= row.brief_tokens + variates
         assert row.fits == (row.tokens <= max_seq_len)
         assert row.usable == row.fits  # the constraint admits everything here
     rule = context >= 5 * horizon
@@ -78,12 +82,12 @@ def test_fits_and_verdict_follow_the_formula(context, horizon, patch_sizes, vari
 )
 def test_smallest_fitting_patch_is_minimal(context, horizon, variates, max_seq_len):
     smallest = smallest_fitting_patch(variates, context, horizon, max_seq_len)
-    if variates > max_seq_len:
+    if 2 * variates > max_seq_len:  # a context and a horizon take a patch each, however large
         assert smallest is None
         return
-    assert tokens_for(variates, context, horizon, smallest) <= max_seq_len
+    assert model_tokens(variates, context, horizon, smallest) <= max_seq_len
     if smallest > 1:
-        assert tokens_for(variates, context, horizon, smallest - 1) > max_seq_len
+        assert model_tokens(variates, context, horizon, smallest - 1) > max_seq_len
 
 
 def test_hourly_profile_plan():
@@ -91,7 +95,9 @@ def test_hourly_profile_plan():
     assert report.ok
     rows = {row.patch_size: row for row in report.rows}
     assert report.inputs["variates"] == 32  # OHLCV + the default features of all three families
-    assert (rows[16].patches, rows[16].tokens) == (12, 384)
+    # the brief's 384 tokens at patch 16; uni2ts packs ceil(168/16) + ceil(24/16) = 13 patches: 416
+    assert (rows[16].brief_patches, rows[16].brief_tokens) == (12, 384)
+    assert (rows[16].patches, rows[16].tokens) == (13, 416)
     assert rows[16].allowed and not rows[16].uni2ts_default_allows
     assert report.constraint["source"] == "profile"
 
@@ -114,12 +120,12 @@ def test_when_nothing_fits_the_advice_names_what_would():
     report = plan(_inputs(336, 48, [16, 32], variates=60, constraint=(16, 64)))
     assert not report.ok
     text = "\n".join(report.suggestions)
-    # at patch 32: ceil(384/32) = 12 patches -> 512 // 12 = 42 variates
-    assert "at most 42 variates fit" in text
-    # smallest patch for 60 variates: 512 // 60 = 8 patches -> ceil(384 / 8) = 48
+    # at patch 32: ceil(336/32) + ceil(48/32) = 11 + 2 = 13 patches -> 512 // 13 = 39 variates
+    assert "at most 39 variates fit" in text
+    # 60 variates: 512 // 60 = 8 patches each; at 48, 7 + 1 = 8; at 47, 8 + 2 = 10
     assert "smallest patch size that fits 60 variates is 48" in text
-    # longest context at patch 32: 8 patches * 32 - 48 = 208
-    assert "longest context that fits is 208" in text
+    # longest context at patch 32: 8 patches, 2 of them the horizon's -> 6 * 32 = 192
+    assert "longest context that fits is 192" in text
     assert any("crop keeps only 8 patches per variate" in note for note in report.notes)
 
 
@@ -129,7 +135,8 @@ def test_budget_cli_json_matches_formula(cli):
     data = json.loads(result.stdout)
     assert data["ok"] is True
     for row in data["rows"]:
-        assert row["tokens"] == data["inputs"]["variates"] * math.ceil((336 + 24) / row["patch_size"])
+        assert row["brief_tokens"] == data["inputs"]["variates"] * math.ceil((336 + 24) / row["patch_size"])
+        assert row["tokens"] == data["inputs"]["variates"] * (math.ceil(336 / row["patch_size"]) + 1)
 
 
 def test_budget_cli_exit_codes(cli):
@@ -165,3 +172,51 @@ def test_budget_counts_enabled_feature_outputs(cli):
     unknown = cli("budget", "--profile", "hourly", "features.enabled=[rsi_magic]")
     assert unknown.exit_code == 2
     assert "features.enabled" in unknown.stderr and "rsi_magic" in unknown.stderr
+
+
+def _small_dataset(root):
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.lake.sample import generate_sample_lake
+
+    generate_sample_lake(root / "lake", symbols_per_class=2, asset_classes=["crypto"], bars=800, seed=3)
+    data = [f"data.lake={root / 'lake'}", f"data.dataset={root / 'ds'}", "features.enabled=[log_return]",
+            "features.params.log_return.horizons=[1]", "model.size=custom", "model.d_model=64", "model.num_layers=1"]
+    IterativeFinancialDatasetBuilder(load_profile("hourly", data).cfg).run()
+    return data, json.loads((root / "ds" / "manifest.json").read_text())
+
+
+def test_budget_pretrain_and_finetune_accept_and_refuse_the_same_profiles_with_the_same_numbers(tmp_path, cli):
+    import pytest
+
+    from ohlcv.errors import ConfigError
+    from ohlcv.moirai.models import new_module
+    from ohlcv.train.finetune import check_start
+    from ohlcv.train.pretrain import preflight
+
+    data, manifest = _small_dataset(tmp_path)
+    variates = len(manifest["variates"])  # 6: OHLCV and one log return
+    # patch 16, context 168, horizon 24: the brief counts 12 patches per variate, uni2ts packs 11 + 2 = 13
+    shape = ["model.patch_sizes=[16]", "finetune.patch_size=16", "pretrain.allow_crop=false"]
+    for max_seq_len, accepted in ((13 * variates, True), (13 * variates - 1, False)):
+        overrides = [*data, *shape, f"model.max_seq_len={max_seq_len}"]
+        cfg = load_profile("hourly", overrides).cfg
+        budget = cli("budget", "--profile", "hourly", "--json", "--dataset", str(tmp_path / "ds"), *overrides)
+        report = json.loads(budget.stdout)
+        assert report["rows"][0]["brief_tokens"] == 12 * variates <= max_seq_len  # the brief's formula would say fits
+        assert report["rows"][0]["tokens"] == report["finetune"]["tokens"] == 13 * variates
+        assert report["ok"] is accepted and budget.exit_code == (0 if accepted else 1)
+        module = new_module("moirai", d_model=64, num_layers=1, patch_sizes=(16,), max_seq_len=max_seq_len)
+        if accepted:
+            assert preflight(cfg, tmp_path / "ds", manifest, tmp_path / "run").usable_patch_sizes == [16]
+            check_start(module, cfg, variates)
+            continue
+        with pytest.raises(ConfigError) as pretrain_refusal:
+            preflight(cfg, tmp_path / "ds", manifest, tmp_path / "run")
+        with pytest.raises(ConfigError) as finetune_refusal:
+            check_start(module, cfg, variates)
+        # the same count everywhere: budget's advice, pretrain's refusal, finetune's refusal
+        per_variate = max_seq_len // 13
+        assert f"at most {per_variate} variates fit (13 patches each)" in str(pretrain_refusal.value)
+        assert f"at most {per_variate} variates fit (13 patches each)" in " ".join(report["suggestions"])
+        tokens = f"{variates} variates x 13 patches = {13 * variates} tokens exceed"
+        assert tokens in str(finetune_refusal.value) and tokens in " ".join(report["suggestions"])

@@ -59,7 +59,8 @@ try:
     main({args!r})
 except SystemExit as exc:
     code = exc.code
-heavy = sorted(m for m in ("torch", "lightning", "uni2ts", "datasets", "jax", "pandas", "polars") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "lightning", "uni2ts", "datasets", "jax", "pandas", "polars", "ray", "obstore")
+               if m in sys.modules)
 print("HEAVY=" + ",".join(heavy))
 print("CODE=" + str(code))
 """

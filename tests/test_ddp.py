@@ -284,7 +284,8 @@ def test_evaluate_says_it_runs_in_one_process_and_other_ranks_leave_at_once(cli,
     noted = cli("evaluate", "--profile", "hourly", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "ev"),
                 f"data.dataset={tmp_path / 'ds'}", "trainer.devices=2")
     assert noted.stdout.count("ohlcv evaluate runs in one process on one device") == 1
-    assert noted.exit_code == 1  # then it goes on, alone (here: to find that there is no dataset)
+    # then it goes on, alone (here: to find that there is no such model, which is checked before the dataset)
+    assert noted.exit_code == 2 and "none" in noted.stderr
     other = cli("evaluate", "--profile", "hourly", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "ev"),
                 f"data.dataset={tmp_path / 'ds'}", env={"RANK": "1", "WORLD_SIZE": "2"})
     assert other.exit_code == 0 and other.stdout == "" and other.stderr == "" and not (tmp_path / "ev").exists()

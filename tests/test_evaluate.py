@@ -115,13 +115,13 @@ def test_a_model_trained_with_other_variates_or_context_is_refused(trained, cli,
 def test_evaluate_errors_are_one_line(trained, cli, tmp_path):
     root, _ = trained
     missing = cli("evaluate", "--profile", "hourly", "--model", str(tmp_path / "nothing"), "--dataset", str(root / "ds"))
-    assert missing.exit_code == 1 and "no such folder" in missing.stderr
+    assert missing.exit_code == 2 and "--model" in missing.stderr and "no such file or folder" in missing.stderr
     not_a_model = cli("evaluate", "--profile", "hourly", "--model", str(tmp_path), "--dataset", str(root / "ds"))
-    assert not_a_model.exit_code == 1 and "no config.json" in not_a_model.stderr
+    assert not_a_model.exit_code == 2 and "no config.json" in not_a_model.stderr
     # the hub path is real code; offline mode makes its failure immediate here (there is no network anyway)
     hub = cli("evaluate", "--profile", "hourly", "--model", "Salesforce/moirai-does-not-exist",
               "--dataset", str(root / "ds"), "--out", str(tmp_path / "e"), env={"HF_HUB_OFFLINE": "1"})
-    assert hub.exit_code == 1 and "cannot load 'Salesforce/moirai-does-not-exist'" in hub.stderr
+    assert hub.exit_code == 1 and "hf download Salesforce/moirai-does-not-exist" in hub.stderr
     bad = cli("evaluate", "--profile", "hourly", "--model", str(root), "--dataset", str(root / "ds"),
               "evaluate.baselines.return=[naive]")
     assert bad.exit_code == 2 and "evaluate.baselines.return: unknown baselines ['naive']" in bad.stderr

@@ -62,7 +62,7 @@ def test_a_checkpoint_that_does_not_fit_the_profile_is_refused(pretrained, cli):
     assert result.exit_code == 2 and "patch sizes are [16, 32, 64]" in result.stderr
     missing = cli("finetune", "--from", str(root / "nope"), "--profile", "hourly", "--dataset", str(root / "ds"),
                   *TINY, *FT, "--out", str(root / "bad2"))
-    assert missing.exit_code == 1 and "no such folder" in missing.stderr
+    assert missing.exit_code == 2 and "no such file or folder" in missing.stderr
 
 
 def test_targets_with_past_covariates_work_through_every_step(tmp_path, cli):
@@ -80,3 +80,18 @@ def test_targets_with_past_covariates_work_through_every_step(tmp_path, cli):
     assert evaluated.exit_code == 0, evaluated.stderr + evaluated.stdout
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(metrics["aggregate"]["model"]) == {"close"}
+
+
+def test_the_pretraining_checkpoint_and_its_run_folder_load_the_same_model(pretrained):
+    import torch
+
+    from ohlcv.moirai.models import load_module
+    from ohlcv.moirai.sources import resolve_model
+
+    root, start = pretrained
+    run = start.parent  # RUN/model -> RUN
+    by_checkpoint = resolve_model(str(run / "checkpoints" / "last.ckpt"))
+    assert (by_checkpoint.kind, by_checkpoint.family.name, resolve_model(str(run)).kind) == ("checkpoint", "Moirai 1.x", "run")
+    from_ckpt, from_run = load_module(by_checkpoint), load_module(str(run))
+    assert from_ckpt.state_dict().keys() == from_run.state_dict().keys()
+    assert all(torch.equal(from_ckpt.state_dict()[k], v) for k, v in from_run.state_dict().items())

@@ -101,13 +101,14 @@ def _lrs(model, steps: int) -> list[float]:
 def test_the_learning_rate_warms_up_then_decays_for_every_family(pretrained, tmp_path):
     from ohlcv.config import load_profile
     from ohlcv.moirai.tuning import family_of
-    from ohlcv.train.finetune import build_model, load_start
+    from ohlcv.moirai.models import load_module
+    from ohlcv.train.finetune import build_model
 
     root, start = pretrained
     loaded = load_profile("hourly", [*TINY, "finetune.lr=1e-3", "finetune.warmup_steps=4", "finetune.max_steps=20"])
     manifest = json.loads((root / "ds" / "manifest.json").read_text())
     for folder in (start, tiny_moirai2(tmp_path / "m2")):
-        module = load_start(str(folder))
+        module = load_module(str(folder))
         lrs = _lrs(build_model(loaded.cfg, module, family_of(module), manifest), 20)
         assert lrs[0] == 0.0 and lrs[1] < lrs[2] < lrs[3] < lrs[4] == pytest.approx(1e-3)
         assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] < 0.05e-3
@@ -221,14 +222,17 @@ def test_lora_without_peft_says_how_to_install_it_in_one_line(pretrained, cli, m
     assert not (root / "no-peft").exists()  # no run folder left behind
 
 
-def test_moirai_moe_fine_tuning_is_refused_in_one_line():
+def test_patterns_are_checked_against_the_one_family_table():
     from ohlcv.errors import ConfigError
-    from ohlcv.moirai.tuning import check_pattern
+    from ohlcv.moirai.sources import FAMILIES
 
-    with pytest.raises(ConfigError, match="Moirai-MoE models cannot be fine-tuned"):
-        check_pattern("moirai_moe", "full")
-    with pytest.raises(ConfigError, match="fine-tune with finetune.pattern full, freeze_ffn, head_only, lora"):
-        check_pattern("moirai2", "everything")
+    for family in ("moirai", "moirai2"):
+        assert set(FAMILIES[family].finetune) == {"full", "freeze_ffn", "head_only", "lora"}
+    with pytest.raises(ConfigError, match="is a Moirai-MoE model: ohlcv does not fine-tune Moirai-MoE"):
+        FAMILIES["moirai_moe"].check_finetune("x", "full")
+    with pytest.raises(ConfigError, match=r"'everything' is not supported for Moirai 2.0 models \(supported: full, "
+                                          r"freeze_ffn, head_only, lora\)"):
+        FAMILIES["moirai2"].check_finetune("x", "everything")
 
 
 # --- Moirai 2.0 ---------------------------------------------------------------------------------------------------
@@ -298,6 +302,29 @@ def test_moirai2_fine_tunes_and_exports_a_model_uni2ts_forecasts_with(pretrained
         quantiles = forecast(torch.randn(2, 168, 1).cumsum(1), torch.ones(2, 168, 1, dtype=torch.bool),
                              torch.zeros(2, 168, dtype=torch.bool))
     assert quantiles.shape == (2, 9, 24) and torch.isfinite(quantiles).all()
+    # the run's export is an ordinary model to `ohlcv evaluate`, scored as a Moirai 2.0
+    scored = cli("evaluate", "--model", str(root / f"m2-{pattern}" / "model"), "--out", str(root / f"ev-m2-{pattern}"),
+                 "--profile", "hourly", "--dataset", str(root / "ds"), *TINY, *FT, "evaluate.windows=1",
+                 "evaluate.variates=[close]")
+    assert scored.exit_code == 0, scored.stderr + scored.stdout
+    metrics = json.loads((root / f"ev-m2-{pattern}" / "metrics.json").read_text())
+    assert "close" in metrics["aggregate"]["model"]
+
+
+def test_moirai2_fine_tunes_from_a_hub_id_offline(pretrained, cli, tmp_path, monkeypatch):
+    from tests.hubcache import STAND_INS, warm_cache
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    warm_cache(tmp_path / "hf" / "hub", families=("moirai2",), scratch=tmp_path / "stand-ins")
+    root, _ = pretrained
+    result = finetune(cli, root, STAND_INS["moirai2"], "m2-hub", "finetune.max_steps=2")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    summary = json.loads((root / "m2-hub" / "run.json").read_text())
+    assert summary["family"] == "Moirai 2.0" and summary["start"] == STAND_INS["moirai2"]
+    assert summary["start_model"]["source"].startswith(f"hub {STAND_INS['moirai2']}")
+    assert (root / "m2-hub" / "model" / "model.safetensors").is_file()
 
 
 def test_moirai2_guardrail_exports_the_starting_weights_when_fine_tuning_makes_it_worse(pretrained, cli, tmp_path):

@@ -46,6 +46,8 @@ def test_evaluation_at_80_columns_prints_every_number_whole():
         relative={"model": {"close": {"crps": 0.987, "mae": 1.012}}, "random_walk": {"close": {"crps": 1.0, "mae": 1.0}}},
         significance={"model": {"close": {"random_walk": dm}}},
         models=["model"], ic={}, notes=[], plots=[], out="runs/x",
+        model_info={"model": {"family": "Moirai 1.x", "size": "small", "parameters": 13_827_528, "patch_size": 32,
+                              "output": "samples", "source": "hub Salesforce/moirai-1.1-R-small"}},
         verdict=lambda variate, model: "verdict", flags=lambda: [],
     )
     console, out = _console(80)
@@ -53,6 +55,7 @@ def test_evaluation_at_80_columns_prints_every_number_whole():
     printed = out.getvalue()
     assert "…" not in printed
     assert all(len(line) <= 80 for line in printed.splitlines())
+    assert "Moirai 1.x, small, 13.8M parameters" in printed  # which model, before its numbers
     for number in ("0.01235", "1.234", "12.345", "0.50/0.80/0.95", "0.51/0.52 (0.340)", "0.987", "1.012", "0.012",
                    "0.456"):
         assert number in printed, number

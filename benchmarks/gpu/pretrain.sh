@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One short, prepared GPU benchmark (about 9 minutes): MOIRAI small and base at batch 32,
-# bf16-mixed against 32-bit + TF32: tokens/s, step time, peak GPU memory, MFU; then `run_pretrain`
-# for small on one GPU with strategy auto and with strategy ddp on one device (the path of
-# `trainer.devices: auto` on a one-GPU box): both must finish with the model exported; then
-# fine-tuning at moirai-1.1-R-base shapes (random weights), full against LoRA: step time, peak
-# memory, trainable parameters (LoRA needs the peft, transformers, accelerate, tokenizers wheels in .whl/).
+# One short, prepared GPU benchmark (at most 8 minutes): MOIRAI small and base at batch 32,
+# bf16-mixed against 32-bit + TF32: tokens/s, step time, peak GPU memory, MFU; the data loader
+# alone with 0/4/8/16 workers against the trainer's samples/s (does the GPU wait on it?); then
+# `run_pretrain` for small on one GPU with strategy auto and with strategy ddp on one device (the
+# path of `trainer.devices: auto` on a one-GPU box): both must finish with the model exported;
+# then fine-tuning at moirai-1.1-R-base shapes (random weights), full against LoRA: step time, peak
+# memory, trainable parameters (LoRA needs the peft, transformers, accelerate, tokenizers wheels in .whl/);
+# last, trainer.compile=true (torch.compile) for small and base in bf16-mixed.
 #
 # Assumes a machine with Python 3.12, a recent torch and numpy 2, and no internet. Wheels the
 # machine lacks travel in .whl/ (see docs/benchmarks.md for the pip download command):
@@ -16,4 +18,4 @@ OUT="${OUT:-$PWD}"
 source benchmarks/gpu/wheels.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-PYTHONUNBUFFERED=1 timeout 560 python3 benchmarks/gpu/pretrain_gpu.py "$OUT/gpu_pretrain.json"
+PYTHONUNBUFFERED=1 timeout 420 python3 benchmarks/gpu/pretrain_gpu.py "$OUT/gpu_pretrain.json"

@@ -1,8 +1,13 @@
 """The token-budget planner behind ``ohlcv budget``.
 
-MOIRAI flattens every variate's patches into one token sequence, so a sample
-costs ``tokens = variates x ceil((context + horizon) / patch)`` tokens, and
-pre-training caps that at ``max_seq_len`` (512). uni2ts packs
+MOIRAI flattens every variate's patches into one token sequence. The brief
+estimates a sample at ``variates x ceil((context + horizon) / patch)`` tokens;
+uni2ts patches the context and the horizon separately (each padded to whole
+patches), so the model really reads ``variates x (ceil(context / patch) +
+ceil(horizon / patch))`` tokens, which can be more (hourly, 32 variates at
+patch 16: 384 by the brief, 416 really). The plan shows both and judges fit on
+the real count, the one :func:`model_tokens` gives to the fine-tuning check
+too, so ``ohlcv budget``, ``pretrain`` and ``finetune`` agree. uni2ts packs
 ``past_feat_dynamic_real`` covariates into the same sequence, so they count
 as variates too. This module is pure arithmetic over the profile: no torch,
 no uni2ts, no pandas.
@@ -22,19 +27,33 @@ MIN_CONTEXT_TO_HORIZON = 5  # the brief: context >= 5 x horizon
 
 
 def patches_for(context: int, horizon: int, patch: int) -> int:
+    """The brief's patches per variate: ceil((context + horizon) / patch)."""
     return -(-(context + horizon) // patch)  # ceil without floats
 
 
 def tokens_for(variates: int, context: int, horizon: int, patch: int) -> int:
+    """The brief's token estimate."""
     return variates * patches_for(context, horizon, patch)
+
+
+def model_patches(context: int, horizon: int, patch: int) -> int:
+    """Patches per variate uni2ts really packs: the context and the horizon each padded to whole patches."""
+    return -(-context // patch) + -(-horizon // patch)
+
+
+def model_tokens(variates: int, context: int, horizon: int, patch: int) -> int:
+    """Tokens a sample of this many variates really takes (what max_seq_len must hold)."""
+    return variates * model_patches(context, horizon, patch)
 
 
 @dataclass(frozen=True)
 class PatchRow:
     patch_size: int
-    patches: int  # per variate
-    tokens: int
-    fits: bool  # tokens <= max_seq_len
+    patches: int  # per variate, as uni2ts packs them: ceil(context / patch) + ceil(horizon / patch)
+    tokens: int  # variates x patches: what the model reads
+    brief_patches: int  # the brief's ceil((context + horizon) / patch)
+    brief_tokens: int
+    fits: bool  # tokens <= max_seq_len (the real count)
     allowed: bool  # by the constraint that applies
     uni2ts_default_allows: bool
     usable: bool  # fits and allowed
@@ -54,6 +73,7 @@ class BudgetInputs:
     constraint: tuple[int, int] | None  # the profile's; None: uni2ts's default
     max_dim: int = 128
     min_patches: int = 2
+    finetune_patch: int | None = None  # finetune.patch_size: checked like `ohlcv finetune` checks it
 
 
 @dataclass
@@ -63,6 +83,7 @@ class BudgetReport:
     rows: list[PatchRow]
     context_rule_ok: bool
     ok: bool
+    finetune: dict[str, Any] | None = None  # finetune.patch_size's tokens and whether they fit
     suggestions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -76,6 +97,7 @@ class BudgetReport:
                     "rule": f"context >= {MIN_CONTEXT_TO_HORIZON} x horizon",
                     "ok": self.context_rule_ok,
                 },
+                "finetune": self.finetune,
                 "ok": self.ok,
                 "suggestions": self.suggestions,
                 "notes": self.notes,
@@ -85,11 +107,33 @@ class BudgetReport:
 
 
 def smallest_fitting_patch(variates: int, context: int, horizon: int, max_seq_len: int) -> int | None:
-    """The smallest patch size p with variates x ceil((context+horizon)/p) <= max_seq_len."""
-    per_variate = max_seq_len // variates
-    if per_variate <= 0:
+    """The smallest patch size p whose real token count (:func:`model_tokens`) fits max_seq_len."""
+    largest = max(context, horizon)  # from here on every sample is 2 patches per variate
+    if model_tokens(variates, context, horizon, largest) > max_seq_len:
         return None
-    return -(-(context + horizon) // per_variate)
+    low, high = 1, largest  # the count never grows with p: bisect for the first p that fits
+    while low < high:
+        mid = (low + high) // 2
+        if model_tokens(variates, context, horizon, mid) <= max_seq_len:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def finetune_fit(variates: int, context: int, horizon: int, patch: int, max_seq_len: int,
+                 family: str = "moirai") -> dict[str, Any]:
+    """What ``ohlcv finetune`` checks at its patch size: the real token count against max_seq_len.
+
+    Moirai 1.x packs every variate's patches into one sequence; Moirai 2.0 (``family="moirai2"``) reads
+    the variates side by side, so its rotary positions count time patches only.
+    """
+    patches = model_patches(context, horizon, patch)
+    tokens = patches if family == "moirai2" else model_tokens(variates, context, horizon, patch)
+    what = (f"{patches} time patches (patch {patch}, {variates} variates side by side)" if family == "moirai2"
+            else f"{variates} variates x {patches} patches")
+    return {"patch_size": patch, "patches": patches, "tokens": tokens, "what": what,
+            "max_seq_len": max_seq_len, "fits": tokens <= max_seq_len}
 
 
 def plan(inputs: BudgetInputs) -> BudgetReport:
@@ -105,7 +149,7 @@ def plan(inputs: BudgetInputs) -> BudgetReport:
 
     rows = []
     for p in sorted(set(inputs.patch_sizes)):
-        patches = patches_for(ctx, hor, p)
+        patches = model_patches(ctx, hor, p)
         tokens = v * patches
         fits = tokens <= seq
         allowed = lo <= p <= hi
@@ -114,6 +158,8 @@ def plan(inputs: BudgetInputs) -> BudgetReport:
                 patch_size=p,
                 patches=patches,
                 tokens=tokens,
+                brief_patches=patches_for(ctx, hor, p),
+                brief_tokens=tokens_for(v, ctx, hor, p),
                 fits=fits,
                 allowed=allowed,
                 uni2ts_default_allows=default_lo <= p <= default_hi,
@@ -123,6 +169,7 @@ def plan(inputs: BudgetInputs) -> BudgetReport:
         )
     rule_ok = ctx >= MIN_CONTEXT_TO_HORIZON * hor
     any_usable = any(row.usable for row in rows)
+    tune = None if inputs.finetune_patch is None else finetune_fit(v, ctx, hor, inputs.finetune_patch, seq)
     report = BudgetReport(
         inputs={
             "context_length": ctx,
@@ -137,7 +184,8 @@ def plan(inputs: BudgetInputs) -> BudgetReport:
         constraint=constraint,
         rows=rows,
         context_rule_ok=rule_ok,
-        ok=rule_ok and any_usable,
+        ok=rule_ok and any_usable and (tune is None or tune["fits"]),
+        finetune=tune,
     )
     _advise(inputs, report, lo, hi)
     return report
@@ -166,7 +214,7 @@ def _advise(inputs: BudgetInputs, report: BudgetReport, lo: int, hi: int) -> Non
         )
     if allowed_rows and not any(row.usable for row in report.rows):
         largest = max(row.patch_size for row in allowed_rows)
-        patches = patches_for(ctx, hor, largest)
+        patches = model_patches(ctx, hor, largest)
         max_variates = seq // patches
         report.suggestions.append(
             f"at patch {largest}, at most {max_variates} variates fit ({patches} patches each); "
@@ -182,7 +230,7 @@ def _advise(inputs: BudgetInputs, report: BudgetReport, lo: int, hi: int) -> Non
             report.suggestions.append(
                 f"the smallest patch size that fits {v} variates is {smallest}: add it to model.patch_sizes{note}"
             )
-            longest = (seq // v) * largest - hor
+            longest = (seq // v - -(-hor // largest)) * largest  # the context's whole patches left beside the horizon's
             if longest > 0:
                 rule = "" if longest >= MIN_CONTEXT_TO_HORIZON * hor else f", below the {MIN_CONTEXT_TO_HORIZON}x-horizon rule"
                 report.suggestions.append(
@@ -200,6 +248,13 @@ def _advise(inputs: BudgetInputs, report: BudgetReport, lo: int, hi: int) -> Non
                 f"uni2ts's pre-training crop cannot fit {inputs.min_patches} patches per variate for {v} variates; "
                 "pre-training would fail"
             )
+    tune = report.finetune
+    if tune is not None and not tune["fits"]:
+        report.suggestions.append(
+            f"fine-tuning at finetune.patch_size={tune['patch_size']}: {v} variates x {tune['patches']} patches = "
+            f"{tune['tokens']} tokens exceed max_seq_len {seq}: use a larger finetune.patch_size, fewer variates or "
+            "a shorter context"
+        )
     if v > inputs.max_dim:
         report.notes.append(
             f"pre-training samples at most pretrain.max_dim={inputs.max_dim} of the {v} variates per sample"
@@ -261,4 +316,5 @@ def inputs_from_profile(cfg, *, dataset: Path | None = None, variates: int | Non
         constraint=(int(constraint[0]), int(constraint[1])) if constraint is not None else None,
         max_dim=int(cfg.pretrain.max_dim),
         min_patches=int(cfg.pretrain.min_patches),
+        finetune_patch=int(cfg.finetune.patch_size),
     )

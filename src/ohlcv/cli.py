@@ -181,9 +181,12 @@ app.add_typer(build_app, name="build")
 def build(
     ctx: typer.Context,
     profile: str = ProfileOption,
-    lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
+    lake: Optional[str] = typer.Option(
+        None, "--lake", help="The Parquet lake: a folder or s3:// gs:// az:// URL (sets data.lake)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where the dataset goes (sets data.dataset)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Build a deterministic 1/N of the symbols: K/N."),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="local (threads) or ray (RAY_ADDRESS's cluster, else a local one; sets build.executor)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the dataset is up to date."),
     check: bool = typer.Option(False, "--check", help="Afterwards, verify the dataset through uni2ts."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; a one-line summary."),
@@ -203,6 +206,8 @@ def build(
         extra.append(f"data.lake={lake}")
     if out is not None:
         extra.append(f"data.dataset={out}")
+    if executor is not None:
+        extra.append(f"build.executor={executor}")
     loaded = _load(profile, args, extra)
     result = _run_build(loaded.cfg, shard=shard, force=force, quiet=quiet)
     render_build(_console(), result, quiet=quiet)
@@ -345,7 +350,8 @@ def _ensure_sample_lake(cfg, name: str) -> None:
 def finetune(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
-    start: str = typer.Option(..., "--from", help="Starting checkpoint: a model folder (e.g. RUN/model) or a hub id."),
+    start: str = typer.Option(..., "--from", help="Starting model: a hub id (org/name[@revision]), a model folder, "
+                                                   "a run folder or a Lightning .ckpt."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
     lake: Optional[Path] = typer.Option(None, "--lake", help="The Parquet lake (sets data.lake)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/NAME-finetune-TIME)."),
@@ -369,10 +375,12 @@ def finetune(
 def evaluate(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
-    model: str = typer.Option(..., "--model", help="A model folder (e.g. RUN/model) or a hub id."),
+    model: str = typer.Option(..., "--model", help="A hub id (org/name[@revision]), a model folder, a run folder "
+                                                   "or a Lightning .ckpt."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where metrics, plots and report.md go."),
-    zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="A second model to compare in the same table."),
+    zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="A second model (any family, same forms as "
+                                                                        "--model) to compare in the same table."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (files are written too)."),
 ) -> None:
     """Rolling-origin forecasts on the test span against the baselines of each variate's kind, on the same windows.
@@ -406,7 +414,8 @@ def evaluate(
 def backtest(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
-    start: str = typer.Option(..., "--from", help="The model: a folder (e.g. RUN/model) or a hub id."),
+    start: str = typer.Option(..., "--from", help="The model: a hub id (org/name[@revision]), a model folder, a run "
+                                                   "folder or a Lightning .ckpt."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Walk-forward folds (sets backtest.folds)."),
     refit: Optional[str] = typer.Option(None, "--refit", help="finetune: fine-tune before each fold; none: the same model (sets backtest.refit)."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (sets data.dataset)."),

@@ -33,25 +33,18 @@ def render_budget(console: "Console", report: "BudgetReport", loaded: "LoadedPro
         f"patch-size constraint: {constraint['source']} [{constraint['min']}, {constraint['max']}]"
         f" (uni2ts default for '{default['code']}': [{default['min']}, {default['max']}])"
     )
-    table = Table(title=escape(title), title_justify="left")
-    table.add_column("patch", justify="right", no_wrap=True)
-    table.add_column("patches", justify="right", no_wrap=True)
-    table.add_column("tokens", justify="right", no_wrap=True)
-    table.add_column(f"≤ {inputs['max_seq_len']}", justify="center", no_wrap=True)
-    table.add_column("allowed", justify="center", no_wrap=True)
-    table.add_column("uni2ts default", justify="center", no_wrap=True)
-    table.add_column("usable", justify="center", no_wrap=True)
-    for row in report.rows:
-        table.add_row(
-            str(row.patch_size),
-            str(row.patches),
-            f"{row.tokens:,}",
-            _mark(row.fits),
-            _mark(row.allowed),
-            _mark(row.uni2ts_default_allows),
-            "[bold green]yes[/]" if row.usable else "[red]no[/]",
-        )
-    console.print(table)
+    columns = ["patch", "brief", "brief tokens", "patches", "tokens", f"≤ {inputs['max_seq_len']}", "allowed",
+               "default", "usable"]
+    rows = [[str(row.patch_size), str(row.brief_patches), f"{row.brief_tokens:,}", str(row.patches), f"{row.tokens:,}",
+             _mark(row.fits), _mark(row.allowed), _mark(row.uni2ts_default_allows),
+             "[bold green]yes[/]" if row.usable else "[red]no[/]"] for row in report.rows]
+    print_fitted_table(console, escape(title), columns, rows, left=0)
+    console.print("brief: ⌈(context + horizon) / patch⌉ per variate (the brief's formula); patches: ⌈context / patch⌉ + "
+                  "⌈horizon / patch⌉, what uni2ts packs; fit is judged on tokens = variates x patches")
+    tune = report.finetune
+    if tune is not None:
+        console.print(f"fine-tuning at finetune.patch_size={tune['patch_size']}: {inputs['variates']} x "
+                      f"{tune['patches']} = {tune['tokens']:,} tokens ≤ {tune['max_seq_len']}: {_mark(tune['fits'])}")
     rule = f"context {inputs['context_length']} >= 5 x horizon {inputs['prediction_length']}"
     console.print(f"{rule}: {_mark(report.context_rule_ok)}")
     for line in report.suggestions:
@@ -444,9 +437,14 @@ def print_fitted_table(console: "Console", title: str, columns: list[str], rows:
 def render_evaluation(console: "Console", result) -> None:
     import math
 
+    from ohlcv.evaluate.run import model_line
+
     def p(value: float) -> str:
         return "–" if not math.isfinite(value) else f"{value:.3f}" if value >= 0.001 else f"{value:.0e}"
 
+    for name, info in result.model_info.items():
+        console.print(f"[bold]{escape(name)}[/]: {escape(model_line(info))}")
+        console.print(f"  from {escape(str(info.get('source', '')))}", overflow="fold")
     for variate, info in result.variates.items():
         yard = info["yardstick"]
         removed = f", {info['windows_removed']} removed for all" if info["windows_removed"] else ""
@@ -505,7 +503,8 @@ def render_backtest(console: "Console", result) -> None:
 
 def render_finetune_start(console: "Console", info: dict) -> None:
     console.print(
-        f"[bold]fine-tuning[/] {escape(info['start'])} ({escape(info['family'])}, {escape(info['pattern'])}) -> "
+        f"[bold]fine-tuning[/] {escape(info['start'])} ({escape(info.get('family', 'MOIRAI'))}"
+        f"{', ' + info['size'] if info.get('size') else ''}, {escape(info['pattern'])}) -> "
         f"{escape(str(info['run_dir']))}; {escape(info['hardware'].device_name)}, {info['hardware'].precision}"
     )
     console.print(f"trainable parameters: {info['trainable_parameters']:,} of {info['parameters']:,} "

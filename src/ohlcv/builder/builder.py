@@ -59,6 +59,7 @@ from ohlcv.dataset.write import (
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.freq import parse_freq
 from ohlcv.lake.layout import SymbolSource, discover
+from ohlcv.lake.store import file_stamp, is_remote, lake_label, lake_root
 
 WORK_FORMAT = 2  # layout of the temporary batch files; a work folder of another layout is not resumed
 
@@ -93,10 +94,12 @@ class IterativeFinancialDatasetBuilder:
         self.cfg = cfg
         self.data = cfg.data
         self.freq = parse_freq(self.data.freq)
-        self.lake = Path(str(self.data.lake)).expanduser()
+        self.lake = lake_root(str(self.data.lake))  # a folder, or an object-store URL (s3://, gs://, az://)
         self.out = Path(str(self.data.dataset)).expanduser()
         self.shard = shard
         self.progress = progress or _Progress()
+        self.executor = cfg.build.executor.value if "build" in cfg else "local"
+        self.scratch: Path | None = None  # a Ray task's own work folder, in place of the shared one (builder.cluster)
         self.scaler = self.data.normalization.scaler.value
         self.scope = self.data.normalization.scope.value
         if self.scaler == "robust" and self.scope == "asset_class":
@@ -136,6 +139,13 @@ class IterativeFinancialDatasetBuilder:
                 "cross-asset features, pooled normalization and regimes); the date split avoids it"
             )
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a Ray task receives: the resolved build, without the plugin registry (reloaded where the
+        task runs, if needed) or the progress callbacks (they draw on this process's terminal)."""
+        state = dict(self.__dict__)
+        state.update(_plugins=None, progress=None)
+        return state
+
     # -- set-up --------------------------------------------------------------------------
     @property
     def plugins(self):
@@ -165,7 +175,7 @@ class IterativeFinancialDatasetBuilder:
 
     @property
     def work(self) -> Path:
-        return self.out.parent / f".{self.out.name}.building"
+        return self.scratch or self.out.parent / f".{self.out.name}.building"
 
     def discover(self) -> tuple[list[SymbolSource], list[str]]:
         found = discover(
@@ -186,11 +196,7 @@ class IterativeFinancialDatasetBuilder:
         for source in sources:
             digest.update(source.item_id.encode())
             for path in source.files:
-                try:
-                    stat = path.stat()
-                    digest.update(f"{path.relative_to(self.lake)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-                except OSError:
-                    digest.update(f"{path}:gone".encode())
+                digest.update(file_stamp(path, self.lake).encode())
         return digest.hexdigest()[:24]
 
     # -- the build -----------------------------------------------------------------------
@@ -208,7 +214,8 @@ class IterativeFinancialDatasetBuilder:
         all_sources, skipped = self.discover()
         sources = [s for s in all_sources if self.shard is None or self.shard.owns(s.item_id)]
         if not sources and self.shard is None:
-            held = sorted({p.name.split("=", 1)[1] for p in self.lake.glob("asset_class=*/freq=*") if p.is_dir()})
+            held = [] if is_remote(self.lake) else sorted(
+                {p.name.split("=", 1)[1] for p in self.lake.glob("asset_class=*/freq=*") if p.is_dir()})
             hint = (f"; the lake holds freq {', '.join(held)} (e.g. --profile daily for 1D, or data.freq=...)"
                     if held and self.freq.canonical not in held else "; check data.freq and the lake layout")
             raise OhlcvError(
@@ -248,9 +255,6 @@ class IterativeFinancialDatasetBuilder:
             atomic_json(plan_file, {"fingerprint": fingerprint, "batches": len(batches), "symbols": len(sources)})
 
         self.progress.on_start(len(sources))
-        reference = None
-        if self.pipeline.needs_reference:
-            reference = self._reference_pass(batches) if self.shard is None else self._shared_reference(all_sources)
         resumed = 0
         pending = []
         for index, batch in enumerate(batches):
@@ -260,7 +264,16 @@ class IterativeFinancialDatasetBuilder:
                     self.progress.on_symbol(source.item_id, 0)
             else:
                 pending.append((index, batch))
-        for index, batch, prepared in in_order(pending, lambda i, bt: self._prepare(i, bt, reference)):
+        if self.executor == "ray":
+            from ohlcv.builder.cluster import run_on_ray
+
+            prepared_batches = run_on_ray(self, batches, pending, all_sources)
+        else:
+            reference = None
+            if self.pipeline.needs_reference:
+                reference = self._reference_pass(batches) if self.shard is None else self._shared_reference(all_sources)
+            prepared_batches = in_order(pending, lambda i, bt: self._prepare(i, bt, reference))
+        for index, batch, prepared in prepared_batches:
             self._finish_batch(index, batch, prepared)
 
         self.progress.on_merge()
@@ -337,7 +350,8 @@ class IterativeFinancialDatasetBuilder:
         out = self.out.resolve()
         if out == Path(out.anchor) or out == Path.home().resolve():
             raise ConfigError(f"refusing to write a dataset over {out}", key="data.dataset")
-        if self.lake.exists() and (out == self.lake.resolve() or self.lake.resolve() in out.parents):
+        local_lake = None if is_remote(self.lake) else self.lake.resolve()
+        if local_lake is not None and self.lake.exists() and (out == local_lake or local_lake in out.parents):
             raise ConfigError(f"{out} is inside the lake {self.lake}; choose another output folder", key="data.dataset")
         if out.exists() and not out.is_dir():
             raise ConfigError(f"{out} exists and is not a folder", key="data.dataset")
@@ -523,8 +537,7 @@ class IterativeFinancialDatasetBuilder:
         """
         import polars as pl
 
-        key = self.fingerprint(all_sources, shard=False)[:20]
-        cache = self.out.parent / f".ohlcv-reference-{key}.parquet"
+        cache = self.shared_reference_file(all_sources)
         if cache.is_file():
             return pl.read_parquet(cache)
         size = int(self.data.batch_size)
@@ -533,11 +546,21 @@ class IterativeFinancialDatasetBuilder:
             cleaned, _ = self.clean_batch(all_sources[start : start + size])
             if cleaned is not None:
                 parts.append(self.pipeline.contributions(cleaned))
+        return self.save_reference(parts, cache)
+
+    def shared_reference_file(self, all_sources: list[SymbolSource]) -> Path:
+        """Where shard builds of one selection keep its reference series (see :meth:`_shared_reference`)."""
+        key = self.fingerprint(all_sources, shard=False)[:20]
+        return self.out.parent / f".ohlcv-reference-{key}.parquet"
+
+    def save_reference(self, parts: list, target: Path):
+        """The reference series from every batch's contributions (in batch order), saved at ``target``."""
         reference = FeaturePipeline.combine(parts)
         if reference is not None:
-            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             reference.write_parquet(tmp)
-            os.replace(tmp, cache)
+            os.replace(tmp, target)
         return reference
 
     def _cleaned_from_reference_pass(self, index: int):
@@ -555,6 +578,10 @@ class IterativeFinancialDatasetBuilder:
             cleaned, reports = self._cleaned_from_reference_pass(index)
         else:
             cleaned, reports = self.clean_batch(batch)
+        return self.finish_cleaned(index, batch, cleaned, reports, reference)
+
+    def finish_cleaned(self, index: int, batch: list[SymbolSource], cleaned, reports: list[SymbolReport], reference):
+        """Features, split, statistics and the batch's data file from its cleaned bars; its marker's content."""
         frame, reports = self.featurize(cleaned, reports, reference)
         return self._write_batch(index, batch, frame, reports)
 
@@ -689,7 +716,7 @@ class IterativeFinancialDatasetBuilder:
             "quarantined": report["quarantined"],
             "profile_hash": profile_hash(self.cfg),
             "spec": dataset_spec(self.cfg),
-            "lake": str(self.lake.resolve()),
+            "lake": lake_label(self.lake),
             "fingerprint": fingerprint,
             "shard": str(self.shard) if self.shard else None,
             "plugins": self.plugins.versions(),

@@ -283,11 +283,28 @@ class TrainerConfig:
     precision: str = "auto"
     gradient_clip_val: float = 1.0
     tf32: bool = True
+    # torch.compile the MOIRAI module (its forward, in place: checkpoints keep their names); off by
+    # default: the first steps pay the compilation (see docs/benchmarks.md for what it gains on a GPU)
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's backend (e.g. aot_eager to tell a compiler bug apart)
     log_every_n_steps: int = 10
     seed: int = 0
     logger: LoggerKind = LoggerKind.tensorboard
     tracking_uri: Optional[str] = None  # mlflow: null -> MLFLOW_TRACKING_URI, else <output.runs_dir>/mlruns
     experiment: Optional[str] = None  # mlflow experiment / wandb project; null: the profile's name
+
+
+class Executor(str, Enum):
+    local = "local"  # worker threads on this machine
+    ray = "ray"  # Ray tasks on a cluster (RAY_ADDRESS) or a local Ray runtime: pip install 'ohlcv[ray]'
+
+
+@dataclass
+class BuildConfig:
+    """How ``ohlcv build`` runs its batches (not what it builds: the dataset is the same either way)."""
+
+    executor: Executor = Executor.local
+    cpus: Optional[int] = None  # CPUs of a local Ray runtime started by the build; null: every core
 
 
 @dataclass
@@ -307,4 +324,5 @@ class Profile:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -112,10 +112,14 @@ def run_backtest(
 
 def _run_backtest(loaded, start: str, *, dataset: Path, out: Path, on_build, rebuild: bool, lake: Path | None,
                   on_fold) -> BacktestResult:
+    from ohlcv.moirai.sources import resolve_model
     from ohlcv.train.pretrain import ensure_dataset
 
     cfg = loaded.cfg
     check_baselines(cfg)
+    source = resolve_model(start)  # before any dataset is built or read
+    if cfg.backtest.refit.value == "finetune":
+        source.family.check_finetune(start, cfg.finetune.pattern.value)
     dataset = Path(dataset).expanduser()
     out = Path(out).expanduser()
     manifest = ensure_dataset(loaded, dataset, rebuild=rebuild, lake=lake, on_build=on_build)
@@ -218,7 +222,12 @@ def fold_shifts(dataset: Path, manifest: dict[str, Any], folds: int, span: int) 
 
 
 def _same_dataset(start: str, dataset: Path) -> bool:
-    run = Path(start).expanduser().parent / "run.json"
+    from ohlcv.moirai.sources import run_folder_of
+
+    folder = run_folder_of(start)
+    if folder is None:
+        return False
+    run = folder / "run.json"
     try:
         used = Path(json.loads(run.read_text()).get("dataset", "")).expanduser().resolve()
     except (OSError, ValueError):

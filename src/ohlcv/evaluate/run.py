@@ -47,7 +47,8 @@ from ohlcv.evaluate.stats import by_origin, diebold_mariano, information_coeffic
 from ohlcv.evaluate.windows import cut_windows, rolling_origins
 from ohlcv.features import Kind
 from ohlcv.freq import parse_freq
-from ohlcv.moirai.models import forecast_samples, forecaster, load_module
+from ohlcv.moirai.models import describe, forecast_patch, forecast_samples, forecaster, load_module
+from ohlcv.moirai.sources import resolve_model, run_folder_of
 
 COVERAGE_TOLERANCE = 0.10  # flag a central interval whose coverage is further than this from nominal
 PIT_DISPERSION_TOLERANCE = 0.2  # flag 12 x var(PIT) outside 1 +- this (1 for a calibrated forecast)
@@ -72,6 +73,7 @@ class EvalResult:
     windows: int = 0  # (series, origin) windows cut
     span: dict[str, Any] = field(default_factory=dict)  # first origin, last forecast bar, symbols
     models: list[str] = field(default_factory=list)  # the learned forecasters (and their recalibrated copies)
+    model_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # forecaster -> source, family, size, parameters
     conformal: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # forecaster -> variate -> baseline -> loss -> [(origin time, mean loss difference)], for pooling folds
@@ -104,7 +106,7 @@ class EvalResult:
                 "calibration": self.calibration, "ic": self.ic, "error_by_step": self.by_step,
                 "conformal": self.conformal,
                 "verdicts": {m: {v: self.verdict(v, m) for v in self.variates} for m in self.models},
-                "flags": self.flags(), "notes": self.notes, "per_asset": self.per_asset}
+                "flags": self.flags(), "notes": self.notes, "per_asset": self.per_asset, "models_info": self.model_info}
 
 
 def shift_of(shift: int | dict[str, int], item_id: str) -> int:
@@ -124,8 +126,8 @@ def seed_for(base: int, *parts: str) -> int:
 def trained_with(spec: str) -> dict[str, Any] | None:
     """What a model folder written by ``ohlcv pretrain``/``finetune`` was trained with (its run folder's
     profile.yaml and run.json): variates, context length, patch size. None for other models."""
-    run = Path(spec).expanduser().parent
-    if not ((run / "profile.yaml").is_file() and (run / "run.json").is_file()):
+    run = run_folder_of(spec)
+    if run is None:
         return None
     from omegaconf import OmegaConf
 
@@ -147,10 +149,10 @@ def trained_with(spec: str) -> dict[str, Any] | None:
 
 def check_model_fits(spec: str, module, cfg, manifest: dict[str, Any], notes: list[str]) -> None:
     """Refuse (exit 2, one line) a model trained with other variates, context or patch size than this run's."""
-    patch = int(cfg.finetune.patch_size)
-    sizes = [int(p) for p in module.patch_sizes]
-    if patch not in sizes:
-        raise ConfigError(f"the model {spec} has patch sizes {sizes}, not {patch}", key="finetune.patch_size")
+    patch = forecast_patch(module, cfg)
+    if patch != int(cfg.finetune.patch_size):
+        notes.append(f"{spec} reads patches of {patch} steps only (its family's single patch size); "
+                     f"finetune.patch_size={int(cfg.finetune.patch_size)} does not apply to it")
     info = trained_with(spec)
     if info is None:
         notes.append(f"{spec}: no ohlcv run folder beside it, so its training variates and context are not checked")
@@ -277,6 +279,10 @@ def evaluate(
 
     cfg = loaded.cfg
     check_baselines(cfg)
+    specs = {"model": model_spec} | ({"zero_shot": zero_shot} if zero_shot else {})
+    # before any dataset is read: a wrong --model / --zero-shot costs nothing
+    sources = {name: resolve_model(spec, option="--model" if name == "model" else "--zero-shot")
+               for name, spec in specs.items()}
     dataset = Path(dataset).expanduser()
     manifest = read_manifest(dataset)
     horizon, context = int(cfg.data.prediction_length), int(cfg.data.context_length)
@@ -294,13 +300,14 @@ def evaluate(
     by_kind = baselines_by_kind(cfg, notes)
     target_idx = [names.index(v) for v in targets]
     cov_idx = [names.index(v) for v in covariates]
-    specs = {"model": model_spec} | ({"zero_shot": zero_shot} if zero_shot else {})
-    models = {}
+    models, model_info = {}, {}
     for name, spec in specs.items():
-        module = load_module(spec)
+        module = load_module(sources[name])
         check_model_fits(spec, module, cfg, manifest, notes)
         models[name] = forecaster(module, cfg, len(targets), len(covariates))
         models[name].ohlcv_spec = spec  # (which run folder it came from: notes about its training)
+        model_info[name] = describe(module) | {"output": sources[name].family.output, "patch_size": models[name].patch}
+        notes += models[name].notes
     out = Path(out).expanduser()
 
     conformal: dict[str, dict[str, Conformal]] = {}
@@ -389,7 +396,7 @@ def evaluate(
     }
     learned = [n for n in store if n in models or n.endswith("+conformal")]
     result = summarize_scores(store, variates_info, learned, horizon=horizon, stride=stride)
-    result.update(out=out, windows=total_windows, models=learned, notes=notes,
+    result.update(out=out, windows=total_windows, models=learned, notes=notes, model_info=model_info,
                   span={"first_origin": first, "last_forecast_bar": last, "symbols": symbols,
                         "series": len(symbols), "shift": shift},
                   conformal={m: {v: c.to_dict() for v, c in by_v.items()} for m, by_v in conformal.items()})
@@ -708,6 +715,7 @@ def _write_outputs(loaded, result: EvalResult, model_spec, zero_shot, dataset, m
         "calibrate": cfg.evaluate.calibrate.value,
         "units": {v: info["units"] for v, info in result.variates.items()},
         "crps": "mean weighted quantile loss over levels 0.1-0.9 (GluonTS mean_wQuantileLoss), scale-free",
+        "models": result.model_info,
     }
     atomic_write_text(out / "metrics.json", json.dumps({"settings": settings, **result.to_json()}, indent=2,
                                                        default=float) + "\n")
@@ -730,11 +738,21 @@ def _write_outputs(loaded, result: EvalResult, model_spec, zero_shot, dataset, m
     atomic_write_text(out / "report.md", render_report(result, settings, dataset))
 
 
+def model_line(info: dict[str, Any]) -> str:
+    """'Moirai 1.x, small, 13.8M parameters, patch 32' (where it came from is ``info["source"]``)."""
+    size = f", {info['size']}" if info.get("size") else ""
+    count = info.get("parameters", 0)
+    shown = f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count:,}"
+    output = "; quantile forecasts" if info.get("output") == "quantiles" else ""
+    return f"{info.get('family', 'MOIRAI')}{size}, {shown} parameters, patch {info.get('patch_size')}{output}"
+
+
 def render_report(result: EvalResult, settings: dict[str, Any], dataset) -> str:
     span = result.span
     lines = [f"# Evaluation of `{settings['model']}`", "",
              f"Dataset `{dataset}`; test span {span['first_origin']} to {span['last_forecast_bar']} "
              f"(first forecast origin to last forecast bar), {span['series']} series: {', '.join(span['symbols'])}.", "",
+             *[f"- {name}: {model_line(info)} ({info.get('source', '')})" for name, info in result.model_info.items()], "",
              f"{result.windows} rolling-origin windows (context {settings['context_length']}, horizon "
              f"{settings['prediction_length']}, stride {settings['stride']}); {settings['num_samples']} samples per "
              f"forecaster, each with its own seed. Every forecaster is scored on the same windows.", "",

@@ -93,6 +93,10 @@ def discover(
     end: str | None = None,
 ) -> Discovery:
     """Every selected symbol of the lake, sorted by item id; reads directory names only."""
+    from ohlcv.lake.store import is_remote
+
+    if is_remote(lake):
+        return discover_remote(str(lake), freq=freq, asset_classes=asset_classes, symbols=symbols, start=start, end=end)
     lake = Path(lake).expanduser()
     if not lake.is_dir():
         raise OhlcvError(f"{lake}: lake folder not found; pass --lake DIR or set data.lake (try `ohlcv lake sample DIR`)")
@@ -151,4 +155,90 @@ def discover(
                         files.extend(Path(os.path.join(month_entry.path, name)) for name in names)
     for (asset_class, symbol), files in sorted(found.items(), key=lambda kv: f"{kv[0][0]}/{kv[0][1]}"):
         discovery.sources.append(SymbolSource(asset_class, freqs[(asset_class, symbol)], symbol, tuple(files)))
+    return discovery
+
+
+def discover_remote(
+    url: str,
+    *,
+    freq: str | None = None,
+    asset_classes: Iterable[str] = (),
+    symbols: Iterable[str] = (),
+    start: str | None = None,
+    end: str | None = None,
+) -> Discovery:
+    """:func:`discover` for a lake on object storage: the same selection, by listing.
+
+    The asset-class, frequency and symbol levels are listed one level at a time (with a delimiter), and
+    only below the selected ones; each selected symbol's month files in one recursive listing. So the
+    requests grow with the selection, not with the lake, and no object is read.
+    """
+    from obstore import list as list_objects
+    from obstore import list_with_delimiter
+
+    from ohlcv.lake.store import RemoteFile, listing_error, open_store
+
+    store = open_store(url)
+    wanted_freq = parse_freq(freq) if freq else None
+    classes, wanted_symbols = list(asset_classes), list(symbols)
+    t0, t1 = _parse_instant(start, "data.start"), _parse_instant(end, "data.end")
+    discovery = Discovery(sources=[])
+
+    def folders(prefix: str | None) -> list[str]:
+        try:
+            listed = list_with_delimiter(store, prefix)
+        except Exception as exc:  # noqa: BLE001 - no such bucket, refused credentials, no endpoint...
+            raise listing_error(url, exc) from None
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in listed["common_prefixes"])
+
+    for ac_name in folders(None):
+        asset_class = _partition(ac_name, "asset_class")
+        if asset_class is None:
+            discovery.skipped.append(f"{url}/{ac_name}: not an asset_class=X folder")
+            continue
+        if not _matches(classes, asset_class):
+            continue
+        for freq_name in folders(ac_name):
+            spelled = _partition(freq_name, "freq")
+            where = f"{url}/{ac_name}/{freq_name}"
+            if spelled is None:
+                discovery.skipped.append(f"{where}: not a freq=Y folder")
+                continue
+            try:
+                parsed = parse_freq(spelled)
+            except ConfigError:
+                discovery.skipped.append(f"{where}: unknown frequency '{spelled}'")
+                continue
+            discovery.freq_spellings[spelled] = parsed.canonical
+            if wanted_freq is not None and parsed != wanted_freq:
+                continue
+            for sym_name in folders(f"{ac_name}/{freq_name}"):
+                symbol = _partition(sym_name, "symbol")
+                if symbol is None or not symbol.strip():
+                    discovery.skipped.append(f"{where}/{sym_name}: not a symbol=Z folder")
+                    continue
+                if not _matches(wanted_symbols, symbol, f"{asset_class}/{symbol}"):
+                    continue
+                prefix = f"{ac_name}/{freq_name}/{sym_name}"
+                files = []
+                try:
+                    listed = [meta for chunk in list_objects(store, prefix + "/") for meta in chunk]
+                except Exception as exc:  # noqa: BLE001
+                    raise listing_error(url, exc) from None
+                for meta in sorted(listed, key=lambda m: m["path"]):
+                    key = meta["path"]
+                    parts = key[len(prefix) + 1 :].split("/")
+                    if len(parts) != 3 or not parts[2].endswith(".parquet"):
+                        discovery.skipped.append(f"{url}/{key}: not year=YYYY/month=MM/*.parquet")
+                        continue
+                    year_text, month_text = _partition(parts[0], "year"), _partition(parts[1], "month")
+                    if (year_text is None or not year_text.isdigit() or month_text is None or not month_text.isdigit()
+                            or not 1 <= int(month_text) <= 12):
+                        discovery.skipped.append(f"{url}/{key}: not year=YYYY/month=MM/*.parquet")
+                        continue
+                    if _month_overlaps(int(year_text), int(month_text), t0, t1):
+                        version = str(meta.get("e_tag") or meta["last_modified"])
+                        files.append(RemoteFile(f"{url}/{key}", int(meta["size"]), version))
+                discovery.sources.append(SymbolSource(asset_class, parsed, symbol, tuple(files)))
+    discovery.sources.sort(key=lambda s: s.item_id)
     return discovery

@@ -32,24 +32,6 @@ import numpy as np
 VAL_KEY = "val/PinballLoss"
 
 
-def is_moirai2_folder(spec: str) -> bool:
-    """A local model folder whose config.json is a Moirai 2.0's (it lists quantile levels)."""
-    import json
-    from pathlib import Path
-
-    config = Path(spec).expanduser() / "config.json"
-    try:
-        return "quantile_levels" in json.loads(config.read_text())
-    except (OSError, ValueError):
-        return False
-
-
-def load_moirai2(spec: str):
-    from uni2ts.model.moirai2 import Moirai2Module
-
-    return Moirai2Module.from_pretrained(str(spec))
-
-
 class WindowArrays:
     """A uni2ts transform-like callable: window ``w`` of a series -> context and horizon arrays.
 

@@ -1,8 +1,8 @@
 """What fine-tuning trains and how fast: patterns per family, the learning-rate schedule, Moirai 1.x's module.
 
 Families (``family_of``): ``moirai`` (1.x, uni2ts's ``MoiraiModule``), ``moirai_moe`` (``MoiraiMoEModule``)
-and ``moirai2`` (``Moirai2Module``). :data:`PATTERNS` is the one table of which ``finetune.pattern``
-each family can fine-tune with; docs/finetune.md describes it.
+and ``moirai2`` (``Moirai2Module``). Which ``finetune.pattern`` each family fine-tunes with, and what each
+trains, is :data:`ohlcv.moirai.sources.FAMILIES` (checked before any dataset work); docs/finetune.md describes it.
 """
 
 from __future__ import annotations
@@ -10,45 +10,17 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ohlcv.errors import ConfigError
 
-# family -> the finetune.pattern values it supports, and the parameters each trains
-PATTERNS: dict[str, dict[str, str]] = {
-    "moirai": {
-        "full": "every weight",
-        "freeze_ffn": "every weight but the feed-forward layers",
-        "head_only": "the distribution head (param_proj)",
-        "lora": "low-rank adapters on attention and feed-forward layers, merged at export",
-    },
-    "moirai2": {
-        "full": "every weight",
-        "freeze_ffn": "every weight but the feed-forward layers",
-        "head_only": "the quantile head (out_proj)",
-        "lora": "low-rank adapters on attention and feed-forward layers, merged at export",
-    },
-    "moirai_moe": {},  # uni2ts 2.0.0 has no training objective for the MoE's routed experts: refused
-}
-FAMILY_NAMES = {"moirai": "Moirai 1.x", "moirai_moe": "Moirai-MoE", "moirai2": "Moirai 2.0"}
 HEADS = {"moirai": "param_proj.", "moirai2": "out_proj."}  # the head's parameter-name prefix
 
 
 def family_of(module) -> str:
-    """The family of a uni2ts module (a peft-wrapped one included)."""
+    """The family key (:data:`ohlcv.moirai.sources.FAMILIES`) of a uni2ts module (a peft-wrapped one included)."""
+    from ohlcv.moirai.sources import CLASS_FAMILIES
+
     base = module.get_base_model() if hasattr(module, "get_base_model") else module
     name = type(base).__name__
-    return {"MoiraiModule": "moirai", "MoiraiMoEModule": "moirai_moe", "Moirai2Module": "moirai2"}.get(name, name)
-
-
-def check_pattern(family: str, pattern: str) -> None:
-    supported = PATTERNS.get(family, {})
-    if pattern not in supported:
-        name = FAMILY_NAMES.get(family, family)
-        if not supported:
-            raise ConfigError(f"{name} models cannot be fine-tuned by ohlcv (uni2ts 2.0.0 has no training objective "
-                              "for them); evaluate them zero-shot, or start from a Moirai 1.x or 2.0 model",
-                              key="--from")
-        raise ConfigError(f"{name} models fine-tune with finetune.pattern {', '.join(supported)}; not {pattern}",
-                          key="finetune.pattern")
+    return CLASS_FAMILIES[name].key if name in CLASS_FAMILIES else name
 
 
 def apply_pattern(module, family: str, pattern: str) -> None:

@@ -11,7 +11,6 @@ the starting model.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from ohlcv.train.pretrain import ensure_dataset, export_hf, manifest_hash
 from ohlcv.train.runtime import (
     OWNER_MARK,
     check_writable,
+    compile_module,
     discard_on_failure,
     git_revision,
     loss_guard,
@@ -51,38 +51,23 @@ class FinetuneResult:
     summary: dict[str, Any]
 
 
-def load_start(start: str):
-    """The starting module: a Moirai 2.0 folder (its config lists quantile levels), else what ``load_module`` loads."""
-    from ohlcv.moirai.moirai2 import is_moirai2_folder, load_moirai2
-    from ohlcv.moirai.models import load_module
+def check_start(module, cfg, variates: int) -> int:
+    """The starting checkpoint must have the profile's patch size and room for its windows; the patch size used.
 
-    return load_moirai2(start) if is_moirai2_folder(start) else load_module(start)
+    Tokens are counted as ``ohlcv budget`` counts them (:func:`ohlcv.budget.finetune_fit`), against the
+    checkpoint's own max_seq_len. Moirai 2.0 has one patch size, its own.
+    """
+    from ohlcv.budget import finetune_fit
+    from ohlcv.moirai.models import forecast_patch
+    from ohlcv.moirai.tuning import family_of
 
-
-def model_patch(module, cfg) -> int:
-    """The patch size fine-tuning uses: the profile's for Moirai 1.x, the model's only one for Moirai 2.0."""
-    return int(module.patch_size) if getattr(module, "patch_sizes", None) is None else int(cfg.finetune.patch_size)
-
-
-def check_start(module, cfg, manifest: dict[str, Any]) -> None:
-    """The starting checkpoint must have the profile's patch size and room for its windows."""
-    context, horizon = int(cfg.data.context_length), int(cfg.data.prediction_length)
-    patch = model_patch(module, cfg)
-    if getattr(module, "patch_sizes", None) is not None:
-        sizes = [int(p) for p in module.patch_sizes]
-        if patch not in sizes:
-            raise ConfigError(f"the checkpoint's patch sizes are {sizes}; {patch} is not one of them",
-                              key="finetune.patch_size")
-        variates = len(manifest["variates"])
-        per_variate = math.ceil(context / patch) + math.ceil(horizon / patch)
-        tokens, what = variates * per_variate, f"{variates} variates x {per_variate} patches"
-    else:  # Moirai 2.0: covariates have context patches only; rotary positions count time patches
-        targets, covariates = len(manifest["targets"]), len(manifest["covariates"])
-        tokens = math.ceil(context / patch) + math.ceil(horizon / patch)
-        what = f"{tokens} time patches (patch {patch}, {targets} targets, {covariates} covariates)"
-    if tokens > int(module.max_seq_len):
+    family = family_of(module)
+    patch = forecast_patch(module, cfg)  # refuses a finetune.patch_size the checkpoint does not read
+    fit = finetune_fit(variates, int(cfg.data.context_length), int(cfg.data.prediction_length), patch,
+                       int(module.max_seq_len), family)
+    if not fit["fits"]:
         raise ConfigError(
-            f"{what} = {tokens} tokens exceed the checkpoint's max_seq_len {module.max_seq_len}: "
+            f"{fit['what']} = {fit['tokens']} tokens exceed the checkpoint's max_seq_len {fit['max_seq_len']}: "
             "use fewer variates, a larger patch or a shorter context",
             key="finetune.patch_size",
         )
@@ -90,10 +75,9 @@ def check_start(module, cfg, manifest: dict[str, Any]) -> None:
 
 def adapt(cfg, module, family: str):
     """``module`` with ``finetune.pattern`` applied: LoRA adapters added, or the untrained part frozen."""
-    from ohlcv.moirai.tuning import apply_pattern, check_pattern
+    from ohlcv.moirai.tuning import apply_pattern
 
-    pattern = cfg.finetune.pattern.value
-    check_pattern(family, pattern)
+    pattern = cfg.finetune.pattern.value  # supported by the family: checked by run_finetune before any dataset work
     if pattern == "lora":
         from ohlcv.moirai.lora import add_adapters
 
@@ -220,16 +204,25 @@ def run_finetune(
     progress=None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> FinetuneResult:
+    """Fine-tune ``start`` (anything :func:`ohlcv.moirai.sources.resolve_model` accepts).
+
+    ``start`` is resolved, and its family's support for ``finetune.pattern`` checked, before any
+    run folder or dataset is made: a wrong ``--from`` fails in a second, not after a build.
+    """
+    from ohlcv.moirai.sources import ModelSource, resolve_model
+
+    source = start if isinstance(start, ModelSource) else resolve_model(start)
+    source.family.check_finetune(source.spec, loaded.cfg.finetune.pattern.value)
     run_dir = run_folder(loaded.cfg, "finetune", out, resume)
     with discard_on_failure(run_dir):
-        result = _run_finetune(loaded, start, run_dir, dataset=dataset, resume=resume, on_build=on_build,
+        result = _run_finetune(loaded, source, run_dir, dataset=dataset, resume=resume, on_build=on_build,
                                rebuild=rebuild, lake=lake, progress=progress, on_start=on_start)
     if out is None and is_rank_zero():
         point_latest(loaded.cfg, "finetune", run_dir)
     return result
 
 
-def _run_finetune(loaded, start: str, run_dir: Path, *, dataset: Path, resume: bool, on_build, rebuild: bool,
+def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool, on_build, rebuild: bool,
                   lake: Path | None, progress, on_start) -> FinetuneResult:
     import copy
 
@@ -237,28 +230,31 @@ def _run_finetune(loaded, start: str, run_dir: Path, *, dataset: Path, resume: b
     import torch
     from omegaconf import OmegaConf
 
-    from ohlcv.moirai.tuning import FAMILY_NAMES, family_of, parameter_counts
+    from ohlcv.moirai.models import describe, load_module
+    from ohlcv.moirai.tuning import family_of, parameter_counts
 
     cfg = loaded.cfg
+    start = source.spec
     dataset = Path(dataset).expanduser()
     check_writable(run_dir)
     manifest = ensure_dataset(loaded, dataset, rebuild=rebuild, lake=lake, on_build=on_build)
     context, horizon = int(cfg.data.context_length), int(cfg.data.prediction_length)
     if context < 5 * horizon:
         raise ConfigError(f"context {context} is shorter than 5 x horizon {horizon}", key="data.context_length")
-    module = load_start(start)
-    check_start(module, cfg, manifest)
+    module = load_module(source)
+    model_info = describe(module)
     family = family_of(module)
-    patch = model_patch(module, cfg)
+    patch = check_start(module, cfg, len(manifest["variates"]))
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     start_state = copy.deepcopy(module.state_dict())  # the model to fall back on if fine-tuning does not help
     module = adapt(cfg, module, family)
     model = build_model(cfg, module, family, manifest)
+    compile_module(cfg, model)
     datamodule, sizes = make_datamodule(cfg, dataset, manifest, model, family, patch)
     counts = parameter_counts(module)
     hardware = resolve_hardware(cfg.trainer)
     if on_start is not None:
-        on_start({"run_dir": run_dir, "start": start, "hardware": hardware, "family": FAMILY_NAMES[family],
+        on_start({"run_dir": run_dir, "start": start, "hardware": hardware, **model_info,
                   "pattern": cfg.finetune.pattern.value, **counts, **sizes})
     val_key = VAL_KEYS[family]
 
@@ -276,7 +272,8 @@ def _run_finetune(loaded, start: str, run_dir: Path, *, dataset: Path, resume: b
             "use fewer devices or a longer validation span",
             key="trainer.devices",
         )
-    summary: dict[str, Any] = {"kind": OWNER_MARK, "command": "finetune", "status": "running", "start": start}
+    summary: dict[str, Any] = {"kind": OWNER_MARK, "command": "finetune", "status": "running", "start": start,
+                               "start_model": model_info}
     if is_rank_zero():
         write_resolved_profile(loaded, run_dir)
         atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
@@ -315,7 +312,7 @@ def _run_finetune(loaded, start: str, run_dir: Path, *, dataset: Path, resume: b
             else "the starting model (fine-tuning did not improve it)",
             processes=int(trainer.world_size),
             wall_seconds=round(wall, 2),
-            family=FAMILY_NAMES[family],
+            family=model_info["family"],
             pattern=cfg.finetune.pattern.value,
             lora=OmegaConf.to_container(cfg.finetune.lora) if cfg.finetune.pattern.value == "lora" else None,
             warmup_steps=int(cfg.finetune.warmup_steps),

@@ -36,6 +36,7 @@ from ohlcv.train.runtime import (
     OWNER_MARK,
     Hardware,
     check_writable,
+    compile_module,
     discard_on_failure,
     git_revision,
     loss_guard,
@@ -364,6 +365,7 @@ def _run_pretrain(loaded, run_dir: Path, *, dataset: Path, resume: bool, on_pref
 
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
     model = build_model(cfg)
+    compile_module(cfg, model)
     datamodule = make_datamodule(cfg, dataset, manifest, model, min_train_bars=check.min_train_bars)
     stats: dict[str, Any] = {"patch_sizes": set()}
     hardware = check.hardware

@@ -27,6 +27,13 @@ class Hardware:
     tf32: bool
 
 
+def compile_module(cfg, model) -> None:
+    """``trainer.compile``: compile the MOIRAI module's forward with torch.compile, in place
+    (``nn.Module.compile``), so its parameters, checkpoints and export keep their names."""
+    if bool(cfg.trainer.compile):
+        model.module.compile(backend=str(cfg.trainer.compile_backend))
+
+
 def resolve_hardware(trainer_cfg) -> Hardware:
     """Accelerator and precision: bf16-mixed on GPUs that support it, else 16-mixed; 32-bit on CPU."""
     import torch
