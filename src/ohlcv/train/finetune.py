@@ -71,6 +71,7 @@ def check_start(module, cfg, variates: int) -> int:
             "use fewer variates, a larger patch or a shorter context",
             key="finetune.patch_size",
         )
+    return patch
 
 
 def adapt(cfg, module, family: str):
