@@ -58,11 +58,15 @@ def check_start(module, cfg, variates: int) -> int:
     checkpoint's own max_seq_len. Moirai 2.0 has one patch size, its own.
     """
     from ohlcv.budget import finetune_fit
-    from ohlcv.moirai.models import forecast_patch
+    from ohlcv.moirai.models import forecast_patch, patch_sizes
     from ohlcv.moirai.tuning import family_of
 
     family = family_of(module)
-    patch = forecast_patch(module, cfg)  # refuses a finetune.patch_size the checkpoint does not read
+    sizes = patch_sizes(module)
+    if family != "moirai2" and int(cfg.finetune.patch_size) not in sizes:
+        raise ConfigError(f"the checkpoint's patch sizes are {sizes}; {int(cfg.finetune.patch_size)} is not one "
+                          "of them", key="finetune.patch_size")
+    patch = forecast_patch(module, cfg)  # the profile's, or the only one a Moirai 2.0 reads
     fit = finetune_fit(variates, int(cfg.data.context_length), int(cfg.data.prediction_length), patch,
                        int(module.max_seq_len), family)
     if not fit["fits"]:
