@@ -4,7 +4,9 @@
 # 32 in bf16-mixed, small in 32-bit + TF32: tokens/s, step time, peak GPU memory, MFU; the data loader
 # alone with 0/4/8 workers against the trainer's samples/s (does the GPU wait on it?);
 # trainer.compile=true (torch.compile) for small and base in bf16-mixed; last, `run_pretrain` for small
-# under strategy ddp on one device, which must finish with the model exported.
+# under strategy ddp on one device, which must finish with the model exported; fine-tuning at
+# moirai-1.1-R-base shapes (random weights), full against LoRA: step time, peak memory, trainable
+# parameters (LoRA needs the peft, transformers, accelerate, tokenizers wheels in .whl/).
 #
 # Assumes a machine with Python 3.12, a recent torch and numpy 2, and no internet. Wheels the
 # machine lacks travel in .whl/ (see docs/benchmarks.md for the pip download command):

@@ -18,7 +18,8 @@ MFU = (6 x parameters x tokens/s + attention FLOPs) / the GPU's peak FLOP/s.
 Estimated on an H100 (not yet measured in this form): set-up (imports, a 24-symbol x 4,000-bar lake
 and its build) ~30 s; each eager row 10-25 s (35 steps; base ~0.3 s/step); loader ~40 s; each compiled
 row 60-110 s, mostly inductor's compile; the whole command ~40 s: ~330 s in all, under the 450 s cap
-with the budgets below as the backstop.
+with the budgets below as the backstop; then fine-tuning at moirai-1.1-R-base shapes (random weights),
+full against LoRA (~2 x 13 steps, ~20 s).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def main(out: Path, steps: int = 30, warmup: int = 5) -> None:
         cfg = load_profile("hourly", [*base, f"model.size={size}", "pretrain.batch_size=32"]).cfg
         record(timed_steps(cfg, work, name, precision, steps, warmup, budget=BUDGET_S["eager"]))
     loader_rows(work, base, results, record, budget=BUDGET_S["loader"])
+    for row in finetune_rows(work, base):  # full against LoRA at base shapes
+        record(row)
     for size in ("small", "base"):
         cfg = load_profile("hourly", [*base, f"model.size={size}", "pretrain.batch_size=32",
                                       "trainer.compile=true"]).cfg
@@ -184,6 +187,74 @@ def whole_command(work: Path, base: list[str], steps: int = 30) -> dict:
             "steps": summary["steps"], "tokens_per_s": summary["tokens_per_second"],
             "precision": summary["precision"], "device": summary["device"],
             "last_ckpt": (run / "checkpoints" / "last.ckpt").is_file()}
+
+
+def finetune_rows(work: Path, base: list[str], steps: int = 10, warmup: int = 3) -> list[dict]:
+    """Full and LoRA fine-tuning of a moirai-1.1-R-base-shaped module: ms/step, peak memory, trainable share."""
+    import importlib.util
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from finetune_cpu import make_module
+
+    from ohlcv.dataset.read import read_manifest
+    from ohlcv.moirai.tuning import family_of, parameter_counts
+    from ohlcv.train.finetune import adapt, build_model, check_start, make_datamodule
+
+    rows = []
+    for pattern in ("full", "lora"):
+        if pattern == "lora" and importlib.util.find_spec("peft") is None:
+            rows.append({"path": "finetune", "shape": "moirai-1.1-R-base", "pattern": pattern,
+                         "status": "skipped: peft not in .whl/"})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
+        cfg = load_profile_for(base, pattern)
+        manifest = read_manifest(work / "ds")
+        module = make_module("moirai-1.1-R-base")
+        family = family_of(module)
+        patch = check_start(module, cfg, len(manifest["variates"]))
+        module = adapt(cfg, module, family)
+        model = build_model(cfg, module, family, manifest).cuda()
+
+        class _Trainer:
+            world_size = 1
+
+        data, _ = make_datamodule(cfg, work / "ds", manifest, model, family, patch)
+        data.trainer = _Trainer()
+        loader = iter(data.train_dataloader())
+        optim = model.configure_optimizers()["optimizer"]
+        params = [p for p in model.parameters() if p.requires_grad]
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for step in range(steps + warmup):
+            batch = {k: v.cuda(non_blocking=True) for k, v in next(loader).items()}
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model.training_step(batch, step)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            torch.cuda.synchronize()
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+        rows.append({"path": "finetune", "shape": "moirai-1.1-R-base", "pattern": pattern, "batch": 32,
+                     "precision": "bf16-mixed", "step_ms": round(1000 * sum(times) / len(times), 1),
+                     "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                     **parameter_counts(module)})
+        print(json.dumps(rows[-1]), flush=True)
+        del model, optim, loader, module
+        torch.cuda.empty_cache()
+    return rows
+
+
+def load_profile_for(base: list[str], pattern: str):
+    from ohlcv.config import load_profile
+
+    return load_profile("hourly", [*base, "finetune.batch_size=32", f"finetune.pattern={pattern}",
+                                   "finetune.max_steps=100", "finetune.warmup_steps=5"]).cfg
 
 
 if __name__ == "__main__":

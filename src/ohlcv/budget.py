@@ -121,10 +121,18 @@ def smallest_fitting_patch(variates: int, context: int, horizon: int, max_seq_le
     return low
 
 
-def finetune_fit(variates: int, context: int, horizon: int, patch: int, max_seq_len: int) -> dict[str, Any]:
-    """What ``ohlcv finetune`` checks at its patch size: the real token count against max_seq_len."""
-    tokens = model_tokens(variates, context, horizon, patch)
-    return {"patch_size": patch, "patches": model_patches(context, horizon, patch), "tokens": tokens,
+def finetune_fit(variates: int, context: int, horizon: int, patch: int, max_seq_len: int,
+                 family: str = "moirai") -> dict[str, Any]:
+    """What ``ohlcv finetune`` checks at its patch size: the real token count against max_seq_len.
+
+    Moirai 1.x packs every variate's patches into one sequence; Moirai 2.0 (``family="moirai2"``) reads
+    the variates side by side, so its rotary positions count time patches only.
+    """
+    patches = model_patches(context, horizon, patch)
+    tokens = patches if family == "moirai2" else model_tokens(variates, context, horizon, patch)
+    what = (f"{patches} time patches (patch {patch}, {variates} variates side by side)" if family == "moirai2"
+            else f"{variates} variates x {patches} patches")
+    return {"patch_size": patch, "patches": patches, "tokens": tokens, "what": what,
             "max_seq_len": max_seq_len, "fits": tokens <= max_seq_len}
 
 

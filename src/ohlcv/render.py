@@ -562,10 +562,16 @@ def render_backtest(console: "Console", result) -> None:
 def render_finetune_start(console: "Console", info: dict) -> None:
     console.print(
         f"[bold]fine-tuning[/] {escape(info['start'])} ({escape(info.get('family', 'MOIRAI'))}"
-        f"{', ' + info['size'] if info.get('size') else ''}, {info['parameters']:,} parameters) -> "
-        f"{escape(str(info['run_dir']))}; {info['train_windows']:,} training / {info['val_windows']:,} validation "
-        f"windows; {escape(info['hardware'].device_name)}, {info['hardware'].precision}"
+        f"{', ' + info['size'] if info.get('size') else ''}, {escape(info['pattern'])}) -> "
+        f"{escape(str(info['run_dir']))}; {escape(info['hardware'].device_name)}, {info['hardware'].precision}"
     )
+    console.print(f"trainable parameters: {info['trainable_parameters']:,} of {info['parameters']:,} "
+                  f"({info['trainable_percent']:.2f}%)")
+    for span, label in (("train", "training"), ("validation", "validation")):
+        w = info["windows_per_series"][span]
+        total = info["train_windows" if span == "train" else "val_windows"]
+        console.print(f"{label} windows: {total:,} over {w['series']} series "
+                      f"(per series min {w['min']:,}, median {w['median']:,}, max {w['max']:,})")
 
 
 def render_finetune_result(console: "Console", result) -> None:

@@ -375,6 +375,12 @@ def validate(cfg: DictConfig, source: str) -> None:
     for key in ("batch_size", "max_steps", "val_every_n_steps", "patience", "patch_size", "num_samples"):
         if finetune[key] <= 0:
             fail(f"finetune.{key}", f"must be a positive integer, got {finetune[key]}")
+    if finetune.lora.rank <= 0:
+        fail("finetune.lora.rank", f"must be a positive integer, got {finetune.lora.rank}")
+    if not 0 <= finetune.lora.dropout < 1:
+        fail("finetune.lora.dropout", f"must be in [0, 1), got {finetune.lora.dropout}")
+    if not finetune.lora.target_modules:
+        fail("finetune.lora.target_modules", "list at least one module name, e.g. self_attn.q_proj")
     evaluate = cfg.evaluate
     for key in ("windows", "num_samples", "calibration_windows"):
         if evaluate[key] <= 0:

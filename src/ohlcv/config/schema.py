@@ -73,6 +73,7 @@ class FinetunePattern(str, Enum):
     full = "full"
     freeze_ffn = "freeze_ffn"
     head_only = "head_only"
+    lora = "lora"  # low-rank adapters through peft (the ohlcv[lora] extra), merged into the exported model
 
 
 class Calibration(str, Enum):
@@ -218,6 +219,20 @@ class PretrainConfig:
     checkpoint_every_n_steps: int = 500
 
 
+# attention projections and feed-forward layers of every transformer layer (Moirai 1.x, MoE and 2.0 alike)
+LORA_TARGETS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                "ffn.fc1", "ffn.fc2", "ffn.fc_gate"]
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 16.0  # the adapters' update is scaled by alpha / rank
+    dropout: float = 0.05
+    # module names (suffixes, as in peft's target_modules) that get an adapter
+    target_modules: List[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+
 @dataclass
 class FinetuneConfig:
     patch_size: int = 32
@@ -230,6 +245,7 @@ class FinetuneConfig:
     patience: int = 5  # validations without improvement before stopping
     val_every_n_steps: int = 100
     num_samples: int = 100  # samples drawn for sampled validation metrics
+    lora: LoraConfig = field(default_factory=LoraConfig)  # used by pattern: lora
 
 
 @dataclass

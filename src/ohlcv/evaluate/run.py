@@ -137,8 +137,8 @@ def trained_with(spec: str) -> dict[str, Any] | None:
     except Exception:  # noqa: BLE001 - an unreadable run folder: nothing to compare with
         return None
     info: dict[str, Any] = {"command": summary.get("command"), "context": int(profile.data.context_length)}
-    if summary.get("command") == "finetune":
-        info["patch"] = int(profile.finetune.patch_size)
+    if summary.get("command") == "finetune":  # the patch it really used (Moirai 2.0: its own, not the profile's)
+        info["patch"] = int(summary.get("patch_size") or profile.finetune.patch_size)
     manifest = Path(str(summary.get("dataset", ""))) / "manifest.json"
     if summary.get("dataset") and manifest.is_file():
         info["variates"] = json.loads(manifest.read_text())["variates"]

@@ -9,7 +9,7 @@ from ohlcv.dataset.read import load_hf, span_bounds, trainable_items
 
 
 def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "train", lead: int = 0,
-                       min_length: int = 1):
+                       min_length: int = 1, with_ids: bool = False):
     """uni2ts's ``HuggingFaceDatasetIndexer`` over the dataset, each series cut to ``span``.
 
     ``train``: bars [0, train_end). ``validation``: bars [train_end - lead, validation_end), i.e.
@@ -39,7 +39,8 @@ def train_span_indexer(dataset: Path, manifest: dict[str, Any], *, span: str = "
     hf = load_hf(dataset, manifest)
     if len(keep) < len(bounds):
         hf = hf.select([i for i, item_id in enumerate(hf["item_id"]) if str(item_id) in keep])
-    return SpanIndexer(hf)
+    indexer = SpanIndexer(hf)
+    return (indexer, [str(i) for i in hf["item_id"]]) if with_ids else indexer
 
 
 def pretrain_series(dataset: Path, manifest: dict[str, Any], cfg, model, *, min_length: int = 1):
@@ -68,11 +69,43 @@ def pretraining_view(hf, cfg):
     return indexer, TimeSeriesDataset(indexer, transform=transform_map["ohlcv"]())
 
 
-def finetune_windows(windows: int, indexer, transform, *, evaluation: bool = False):
-    """uni2ts's ``FinetuneDataset`` (training) or ``EvalDataset`` (validation) of ``windows`` per series."""
-    from uni2ts.data.dataset import EvalDataset, FinetuneDataset
+def window_count(length: int, need: int, distance: int) -> int:
+    """How many windows of ``need`` bars, ``distance`` bars apart, fit in ``length`` bars."""
+    return (length - need) // distance + 1 if length >= need else 0
 
-    return (EvalDataset if evaluation else FinetuneDataset)(windows, indexer, transform)
+
+def span_windows(dataset: Path, manifest: dict[str, Any], transform, *, span: str, need: int, distance: int,
+                 lead: int = 0):
+    """Windows of ``need`` bars every ``distance`` bars over the whole ``span`` of each series, through ``transform``.
+
+    Returns (the dataset, {item_id: windows}). Window ``w`` of a series is bars
+    [w * distance, w * distance + need) of its span (with ``lead`` bars before a validation span),
+    the item's ``window`` field for uni2ts's ``FinetunePatchCrop`` / ``EvalCrop`` and for
+    :class:`ohlcv.moirai.moirai2.WindowArrays`. Every series has its own count, so a long
+    series contributes windows up to the end of its span (uni2ts's ``FinetuneDataset`` gives
+    every series the same count, counted from its start).
+    """
+    import bisect
+
+    import numpy as np
+    from uni2ts.data.dataset import TimeSeriesDataset
+
+    indexer, ids = train_span_indexer(dataset, manifest, span=span, lead=lead, min_length=need, with_ids=True)
+    bounds = {item["item_id"]: span_bounds(item, span, lead) for item in manifest["items"]}
+    counts = [window_count(bounds[i][1] - bounds[i][0], need, distance) for i in ids]
+    ends = np.cumsum(counts).tolist()
+
+    class SpanWindows(TimeSeriesDataset):
+        def __len__(self) -> int:
+            return int(ends[-1]) if ends else 0
+
+        def _get_data(self, idx: int):
+            series = bisect.bisect_right(ends, idx)
+            item = self.indexer[series]
+            item["window"] = idx - (ends[series - 1] if series else 0)
+            return item
+
+    return SpanWindows(indexer, transform), dict(zip(ids, counts))
 
 
 def loader(data, *, pack: tuple[int, Any] | None = None, **kwargs):

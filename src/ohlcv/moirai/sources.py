@@ -38,8 +38,9 @@ class Family:
     forecast_class: str
     output: str  # "samples" (a distribution to sample) or "quantiles" (fixed quantile levels)
     released: tuple[str, ...]  # the sizes Salesforce released, named as in MODEL_SIZES
-    # finetune.pattern values `ohlcv finetune` supports for this family; empty: fine-tuning is refused
-    finetune: tuple[str, ...] = ()
+    # finetune.pattern values `ohlcv finetune` supports for this family -> what each trains (docs/finetune.md);
+    # empty: fine-tuning is refused
+    finetune: dict[str, str] = field(default_factory=dict)
     refusal: str = ""  # why fine-tuning is refused, and what to do instead
 
     def check_finetune(self, spec: str, pattern: str) -> None:
@@ -51,25 +52,34 @@ class Family:
                               f"{', '.join(self.finetune)})", key="finetune.pattern")
 
 
+# What each pattern trains, by family (the head is Moirai 1.x's distribution head, Moirai 2.0's quantile head).
+_ADAPTERS = "low-rank adapters on attention and feed-forward layers, merged at export"
+_EVERY = "every weight"
+_NO_FFN = "every weight but the feed-forward layers"
+
 # The one place that says which family fine-tunes with which patterns.
 FAMILIES: dict[str, Family] = {
     "moirai": Family(
         "moirai", "Moirai 1.x", "uni2ts.model.moirai", "MoiraiModule", "MoiraiForecast", "samples",
-        released=("small", "base", "large"), finetune=("full", "freeze_ffn", "head_only"),
+        released=("small", "base", "large"),
+        finetune={"full": _EVERY, "freeze_ffn": _NO_FFN, "head_only": "the distribution head (param_proj)",
+                  "lora": _ADAPTERS},
     ),
     "moirai_moe": Family(
         "moirai_moe", "Moirai-MoE", "uni2ts.model.moirai_moe", "MoiraiMoEModule", "MoiraiMoEForecast", "samples",
         released=("small", "base"),
-        refusal="ohlcv does not fine-tune Moirai-MoE (uni2ts 2.0.0 has no fine-tuning objective for it); "
-                "evaluate it zero-shot with `ohlcv evaluate --zero-shot`, or fine-tune a Moirai 1.x model",
+        refusal="ohlcv does not fine-tune Moirai-MoE (uni2ts 2.0.0 has no fine-tuning objective for its routed "
+                "experts); evaluate it zero-shot with `ohlcv evaluate --zero-shot`, or fine-tune a Moirai 1.x "
+                "or Moirai 2.0 model",
     ),
     "moirai2": Family(
         "moirai2", "Moirai 2.0", "uni2ts.model.moirai2", "Moirai2Module", "Moirai2Forecast", "quantiles",
         released=("small",),
-        refusal="ohlcv does not fine-tune Moirai 2.0 yet (uni2ts 2.0.0 has no fine-tuning for it); "
-                "evaluate it zero-shot with `ohlcv evaluate --zero-shot`, or fine-tune a Moirai 1.x model",
+        finetune={"full": _EVERY, "freeze_ffn": _NO_FFN, "head_only": "the quantile head (out_proj)",
+                  "lora": _ADAPTERS},
     ),
 }
+CLASS_FAMILIES = {f.module_class: f for f in FAMILIES.values()}  # uni2ts module class name -> family
 
 
 def family_of(config: dict[str, Any], where: str) -> Family:

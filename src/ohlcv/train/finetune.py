@@ -11,7 +11,6 @@ the starting model.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from ohlcv.train.runtime import (
     run_folder,
 )
 
-VAL_KEY = "val/PackedNLLLoss"
+VAL_KEYS = {"moirai": "val/PackedNLLLoss", "moirai2": "val/PinballLoss"}  # the loss the guardrail compares
 
 
 @dataclass
@@ -52,39 +51,59 @@ class FinetuneResult:
     summary: dict[str, Any]
 
 
-def _windows(lengths: list[int], context: int, horizon: int, distance: int) -> int:
-    shortest = min(lengths)
-    return (shortest - context - horizon) // distance + 1 if shortest >= context + horizon else 0
+def check_start(module, cfg, variates: int) -> int:
+    """The starting checkpoint must have the profile's patch size and room for its windows; the patch size used.
 
-
-def check_start(module, cfg, variates: int) -> None:
-    """The starting checkpoint must have the profile's patch size and room for its windows.
-
-    Tokens are counted as ``ohlcv budget`` counts them (:func:`ohlcv.budget.finetune_fit`), against
-    the checkpoint's own max_seq_len.
+    Tokens are counted as ``ohlcv budget`` counts them (:func:`ohlcv.budget.finetune_fit`), against the
+    checkpoint's own max_seq_len. Moirai 2.0 has one patch size, its own.
     """
     from ohlcv.budget import finetune_fit
-    from ohlcv.moirai.models import patch_sizes
+    from ohlcv.moirai.models import forecast_patch, patch_sizes
+    from ohlcv.moirai.tuning import family_of
 
-    patch = int(cfg.finetune.patch_size)
+    family = family_of(module)
     sizes = patch_sizes(module)
-    if patch not in sizes:
-        raise ConfigError(f"the checkpoint's patch sizes are {sizes}; {patch} is not one of them", key="finetune.patch_size")
+    if family != "moirai2" and int(cfg.finetune.patch_size) not in sizes:
+        raise ConfigError(f"the checkpoint's patch sizes are {sizes}; {int(cfg.finetune.patch_size)} is not one "
+                          "of them", key="finetune.patch_size")
+    patch = forecast_patch(module, cfg)  # the profile's, or the only one a Moirai 2.0 reads
     fit = finetune_fit(variates, int(cfg.data.context_length), int(cfg.data.prediction_length), patch,
-                       int(module.max_seq_len))
+                       int(module.max_seq_len), family)
     if not fit["fits"]:
         raise ConfigError(
-            f"{variates} variates x {fit['patches']} patches = {fit['tokens']} tokens exceed the checkpoint's "
-            f"max_seq_len {fit['max_seq_len']}: use fewer variates, a larger patch or a shorter context",
+            f"{fit['what']} = {fit['tokens']} tokens exceed the checkpoint's max_seq_len {fit['max_seq_len']}: "
+            "use fewer variates, a larger patch or a shorter context",
             key="finetune.patch_size",
         )
+    return patch
 
 
-def build_model(cfg, module):
-    from ohlcv.moirai.compat import reduced_across_processes
+def adapt(cfg, module, family: str):
+    """``module`` with ``finetune.pattern`` applied: LoRA adapters added, or the untrained part frozen."""
+    from ohlcv.moirai.tuning import apply_pattern
 
+    pattern = cfg.finetune.pattern.value  # supported by the family: checked by run_finetune before any dataset work
+    if pattern == "lora":
+        from ohlcv.moirai.lora import add_adapters
+
+        return add_adapters(module, cfg.finetune.lora)
+    apply_pattern(module, family, pattern)
+    return module
+
+
+def build_model(cfg, module, family: str, manifest: dict[str, Any]):
     f = cfg.finetune
-    model = reduced_across_processes("MoiraiFinetune")(
+    context, horizon = int(cfg.data.context_length), int(cfg.data.prediction_length)
+    if family == "moirai2":
+        from ohlcv.moirai.moirai2 import finetune_model
+
+        return finetune_model(module, context=context, horizon=horizon, targets=len(manifest["targets"]),
+                              covariates=len(manifest["covariates"]), lr=float(f.lr),
+                              weight_decay=float(f.weight_decay), warmup_steps=int(f.warmup_steps),
+                              max_steps=int(f.max_steps))
+    from ohlcv.moirai.tuning import moirai_finetune_class
+
+    model = moirai_finetune_class()(
         module=module,
         min_patches=int(cfg.pretrain.min_patches),
         min_mask_ratio=float(cfg.pretrain.mask_ratio_min),
@@ -95,51 +114,56 @@ def build_model(cfg, module):
         num_samples=int(f.num_samples),
         lr=float(f.lr),
         weight_decay=float(f.weight_decay),
-        context_length=int(cfg.data.context_length),
-        prediction_length=int(cfg.data.prediction_length),
+        context_length=context,
+        prediction_length=horizon,
         patch_size=int(f.patch_size),
-        finetune_pattern=f.pattern.value,
+        # uni2ts freezes by its own pattern names; LoRA's freezing is peft's
+        finetune_pattern="full" if f.pattern.value == "lora" else f.pattern.value,
     )
     # without sequence packing, uni2ts needs "sample_id" among the sequence fields (else KeyError in validation)
     model.seq_fields = tuple(model.seq_fields) + ("sample_id",)
     return model
 
 
-def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
+def spread(counts: dict[str, int]) -> dict[str, Any]:
+    """Windows per series: how many series, and the fewest, median and most windows of one."""
+    import statistics
+
+    values = sorted(counts.values())
+    return {"series": len(values), "min": values[0], "median": statistics.median(values), "max": values[-1]}
+
+
+def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model, family: str, patch: int):
+    """Training windows every bar over each series' whole training span, validation windows every horizon over
+    its whole validation span (with the context before it); each series has its own window count."""
     import lightning as L
 
-    from ohlcv.dataset.read import span_bounds, trainable_items
-    from ohlcv.moirai.data import finetune_windows, loader, train_span_indexer
+    from ohlcv.moirai.data import loader, span_windows
 
-    context, horizon, patch = int(cfg.data.context_length), int(cfg.data.prediction_length), int(cfg.finetune.patch_size)
+    context, horizon = int(cfg.data.context_length), int(cfg.data.prediction_length)
     need = context + horizon
+    if family == "moirai2":
+        from ohlcv.moirai.moirai2 import WindowArrays
+
+        train_transform, val_transform = WindowArrays(context, horizon, 1), WindowArrays(context, horizon, horizon)
+    else:
+        train_transform = model.train_transform_map["ohlcv"](distance=1, prediction_length=horizon,
+                                                             context_length=context, patch_size=patch)
+        val_transform = model.val_transform_map["ohlcv"](offset=context, distance=horizon, prediction_length=horizon,
+                                                         context_length=context, patch_size=patch)
     # series whose span cannot hold one window (with a common date split: symbols that start late) are left out
-    train_items = trainable_items(manifest, "train", need)
-    val_items = trainable_items(manifest, "validation", need, lead=context)
-    train_lengths = [span_bounds(item, "train")[1] for item in train_items]
-    val_lengths = [end - start for start, end in (span_bounds(item, "validation", context) for item in val_items)]
-    train_windows = _windows(train_lengths, context, horizon, 1) if train_lengths else 0
-    val_windows = _windows(val_lengths, context, horizon, horizon) if val_lengths else 0
-    if train_windows < 1 or val_windows < 1:
+    train, train_counts = span_windows(dataset, manifest, train_transform, span="train", need=need, distance=1)
+    val, val_counts = span_windows(dataset, manifest, val_transform, span="validation", need=need,
+                                   distance=horizon, lead=context)
+    if not train_counts or not val_counts:
         raise ConfigError(
             f"no series has a training and a validation span of context + horizon ({need} bars); shorten "
             "data.context_length or rebuild with longer series / validation span",
             key="data.split",
         )
-    train = finetune_windows(
-        train_windows,
-        train_span_indexer(dataset, manifest, span="train", min_length=need),
-        model.train_transform_map["ohlcv"](distance=1, prediction_length=horizon, context_length=context,
-                                           patch_size=patch),
-    )
-    val = finetune_windows(
-        val_windows,
-        train_span_indexer(dataset, manifest, span="validation", lead=context, min_length=need),
-        model.val_transform_map["ohlcv"](offset=context, distance=horizon, prediction_length=horizon,
-                                         context_length=context, patch_size=patch),
-        evaluation=True,
-    )
     f = cfg.finetune
+    # an "epoch" is the steps between validations; never longer than the run, so that it validates at least once
+    epoch = min(int(f.val_every_n_steps), int(f.max_steps))
 
     class FinetuneData(L.LightningDataModule):
         def _loader(self, data, train: bool):
@@ -152,9 +176,7 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
                 data,
                 batch_size=max(1, int(f.batch_size) // world),
                 cycle=train,
-                # validation runs at the end of each "epoch" of this many steps; a run shorter than one
-                # interval still validates once, at its end (early stopping and the guardrail need it)
-                num_batches_per_epoch=min(int(f.val_every_n_steps), int(f.max_steps)) if train else None,
+                num_batches_per_epoch=epoch if train else None,
                 shuffle=train and sampler is None,
                 sampler=sampler,
                 num_workers=int(cfg.pretrain.num_workers),
@@ -168,8 +190,10 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model):
         def val_dataloader(self):
             return self._loader(val, False)
 
-    return FinetuneData(), {"train_windows": train_windows * len(train_lengths), "val_windows": val_windows * len(val_lengths),
-                            "series_left_out": len(manifest["items"]) - len(train_items)}
+    sizes = {"train_windows": sum(train_counts.values()), "val_windows": sum(val_counts.values()),
+             "windows_per_series": {"train": spread(train_counts), "validation": spread(val_counts)},
+             "series_left_out": len(manifest["items"]) - len(train_counts)}
+    return FinetuneData(), sizes
 
 
 def run_finetune(
@@ -205,10 +229,14 @@ def run_finetune(
 
 def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool, on_build, rebuild: bool,
                   lake: Path | None, progress, on_start) -> FinetuneResult:
+    import copy
+
     import lightning as L
     import torch
+    from omegaconf import OmegaConf
 
     from ohlcv.moirai.models import describe, load_module
+    from ohlcv.moirai.tuning import family_of, parameter_counts
 
     cfg = loaded.cfg
     start = source.spec
@@ -220,23 +248,26 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
         raise ConfigError(f"context {context} is shorter than 5 x horizon {horizon}", key="data.context_length")
     module = load_module(source)
     model_info = describe(module)
-    check_start(module, cfg, len(manifest["variates"]))
+    family = family_of(module)
+    patch = check_start(module, cfg, len(manifest["variates"]))
     L.seed_everything(int(cfg.trainer.seed), workers=True, verbose=False)
-    import copy
-
     start_state = copy.deepcopy(module.state_dict())  # the model to fall back on if fine-tuning does not help
-    model = build_model(cfg, module)
+    module = adapt(cfg, module, family)
+    model = build_model(cfg, module, family, manifest)
     compile_module(cfg, model)
-    datamodule, sizes = make_datamodule(cfg, dataset, manifest, model)
+    datamodule, sizes = make_datamodule(cfg, dataset, manifest, model, family, patch)
+    counts = parameter_counts(module)
     hardware = resolve_hardware(cfg.trainer)
     if on_start is not None:
-        on_start({"run_dir": run_dir, "start": start, "hardware": hardware, **sizes, **model_info})
+        on_start({"run_dir": run_dir, "start": start, "hardware": hardware, **model_info,
+                  "pattern": cfg.finetune.pattern.value, **counts, **sizes})
+    val_key = VAL_KEYS[family]
 
     guard = loss_guard(f"the best checkpoint so far is in {run_dir / 'checkpoints'}. Lower finetune.lr")
     best = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=VAL_KEY, mode="min", save_top_k=1, save_last=True,
+        dirpath=run_dir / "checkpoints", filename="best", monitor=val_key, mode="min", save_top_k=1, save_last=True,
     )
-    stopper = L.pytorch.callbacks.EarlyStopping(monitor=VAL_KEY, mode="min", patience=int(cfg.finetune.patience))
+    stopper = L.pytorch.callbacks.EarlyStopping(monitor=val_key, mode="min", patience=int(cfg.finetune.patience))
     trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.finetune.max_steps),
                            callbacks=[guard, best, stopper], progress=progress, phase="fine-tuning")
     check_launch(trainer)
@@ -254,7 +285,7 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
     share_run_dir(trainer, run_dir)
     # under DDP both losses are means over every validation window, reduced over the processes (see
     # moirai.compat.reduced_across_processes); rank zero's copy is the one every process acts on
-    before = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][VAL_KEY])
+    before = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][val_key])
     model.train()  # validate() leaves the modules in eval mode
     started = time.perf_counter()
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
@@ -265,12 +296,16 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
     improved = after < before
 
     def finish() -> dict[str, Any]:
+        from ohlcv.moirai.lora import merged, unadapted
+
         if improved and best.best_model_path:
             state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
             model.load_state_dict(state)
+            final = merged(model.module)  # LoRA: the adapters folded into the weights
         else:
-            model.module.load_state_dict(start_state)
-        export_hf(model.module, run_dir / "model")
+            final = unadapted(model.module)
+            final.load_state_dict(start_state)
+        export_hf(final, run_dir / "model")
         summary.update(
             status="finished",
             steps=int(trainer.global_step),
@@ -282,8 +317,13 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
             else "the starting model (fine-tuning did not improve it)",
             processes=int(trainer.world_size),
             wall_seconds=round(wall, 2),
+            family=model_info["family"],
             pattern=cfg.finetune.pattern.value,
-            patch_size=int(cfg.finetune.patch_size),
+            lora=OmegaConf.to_container(cfg.finetune.lora) if cfg.finetune.pattern.value == "lora" else None,
+            warmup_steps=int(cfg.finetune.warmup_steps),
+            schedule="linear warm-up, cosine decay to 0 at max_steps",
+            patch_size=patch,
+            **counts,
             dataset=str(dataset),
             dataset_manifest_hash=manifest_hash(dataset),
             packages=package_versions(),

@@ -1,0 +1,70 @@
+"""What fine-tuning trains and how fast: patterns per family, the learning-rate schedule, Moirai 1.x's module.
+
+Families (``family_of``): ``moirai`` (1.x, uni2ts's ``MoiraiModule``), ``moirai_moe`` (``MoiraiMoEModule``)
+and ``moirai2`` (``Moirai2Module``). Which ``finetune.pattern`` each family fine-tunes with, and what each
+trains, is :data:`ohlcv.moirai.sources.FAMILIES` (checked before any dataset work); docs/finetune.md describes it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+
+HEADS = {"moirai": "param_proj.", "moirai2": "out_proj."}  # the head's parameter-name prefix
+
+
+def family_of(module) -> str:
+    """The family key (:data:`ohlcv.moirai.sources.FAMILIES`) of a uni2ts module (a peft-wrapped one included)."""
+    from ohlcv.moirai.sources import CLASS_FAMILIES
+
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    name = type(base).__name__
+    return CLASS_FAMILIES[name].key if name in CLASS_FAMILIES else name
+
+
+def apply_pattern(module, family: str, pattern: str) -> None:
+    """Freeze what ``pattern`` does not train (``lora``: peft has already frozen all but the adapters)."""
+    if pattern in ("full", "lora"):
+        return
+    for name, p in module.named_parameters():
+        if pattern == "freeze_ffn" and ".ffn." in f".{name}":
+            p.requires_grad = False
+        elif pattern == "head_only" and not name.startswith(HEADS[family]):
+            p.requires_grad = False
+
+
+def parameter_counts(module) -> dict[str, Any]:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"parameters": int(total), "trainable_parameters": int(trainable),
+            "trainable_percent": round(100.0 * trainable / total, 3) if total else 0.0}
+
+
+def warmup_cosine(optimizer, warmup_steps: int, max_steps: int):
+    """Linear warm-up over ``warmup_steps`` from 0 to the profile's rate, then cosine decay to 0 at ``max_steps``
+    (uni2ts's own cosine schedule; its ``MoiraiFinetune`` keeps the rate constant and ignores the warm-up)."""
+    from uni2ts.optim import SchedulerType, get_scheduler
+
+    return get_scheduler(SchedulerType.COSINE, optimizer, num_warmup_steps=int(warmup_steps),
+                         num_training_steps=int(max_steps))
+
+
+@functools.lru_cache(maxsize=None)
+def moirai_finetune_class():
+    """uni2ts's ``MoiraiFinetune`` (losses reduced over processes) with the warm-up and cosine decay applied."""
+    from ohlcv.moirai.compat import reduced_across_processes
+
+    base = reduced_across_processes("MoiraiFinetune")
+
+    class MoiraiFinetune(base):
+        def configure_optimizers(self) -> dict:
+            configured = super().configure_optimizers()
+            optimizer = configured["optimizer"]
+            configured["lr_scheduler"] = {
+                "scheduler": warmup_cosine(optimizer, self.hparams.num_warmup_steps, self.hparams.num_training_steps),
+                "interval": "step",
+            }
+            return configured
+
+    return MoiraiFinetune
