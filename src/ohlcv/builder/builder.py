@@ -531,7 +531,7 @@ class IterativeFinancialDatasetBuilder:
         for index in range(len(batches)):
             part = folder / f"contrib-{index:05d}.arrow"
             if part.is_file():
-                reference = FeaturePipeline.combine([reference, pl.read_ipc(part, memory_map=False)])
+                reference = FeaturePipeline.combine([reference, pl.read_ipc(part)])
         if reference is not None:
             tmp = folder / ".reference.parquet.tmp"
             reference.write_parquet(tmp)
@@ -581,7 +581,7 @@ class IterativeFinancialDatasetBuilder:
         meta = json.loads((folder / f"clean-{index:05d}.json").read_text())
         reports = [SymbolReport.from_dict(r) for r in meta["reports"]]
         path = folder / f"clean-{index:05d}.arrow"
-        return (pl.read_ipc(path, memory_map=False) if path.is_file() else None), reports
+        return (pl.read_ipc(path) if path.is_file() else None), reports
 
     def _prepare(self, index: int, batch: list[SymbolSource], reference) -> dict[str, Any]:
         """Clean, add features, split, fit statistics and write one batch's data file; its marker's content."""
