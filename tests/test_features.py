@@ -316,6 +316,21 @@ def test_class_beta_and_correlation_equal_a_straightforward_computation(features
         np.testing.assert_allclose(ours["class_corr_50"][t], cov / (x.std() * y.std()), rtol=1e-7)
 
 
+def test_the_reference_folded_batch_by_batch_is_the_sum_of_all_batches_at_once(features):
+    pipeline = FeaturePipeline([(features.get("class_return"), features.get("class_return").resolve_params())])
+    frame = synthetic_class(n_assets=4, bars=300, seed=3)
+    ids = sorted(frame["item_id"].unique())
+    # batches that cover different bars: some bars are in one batch only, some in several
+    batches = [frame.filter(pl.col("item_id") == ids[0]).head(120), frame.filter(pl.col("item_id").is_in(ids[1:3])),
+               frame.filter(pl.col("item_id") == ids[3]).tail(200)]
+    parts = [pipeline.contributions(b) for b in batches]
+    folded = None
+    for part in parts:
+        folded = FeaturePipeline.add(folded, part)
+    assert folded.equals(FeaturePipeline.combine(parts))  # the same sums to the last bit
+    assert FeaturePipeline.add(None, None) is None and FeaturePipeline.add(parts[0], None).equals(parts[0])
+
+
 def test_the_learned_regime_of_a_symbol_does_not_depend_on_the_other_symbols_of_its_batch(features):
     frame = synthetic_class(n_assets=3, bars=900, seed=2)
     feature = features.get("gmm_regime")

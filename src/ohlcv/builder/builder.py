@@ -531,7 +531,7 @@ class IterativeFinancialDatasetBuilder:
         for index in range(len(batches)):
             part = folder / f"contrib-{index:05d}.arrow"
             if part.is_file():
-                reference = FeaturePipeline.combine([reference, pl.read_ipc(part)])
+                reference = FeaturePipeline.add(reference, pl.read_ipc(part))
         if reference is not None:
             tmp = folder / ".reference.parquet.tmp"
             reference.write_parquet(tmp)
