@@ -208,13 +208,33 @@ def test_gmm_regime_is_fitted_on_the_training_span_and_ordered_calm_to_turbulent
         pl.when(pl.int_range(pl.len()) >= 1200).then(pl.col("close") * 3).otherwise(pl.col("close")).alias("close")
     )
     again = feature.fit(changed.head(1200), params)
-    assert np.allclose(state["model"].means_, again["model"].means_)
+    assert np.allclose(state["model"]["means"], again["model"]["means"])
     out = feature.compute(frame, {**params, "fitted": state}).to_numpy()
     known = np.isfinite(out).all(axis=1)
     np.testing.assert_allclose(out[known].sum(axis=1), 1.0, rtol=1e-9)
     vol = frame.select((pl.col("close").log().diff()).rolling_std(24)).to_series().to_numpy()
     calm, wild = out[:, 0] > 0.5, out[:, -1] > 0.5
     assert np.nanmean(vol[calm & known]) < np.nanmean(vol[wild & known])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_numpy_regime_mixture_is_what_scikit_learn_fits_from_the_same_start(seed):
+    from sklearn.mixture import GaussianMixture
+
+    from ohlcv_plugins.regime import _diag_log_resp, diag_gmm_em
+
+    rng = np.random.default_rng(seed)  # three clusters of unequal size and spread, as calm / normal / wild markets
+    z = np.concatenate([rng.normal([-1.2, 0.1], [0.3, 0.5], (900, 2)), rng.normal([0.2, -0.2], [0.5, 1.0], (700, 2)),
+                        rng.normal([1.8, 0.0], [0.4, 2.0], (400, 2))])
+    start = {"weights_init": np.full(3, 1 / 3), "means_init": np.array([[-1.0, 0], [0, 0], [1.0, 0]]),
+             "precisions_init": np.ones((3, 2))}
+    ours = diag_gmm_em(z, start["weights_init"], start["means_init"], start["precisions_init"])
+    theirs = GaussianMixture(3, covariance_type="diag", init_params="random_from_data", **start).fit(z)
+    assert ours[3] == theirs.n_iter_
+    np.testing.assert_allclose(ours[0], theirs.weights_, rtol=1e-9)
+    np.testing.assert_allclose(ours[1], theirs.means_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours[2], theirs.precisions_cholesky_, rtol=1e-9)
+    np.testing.assert_allclose(np.exp(_diag_log_resp(z, *ours[:3])[1]), theirs.predict_proba(z), rtol=1e-9, atol=1e-12)
 
 
 def test_hourly_build_has_the_documented_variates_of_all_three_families(tmp_path):
@@ -294,6 +314,21 @@ def test_class_beta_and_correlation_equal_a_straightforward_computation(features
         cov = np.mean(x * y) - x.mean() * y.mean()
         np.testing.assert_allclose(ours["class_beta_50"][t], cov / y.var(), rtol=1e-7)
         np.testing.assert_allclose(ours["class_corr_50"][t], cov / (x.std() * y.std()), rtol=1e-7)
+
+
+def test_the_reference_folded_batch_by_batch_is_the_sum_of_all_batches_at_once(features):
+    pipeline = FeaturePipeline([(features.get("class_return"), features.get("class_return").resolve_params())])
+    frame = synthetic_class(n_assets=4, bars=300, seed=3)
+    ids = sorted(frame["item_id"].unique())
+    # batches that cover different bars: some bars are in one batch only, some in several
+    batches = [frame.filter(pl.col("item_id") == ids[0]).head(120), frame.filter(pl.col("item_id").is_in(ids[1:3])),
+               frame.filter(pl.col("item_id") == ids[3]).tail(200)]
+    parts = [pipeline.contributions(b) for b in batches]
+    folded = None
+    for part in parts:
+        folded = FeaturePipeline.add(folded, part)
+    assert folded.equals(FeaturePipeline.combine(parts))  # the same sums to the last bit
+    assert FeaturePipeline.add(None, None) is None and FeaturePipeline.add(parts[0], None).equals(parts[0])
 
 
 def test_the_learned_regime_of_a_symbol_does_not_depend_on_the_other_symbols_of_its_batch(features):

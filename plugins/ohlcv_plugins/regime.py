@@ -99,17 +99,58 @@ def _gmm_inputs(frame, params):
     ).to_numpy()
 
 
+_LOG_2PI = float(np.log(2 * np.pi))
+
+
+def _diag_log_resp(z, weights, means, precisions_chol, zz=None):
+    """E-step of a diagonal Gaussian mixture: (mean log-likelihood, log responsibilities (points, components)).
+    ``zz``: ``z * z``, when the caller has it."""
+    precisions = precisions_chol**2
+    zz = z * z if zz is None else zz
+    quadratic = (means**2 * precisions).sum(axis=1) - 2.0 * (z @ (means * precisions).T) + zz @ precisions.T
+    weighted = -0.5 * (z.shape[1] * _LOG_2PI + quadratic) + np.log(precisions_chol).sum(axis=1) + np.log(weights)
+    top = weighted.max(axis=1, keepdims=True)
+    norm = np.log(np.exp(weighted - top).sum(axis=1)) + top[:, 0]
+    return norm.mean(), weighted - norm[:, None]
+
+
+def diag_gmm_em(z, weights, means, precisions, *, tol=1e-3, reg_covar=1e-6, max_iter=100):
+    """EM for a Gaussian mixture with diagonal covariances, from a given start: (weights, means, precision
+    Cholesky factors, iterations).
+
+    The same steps, stopping rule (change of the mean log-likelihood below ``tol``) and covariance
+    floor (``reg_covar``) as scikit-learn's ``GaussianMixture(covariance_type="diag")`` given
+    ``weights_init``/``means_init``/``precisions_init``, in a few numpy operations per step instead of
+    its per-call validation. Deterministic: no random draw anywhere.
+    """
+    weights, means = np.asarray(weights, float), np.asarray(means, float)
+    precisions_chol = np.sqrt(np.asarray(precisions, float))
+    eps, zz = 10 * np.finfo(float).eps, z * z
+    bound, steps = -np.inf, 0
+    for steps in range(1, max_iter + 1):
+        previous = bound
+        bound, log_resp = _diag_log_resp(z, weights, means, precisions_chol, zz)
+        resp = np.exp(log_resp)
+        nk = resp.sum(axis=0) + eps
+        means = (resp.T @ z) / nk[:, None]
+        covariances = (resp.T @ zz) / nk[:, None] - means**2 + reg_covar
+        weights = nk / nk.sum()
+        precisions_chol = 1.0 / np.sqrt(covariances)
+        if abs(bound - previous) < tol:
+            break
+    return weights, means, precisions_chol, steps
+
+
 def _gmm_fit(train, params):
     """Fit a Gaussian mixture on the training span; components ordered from calm to turbulent.
 
     The start is fixed instead of drawn by k-means (scikit-learn's default): the components' means
     spread over the volatility's quantiles, a flat trend, unit variances, equal weights. EM then
-    converges in about ten steps; k-means and a full covariance cost ~25x more per symbol (and
-    k-means' OpenMP threads fought the builder's worker threads). The fit depends on the symbol's
-    own training bars only, so a dataset does not depend on batch size or worker count.
+    converges in about ten steps. With diagonal covariances (the default) EM runs in numpy
+    (:func:`diag_gmm_em`, the steps of scikit-learn's ``GaussianMixture``); a full covariance is
+    fitted by scikit-learn. The fit depends on the symbol's own training bars only, so a dataset
+    does not depend on batch size or worker count.
     """
-    from sklearn.mixture import GaussianMixture
-
     x = _gmm_inputs(train, params)
     x = x[np.all(np.isfinite(x), axis=1)]
     limit = int(params["max_fit_points"])
@@ -125,13 +166,25 @@ def _gmm_fit(train, params):
         raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
     means = np.zeros((k, z.shape[1]))
     means[:, 0] = np.quantile(z[:, 0], (np.arange(k) + 0.5) / k)
-    precisions = np.ones((k, z.shape[1])) if covariance == "diag" else np.tile(np.eye(z.shape[1]), (k, 1, 1))
-    model = GaussianMixture(n_components=k, covariance_type=covariance, random_state=int(params["seed"]), n_init=1,
-                            init_params="random_from_data", weights_init=np.full(k, 1 / k), means_init=means,
-                            precisions_init=precisions)
-    model.fit(z)
-    order = np.argsort(model.means_[:, 0])  # by volatility
+    if covariance == "diag":
+        weights, means, precisions_chol, _ = diag_gmm_em(z, np.full(k, 1 / k), means, np.ones((k, z.shape[1])))
+        model = {"weights": weights, "means": means, "precisions_chol": precisions_chol}
+        order = np.argsort(means[:, 0])  # by volatility
+    else:
+        from sklearn.mixture import GaussianMixture
+
+        model = GaussianMixture(n_components=k, covariance_type=covariance, random_state=int(params["seed"]), n_init=1,
+                                init_params="random_from_data", weights_init=np.full(k, 1 / k), means_init=means,
+                                precisions_init=np.tile(np.eye(z.shape[1]), (k, 1, 1)))
+        model.fit(z)
+        order = np.argsort(model.means_[:, 0])
     return {"model": model, "mean": mean, "std": std, "order": order}
+
+
+def _gmm_proba(model, z):
+    if isinstance(model, dict):  # the numpy diagonal mixture
+        return np.exp(_diag_log_resp(z, model["weights"], model["means"], model["precisions_chol"])[1])
+    return model.predict_proba(z)
 
 
 def _gmm_frame(frame, params):
@@ -145,7 +198,7 @@ def _gmm_frame(frame, params):
         x = _gmm_inputs(frame, params)
         ok = np.all(np.isfinite(x), axis=1)
         if ok.any():
-            proba = state["model"].predict_proba((x[ok] - state["mean"]) / state["std"])
+            proba = _gmm_proba(state["model"], (x[ok] - state["mean"]) / state["std"])
             out[ok] = proba[:, state["order"]]
     return pl.DataFrame({name: out[:, i] for i, name in enumerate(names)}).fill_nan(None)
 
