@@ -20,6 +20,7 @@ from ohlcv.plugins import load_plugins
 from tests.conftest import run_ohlcv_subprocess
 
 REPO = Path(__file__).resolve().parents[1]
+SYMBOLS, BARS = 10, 3000  # the full-profile hash test (float32 hides most rounding: the float64 test above is the sharp one)
 REGISTERED = sorted(entry.feature.name for entry in load_plugins().features)
 
 
@@ -55,10 +56,38 @@ def test_a_batch_of_series_gives_the_values_of_each_series_alone(features, name)
     assert check_bounded(features.get(name)) is None
 
 
-def test_the_polars_expression_indicators_are_evaluated_over_the_whole_batch(features):
+def test_only_point_wise_and_shift_only_features_are_evaluated_over_the_whole_batch(features):
     bounded = {entry.feature.name for entry in features if entry.feature.bounded}
-    assert {"log_return", "simple_return", "realized_vol", "parkinson_vol", "garman_klass_vol", "hl_range",
-            "close_location", "volume_z", "vwap_distance"} <= bounded
+    assert {"log_return", "simple_return", "hl_range", "close_location", "class_return", "relative_strength",
+            "class_dispersion"} <= bounded
+    # rolling windows are evaluated per series: a rolling sum over the whole column carries rounding
+    # from one series into the next
+    assert not bounded & {"realized_vol", "parkinson_vol", "garman_klass_vol", "volume_z", "vwap_distance",
+                          "class_beta", "trend_regime", "vol_regime"}
+
+
+def test_every_hourly_feature_of_a_symbol_is_bit_identical_alone_and_in_a_batch_of_ten(features):
+    from ohlcv.config import load_profile
+    from ohlcv.plugins import enabled_features
+
+    cfg = load_profile("hourly", []).cfg
+    specs = [(feature, params) for feature, params, _ in enabled_features(cfg, features)]
+    pipeline = FeaturePipeline(specs)
+    assert pipeline.needs_reference and any(f.fit is not None for f, _ in specs)  # cross-asset and regime
+    frame = synthetic_class(n_assets=10, bars=3000, seed=7)
+    reference = pipeline.contributions(frame)  # the class's reference: the same for the symbol alone
+    ends = {item_id: 1800 for item_id in frame["item_id"].unique()}
+    batch = pipeline.apply(frame, reference=reference, train_end=ends)
+    outputs = [c for c in batch.columns if c not in frame.columns]
+    assert len(outputs) >= 25
+    for item_id in ("test/A0", "test/A5", "test/A9"):
+        alone = pipeline.apply(frame.filter(pl.col("item_id") == item_id), reference=reference, train_end=ends)
+        together = batch.filter(pl.col("item_id") == item_id)
+        for column in outputs:
+            a, b = alone[column].to_numpy(), together[column].to_numpy()
+            assert a.dtype == np.float64 and b.dtype == np.float64
+            differ = ~((np.isnan(a) & np.isnan(b)) | (a == b))
+            assert not differ.any(), f"{column} of {item_id}: {int(differ.sum())} values differ in the batch"
 
 
 def test_a_feature_wrongly_declared_bounded_is_caught():
@@ -74,6 +103,30 @@ def test_a_feature_wrongly_declared_bounded_is_caught():
     )
     assert check_bounded(honest) is None  # not declared bounded: evaluated per series, nothing to check
     assert check_bounded(dataclasses.replace(honest, bounded=True)) is not None
+
+
+def test_a_rolling_window_evaluated_over_the_whole_batch_fails_both_checks_on_the_last_symbol(features):
+    # a rolling sum over the whole column carries rounding from the symbols before into the last one:
+    # its values at bars <= t change when only later bars change, and differ from the symbol alone
+    batch_wide = dataclasses.replace(features.get("realized_vol"), bounded=True)
+    result = check_feature(batch_wide)
+    assert not result.ok and "of test/A3" in result.detail
+    problem = check_bounded(batch_wide)
+    assert problem is not None and "declared bounded" in problem
+    assert check_feature(features.get("realized_vol")).ok and check_bounded(features.get("realized_vol")) is None
+
+
+def test_an_unknown_regime_covariance_is_one_line_naming_the_profile_key_before_any_build(features):
+    from ohlcv.config import load_profile
+    from ohlcv.errors import ConfigError
+    from ohlcv.plugins import enabled_features
+
+    with pytest.raises(PluginError, match=r"covariance 'ful' is not 'diag' or 'full'; fix features\.params\.gmm_regime\.covariance"):
+        features.get("gmm_regime").output_names({"covariance": "ful"})
+    cfg = load_profile("hourly", ["features.params.gmm_regime.covariance=ful"]).cfg
+    with pytest.raises(ConfigError, match=r"features\.params\.gmm_regime\.covariance") as caught:
+        enabled_features(cfg, features)
+    assert "\n" not in str(caught.value)
 
 
 def test_intermediate_columns_are_computed_once_named_per_feature_and_dropped(features):
@@ -269,7 +322,9 @@ def test_the_plugin_in_the_writing_plugins_guide_passes_the_check():
     for feature in registered:
         assert check_feature(feature).ok
         assert check_warmup(feature) is None
-        assert feature.bounded and check_bounded(feature) is None
+        assert check_bounded(feature) is None
+        # its rolling window is rightly not declared bounded: over a whole batch it would differ
+        assert not feature.bounded and check_bounded(dataclasses.replace(feature, bounded=True)) is not None
 
 
 def test_every_output_declares_a_kind_and_the_declaration_is_checked():
@@ -342,21 +397,28 @@ def test_the_learned_regime_of_a_symbol_does_not_depend_on_the_other_symbols_of_
     assert together.equals(alone)
 
 
-def test_the_full_hourly_dataset_does_not_depend_on_batch_size_or_worker_threads(tmp_path, monkeypatch):
+def test_the_full_hourly_dataset_is_the_same_for_any_batch_size_worker_count_or_sharding(tmp_path, monkeypatch):
     import concurrent.futures
 
-    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder, Shard
+    from ohlcv.builder.merge import merge_shards
     from ohlcv.config import load_profile
     from ohlcv.lake.sample import generate_sample_lake
 
-    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=3, asset_classes=["crypto", "fx"], bars=1000, seed=5)
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=SYMBOLS, asset_classes=["crypto", "fx"],
+                                bars=BARS, seed=5)
     pool = concurrent.futures.ThreadPoolExecutor
-    hashes = set()
-    for batch_size, threads in ((6, 3), (1, 1), (4, 2)):
-        monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", lambda max_workers, _t=threads: pool(max_workers=_t))
-        cfg = load_profile("hourly", [f"data.lake={lake.root}", f"data.dataset={tmp_path / f'ds{batch_size}'}",
+
+    def build(name, batch_size, threads, shard=None):
+        monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", lambda max_workers, _t=threads, **kw: pool(max_workers=_t, **kw))
+        cfg = load_profile("hourly", [f"data.lake={lake.root}", f"data.dataset={tmp_path / name}",
                                       f"data.batch_size={batch_size}", "data.cleaning.min_length=300"]).cfg
-        result = IterativeFinancialDatasetBuilder(cfg).run()
-        assert len(result.manifest["variates"]) == 32 and len(result.manifest["items"]) == 6
-        hashes.add(result.manifest["content_hash"])
-    assert len(hashes) == 1
+        return IterativeFinancialDatasetBuilder(cfg, shard=shard).run()
+
+    whole = build("whole", 2 * SYMBOLS, 2)
+    assert len(whole.manifest["variates"]) == 32 and len(whole.manifest["items"]) == 2 * SYMBOLS
+    one_by_one = build("one", 1, 1)
+    shards = [build(f"shard{k}", 3, 2, Shard(k, 3)).out for k in (1, 2, 3)]
+    merged = merge_shards(shards, tmp_path / "merged")
+    assert one_by_one.manifest["content_hash"] == whole.manifest["content_hash"]
+    assert merged["content_hash"] == whole.manifest["content_hash"]

@@ -7,9 +7,11 @@ squares of the one-bar log returns of the class's symbols (``ref_r1__n``,
 row per asset class and bar — not by the lake.
 
 At bar t everything uses returns of bar t and earlier; other assets' bar t
-is known at the close of bar t, as is the asset's own. Every feature here is
-``bounded`` (a one-bar return, rolling windows): the builder evaluates it over
-a whole batch at once.
+is known at the close of bar t, as is the asset's own. The one-bar features
+(class_return, relative_strength, class_dispersion) are ``bounded``: the builder
+evaluates them over a whole batch at once. class_beta's rolling means are
+evaluated per series, so that its values do not depend on the batch (a rolling
+sum over the whole column carries rounding from one series into the next).
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ FEATURES = [
             description="equal-weighted one-bar log return of the asset's class, leaving the asset out", kinds="return"),
     Feature(name="class_beta", family="cross_asset", inputs=("close",),
             outputs=lambda p: [f"class_beta_{int(p['window'])}", f"class_corr_{int(p['window'])}"],
-            warmup=lambda p: int(p["window"]), exprs=_beta_corr, intermediates=_beta_corr_stages, bounded=True,
+            warmup=lambda p: int(p["window"]), exprs=_beta_corr, intermediates=_beta_corr_stages,
             reference=_reference, params={"window": 168},
             description="rolling beta and correlation of the asset's returns to its class (leave-one-out)"),
     Feature(name="relative_strength", family="cross_asset", inputs=("close",), outputs=["relative_strength"],

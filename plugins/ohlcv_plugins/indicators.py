@@ -244,8 +244,11 @@ TALIB_FEATURES = [
 
 
 # -- Polars-expression features ---------------------------------------------------------------------------
-# Every one is ``bounded`` (rolling windows and shifts only): the builder evaluates it over a whole batch
-# at once. A value used more than once is an intermediate column, so Polars computes it once.
+# The point-wise ones (hl_range, close_location) are ``bounded``: the builder evaluates them over a whole
+# batch at once. The rolling ones are not: Polars' rolling sums run over the whole column, so rounding from
+# the previous series would carry into the next one and a symbol's values would depend on its batch
+# (they are evaluated per series). A value used more than once is an intermediate column, so Polars
+# computes it once.
 def _realized_vol_stages(p):
     import polars as pl
 
@@ -340,15 +343,15 @@ def _vwap_distance(p):
 
 POLARS_FEATURES = [
     Feature(name="realized_vol", family="indicator", inputs=("close",), outputs=lambda p: [f"rv_{w}" for w in _windows(p)],
-            warmup=lambda p: max(_windows(p)), exprs=_realized_vol, intermediates=_realized_vol_stages, bounded=True,
+            warmup=lambda p: max(_windows(p)), exprs=_realized_vol, intermediates=_realized_vol_stages,
             params={"windows": [24, 168]}, description="rolling standard deviation of one-bar log returns", kinds="volatility"),
     Feature(name="parkinson_vol", family="indicator", inputs=("high", "low"),
             outputs=lambda p: [f"parkinson_{w}" for w in _windows(p)], warmup=lambda p: max(_windows(p)) - 1,
-            exprs=_parkinson, intermediates=_parkinson_stages, bounded=True,
+            exprs=_parkinson, intermediates=_parkinson_stages,
             params={"windows": [24]}, description="Parkinson high-low volatility estimator", kinds="volatility"),
     Feature(name="garman_klass_vol", family="indicator", inputs=("open", "high", "low", "close"),
             outputs=lambda p: [f"garman_klass_{w}" for w in _windows(p)], warmup=lambda p: max(_windows(p)) - 1,
-            exprs=_garman_klass, intermediates=_garman_klass_stages, bounded=True,
+            exprs=_garman_klass, intermediates=_garman_klass_stages,
             params={"windows": [24]}, description="Garman-Klass OHLC volatility estimator", kinds="volatility"),
     Feature(name="hl_range", family="indicator", inputs=("high", "low", "close"), outputs=["hl_range"], warmup=0,
             exprs=_range, bounded=True, description="(high - low) / close", kinds="volatility"),
@@ -356,10 +359,10 @@ POLARS_FEATURES = [
             warmup=0, exprs=_close_location, bounded=True,
             description="where the close sits in the bar's range, 0 (low) to 1 (high)", kinds="oscillator"),
     Feature(name="volume_z", family="indicator", inputs=("volume",), outputs=["volume_z"],
-            warmup=lambda p: int(p["window"]) - 1, exprs=_volume_z, intermediates=_volume_z_stages, bounded=True,
+            warmup=lambda p: int(p["window"]) - 1, exprs=_volume_z, intermediates=_volume_z_stages,
             params={"window": 168}, description="z-score of log(1 + volume) against its trailing window"),
     Feature(name="vwap_distance", family="indicator", inputs=("high", "low", "close", "volume"), outputs=["vwap_distance"],
-            warmup=lambda p: int(p["window"]) - 1, exprs=_vwap_distance, intermediates=_vwap_stages, bounded=True,
+            warmup=lambda p: int(p["window"]) - 1, exprs=_vwap_distance, intermediates=_vwap_stages,
             params={"window": 24}, description="close / trailing VWAP - 1"),
 ]
 

@@ -161,9 +161,7 @@ def _gmm_fit(train, params):
         return None
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-12
     z = (x - mean) / std
-    covariance = str(params["covariance"])
-    if covariance not in ("diag", "full"):
-        raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
+    covariance = _covariance(params)
     means = np.zeros((k, z.shape[1]))
     means[:, 0] = np.quantile(z[:, 0], (np.arange(k) + 0.5) / k)
     if covariance == "diag":
@@ -179,6 +177,22 @@ def _gmm_fit(train, params):
         model.fit(z)
         order = np.argsort(model.means_[:, 0])
     return {"model": model, "mean": mean, "std": std, "order": order}
+
+
+def _covariance(params) -> str:
+    """``params["covariance"]``, or a PluginError naming the profile key."""
+    from ohlcv.errors import PluginError
+
+    covariance = params["covariance"]
+    if covariance not in ("diag", "full"):
+        raise PluginError(f"feature 'gmm_regime': covariance {covariance!r} is not 'diag' or 'full'; "
+                          f"fix features.params.gmm_regime.covariance")
+    return covariance
+
+
+def _gmm_outputs(params) -> list[str]:
+    _covariance(params)  # checked with the outputs, before a build starts, not per symbol in the fit
+    return [f"regime_p{i}" for i in range(int(params["components"]))]
 
 
 def _gmm_proba(model, z):
@@ -211,14 +225,14 @@ FEATURES = [
             params={"window": 24, "history": 720, "step": 24},
             description="one-hot low/mid/high realized volatility against its trailing terciles", kinds="oscillator"),
     Feature(name="trend_regime", family="regime", inputs=("close",), outputs=["trend_slope", "trend_up"],
-            warmup=lambda p: int(p["window"]) + int(p["lag"]) - 1, exprs=_trend, intermediates=_trend_stages, bounded=True,
+            warmup=lambda p: int(p["window"]) + int(p["lag"]) - 1, exprs=_trend, intermediates=_trend_stages,
             params={"window": 168, "lag": 24},
             description="log slope of the long moving average over `lag` bars, and whether it is rising",
             kinds=["indicator", "oscillator"]),
     Feature(name="drawdown", family="regime", inputs=("close",), outputs=["drawdown"], warmup=0, exprs=_drawdown,
             description="close / running maximum - 1", kinds="oscillator"),
     Feature(name="gmm_regime", family="regime", inputs=("close",),
-            outputs=lambda p: [f"regime_p{i}" for i in range(int(p["components"]))],
+            outputs=_gmm_outputs,
             warmup=lambda p: max(int(p["vol_window"]), int(p["trend_window"]) + int(p["trend_lag"]) - 1),
             frame=_gmm_frame, fit=_gmm_fit,
             params={"components": 3, "vol_window": 24, "trend_window": 168, "trend_lag": 24, "seed": 0,

@@ -95,11 +95,13 @@ class Feature:
     # list of expressions aliased ``_<feature name>_...``; a stage may read the columns of the stages
     # before it. They are dropped after ``exprs`` ran.
     intermediates: Callable[[Params], "Sequence[Sequence[pl.Expr]]"] | None = None
-    # Expression features: True declares that the value at bar t depends on bars t - warmup .. t only
-    # (rolling windows and shifts, no EMA or running maximum). The builder then evaluates the feature
-    # over a whole batch of series at once instead of series by series (faster), relying on the
-    # warm-up mask to discard every value whose window would reach into the previous series.
-    # The test suite checks the claim for every registered feature.
+    # Expression features: True declares that the value at bar t is computed from bars t - warmup .. t
+    # point-wise or by shifts only (no rolling window, EMA or running maximum). The builder then
+    # evaluates the feature over a whole batch of series at once instead of series by series (faster),
+    # relying on the warm-up mask to discard every value whose shift reaches into the previous series.
+    # Not for rolling windows: Polars' rolling sums run over the whole column, so rounding from the
+    # previous series carries into the next and the values would depend on the batch. The test suite
+    # checks, exactly, that a batch gives each series' values alone for every registered feature.
     bounded: bool = False
     # What each output is (:class:`Kind`): one kind for every output, a list with one kind per output,
     # or a function of the parameters returning that list. Evaluation reads it to choose baselines

@@ -63,12 +63,17 @@ def synthetic_class(n_assets: int = 4, bars: int = 900, seed: int = 0):
 
 
 def _compute(pipeline: FeaturePipeline, frame, train_end: int, target: str):
+    return _compute_many(pipeline, frame, train_end, (target,))[target]
+
+
+def _compute_many(pipeline: FeaturePipeline, frame, train_end: int, targets):
+    """``{target: its rows}`` of one pipeline run over the whole ``frame``."""
     import polars as pl
 
     reference = pipeline.contributions(frame) if pipeline.needs_reference else None
     ends = {item: train_end for item in frame["item_id"].unique().to_list()}
     out = pipeline.apply(frame, reference=reference, train_end=ends)
-    return out.filter(pl.col("item_id") == target)
+    return {target: out.filter(pl.col("item_id") == target) for target in targets}
 
 
 def _perturb(frame, cut: int, extra: int, rng: np.random.Generator):
@@ -119,9 +124,12 @@ def check_feature(
         pipeline = FeaturePipeline([(feature, resolved)])
         columns = feature.output_names(resolved)
         frame = synthetic_class(bars=bars, seed=seed)
-        target = "test/A0"
+        # the first and the last series of the batch: whatever a batch-wide evaluation carries from one
+        # series into the next shows in the last one
+        items = frame["item_id"].unique(maintain_order=True).to_list()
+        targets = (items[0], items[-1])
         train_end = int(bars * train_fraction)
-        base = _compute(pipeline, frame, train_end, target)
+        base = _compute_many(pipeline, frame, train_end, targets)
         if feature.fit is not None:
             cuts = [train_end, train_end + (bars - train_end) // 2, bars - 40]
         else:
@@ -137,20 +145,20 @@ def check_feature(
         for extra in (-25, 150):
             try:
                 perturbed = _perturb(frame, cut, extra, rng)
-                other = _compute(pipeline, perturbed, train_end, target)
+                other = _compute_many(pipeline, perturbed, train_end, targets)
             except Exception as exc:  # noqa: BLE001
                 return LookaheadResult(feature.name, False, cut=cut,
                                        detail=f"failed on perturbed data: {type(exc).__name__}: {exc}")
-            for column in columns:
-                a = base[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()[: cut + 1]
-                b = other[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()[: cut + 1]
+            for target, column in ((t, c) for t in targets for c in columns):
+                a = base[target][column].cast(pl.Float64).fill_null(float("nan")).to_numpy()[: cut + 1]
+                b = other[target][column].cast(pl.Float64).fill_null(float("nan")).to_numpy()[: cut + 1]
                 same = _same(a, b)
                 if not same.all():
                     bad = int(np.argmin(same))
                     return LookaheadResult(
                         feature.name, False, first_bad_bar=bad, column=column, cut=cut,
-                        detail=f"'{column}' at bar {bad} changed when bars after {cut} changed "
-                               f"({float(a[bad]):.6g} -> {float(b[bad]):.6g})",
+                        detail=f"'{column}' of {target} at bar {bad} changed when bars after {cut} changed "
+                               f"({float(a[bad])!r} -> {float(b[bad])!r})",
                     )
     return LookaheadResult(feature.name, True, detail=f"{len(cuts)} cuts x 2 perturbations")
 
@@ -199,11 +207,12 @@ def check_bounded(feature: Feature, params: Mapping[str, Any] | None = None, *, 
         for column in feature.output_names(resolved):
             a = alone[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
             b = together[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-            close = (np.isnan(a) & np.isnan(b)) | np.isclose(a, b, rtol=1e-9, atol=1e-12)
-            if not close.all():
-                bad = int(np.argmin(close))
+            same = _same(a, b)  # exactly: a dataset must not depend on how its symbols were batched
+            if not same.all():
+                bad = int(np.argmin(same))
                 return (f"declared bounded, but '{column}' of {item_id} at bar {bad} differs when computed in a batch "
-                        f"({a[bad]!r} alone, {b[bad]!r} in the batch): its window reaches past its warm-up")
+                        f"({a[bad]!r} alone, {b[bad]!r} in the batch): a window reaches past its warm-up, or a rolling sum "
+                        f"carries rounding across series (declare bounded for point-wise and shift-only features)")
     return None
 
 
