@@ -49,7 +49,11 @@ def make_lake(root: Path, symbols: int, bars: int, *, classes=CLASSES, calendars
     Bars after today are not built (the future), so a long daily lake must start early enough."""
     from ohlcv.lake.sample import generate_sample_lake
 
-    if root.exists():  # the same arguments give the same lake (a --workdir kept between runs)
+    # a --workdir is kept between runs: the folder is named by every argument, so a lake is reused only
+    # for the same arguments
+    venues = "venues" if calendars is None else "-".join(f"{k}={v}" for k, v in sorted(calendars.items())) or "247"
+    root = root.parent / f"{root.name}-{symbols}s-{bars}b-{freq}-{start}-{'-'.join(classes)}-{venues}-seed1"
+    if root.exists():
         return root
     per_class = -(-symbols // len(classes))
     generate_sample_lake(root, symbols_per_class=per_class, asset_classes=classes, bars=bars, seed=1,
