@@ -68,11 +68,16 @@ def load_module(spec: str | ModelSource, *, option: str = "--from"):
 
 
 def _load_checkpoint_weights(module, source: ModelSource) -> None:
-    import torch
+    from ohlcv.moirai.sources import read_checkpoint
 
-    state = torch.load(source.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    state = read_checkpoint(source.checkpoint)["state_dict"]  # memory-mapped: no second copy in memory
     weights = {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
-    missing, unexpected = module.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: the checkpoint is of another model
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "size mismatch")
+        raise ConfigError(f"{source.checkpoint}: its weights do not fit the {source.family.name} model it describes "
+                          f"({first}); pass the run's model folder instead", key="--from") from None
     if missing or unexpected or not weights:
         raise OhlcvError(f"{source.checkpoint}: its weights do not fit the {source.family.name} model it describes "
                          f"({len(missing)} missing, {len(unexpected)} unexpected); pass the run's model folder instead")
@@ -129,15 +134,26 @@ def patch_sizes(module) -> list[int]:
 
 
 def forecast_patch(module, cfg) -> int:
-    """The patch size to forecast with: the profile's (finetune.patch_size), or the only one a Moirai 2.0 has."""
+    """The patch size to forecast with: the profile's (finetune.patch_size), or the only one a model reads
+    (Moirai 2.0, or a Moirai 1.x / Moirai-MoE with a single patch size, as the released Moirai-MoE's 16)."""
     sizes = patch_sizes(module)
-    if len(sizes) == 1 and getattr(module, "patch_size", None) is not None:
+    if len(sizes) == 1:
         return sizes[0]
     patch = int(cfg.finetune.patch_size)
     if patch not in sizes:
-        spec = getattr(getattr(module, "ohlcv_source", None), "spec", "the model")
-        raise ConfigError(f"the model {spec} has patch sizes {sizes}, not {patch}", key="finetune.patch_size")
+        spec = getattr(getattr(module, "ohlcv_source", None), "spec", None)
+        raise ConfigError(f"{spec or 'the model'} has patch sizes {sizes}, not {patch}", key="finetune.patch_size")
     return patch
+
+
+def patch_note(module, cfg) -> str | None:
+    """A line for reports when the model forecasts at its only patch size rather than finetune.patch_size."""
+    sizes = patch_sizes(module)
+    if len(sizes) == 1 and sizes[0] != int(cfg.finetune.patch_size):
+        source = getattr(module, "ohlcv_source", None)
+        name = source.spec if source is not None else "the model"
+        return f"{name} reads patch size {sizes[0]} only: it forecasts at {sizes[0]}, not finetune.patch_size={int(cfg.finetune.patch_size)}"
+    return None
 
 
 class Forecaster:
@@ -150,7 +166,7 @@ class Forecaster:
         self.horizon, self.context = int(cfg.data.prediction_length), int(cfg.data.context_length)
         self.targets, self.covariates = targets, covariates
         self.patch = forecast_patch(module, cfg)
-        self.notes: list[str] = []
+        self.notes: list[str] = [note] if (note := patch_note(module, cfg)) else []
         cls = _class(self.family, "forecast_class") if self.family is not None else _class_default()
         common = dict(prediction_length=self.horizon, context_length=self.context, feat_dynamic_real_dim=0, module=module)
         if self.quantiles:
