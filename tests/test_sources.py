@@ -371,3 +371,41 @@ def test_a_start_that_cannot_fit_the_profile_is_refused_before_any_dataset(overr
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert words in result.stderr and "finetune.patch_size" in result.stderr
     assert not lake.exists() and not dataset.exists() and not (tmp_path / "runs").exists()
+
+
+def test_moirai2_per_target_fallback_matches_the_joint_forecast_and_covers_long_horizons(tmp_path):
+    import torch
+
+    from ohlcv.config import load_profile
+    from ohlcv.moirai.models import Forecaster, load_module
+
+    module = load_module(str(save_stand_in("moirai2", tmp_path / "m2")))  # patch 16 x 4 predicted tokens = 64
+    torch.manual_seed(0)
+    context = 160
+    targets, covariates = torch.randn(3, context, 2).cumsum(1), torch.randn(3, context, 1)
+    inputs = {"past_target": targets, "past_observed_target": torch.ones_like(targets, dtype=torch.bool),
+              "past_is_pad": torch.zeros(3, context, dtype=torch.bool), "past_feat_dynamic_real": covariates,
+              "past_observed_feat_dynamic_real": torch.ones_like(covariates, dtype=torch.bool)}
+    short = load_profile("demo", ["data.prediction_length=32", f"data.context_length={context}"]).cfg
+    joint, alone = Forecaster(module, short, 2, 1), Forecaster(module, short, 2, 1, one_by_one=True)
+    assert (joint.one_by_one, alone.one_by_one) == (False, True)
+    # one decoding step: the other target as a past covariate is what the joint forecast sees of it
+    np.testing.assert_allclose(alone(inputs), joint(inputs), rtol=1e-4, atol=1e-4)
+    long = load_profile("demo", ["data.prediction_length=96", f"data.context_length={context * 3}"]).cfg
+    longer = {k: torch.cat([v] * 3, dim=1) for k, v in inputs.items()}
+    needed = Forecaster(module, long, 2, 1)  # 96 > 64: several steps, which uni2ts cannot do jointly
+    out = needed(longer)
+    assert needed.one_by_one and out.shape == (3, 101, 96, 2) and np.isfinite(out).all()
+    assert any("each target forecast on its own" in note for note in needed.notes)
+
+
+def test_the_quantile_grid_extends_the_outermost_segments_into_the_tails():
+    from ohlcv.moirai.models import quantile_grid
+
+    levels = np.round(np.arange(0.1, 1.0, 0.1), 1)
+    values = np.array([1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 6.0, 10.0])  # steeper at both ends
+    grid = quantile_grid(values[None, :, None, None], levels)[0, :, 0, 0]
+    # below 0.1: the slope of 0.1-0.2 (10 per unit level); above 0.9: the slope of 0.8-0.9 (40 per unit level)
+    assert grid[0] == pytest.approx(1.0 - 0.1 * 10.0) and grid[5] == pytest.approx(1.0 - 0.05 * 10.0)
+    assert grid[100] == pytest.approx(10.0 + 0.1 * 40.0) and grid[95] == pytest.approx(10.0 + 0.05 * 40.0)
+    assert grid[50] == pytest.approx(3.5) and grid[15] == pytest.approx(1.5)  # inside: linear between levels

@@ -159,7 +159,7 @@ def patch_note(module, cfg) -> str | None:
 class Forecaster:
     """A family's uni2ts forecast module for this profile's context and horizon, called the same way for all."""
 
-    def __init__(self, module, cfg, targets: int, covariates: int):
+    def __init__(self, module, cfg, targets: int, covariates: int, *, one_by_one: bool | None = None):
         source: ModelSource | None = getattr(module, "ohlcv_source", None)
         self.family = source.family if source is not None else None
         self.quantiles = self.family is not None and self.family.output == "quantiles"
@@ -172,7 +172,9 @@ class Forecaster:
         if self.quantiles:
             # uni2ts 2.0.0's Moirai2Forecast fails (an einops shape error) for several targets when the horizon
             # needs more than one decoding step; each target is then forecast alone, the others as past covariates
-            self.one_by_one = targets > 1 and self.horizon > int(module.num_predict_token) * int(module.patch_size)
+            # (one_by_one=True forces it, to compare the two ways in the tests)
+            needed = targets > 1 and self.horizon > int(module.num_predict_token) * int(module.patch_size)
+            self.one_by_one = needed if one_by_one is None else bool(one_by_one) and targets > 1
             width = 1 if self.one_by_one else targets
             self.model = cls(target_dim=width, past_feat_dynamic_real_dim=covariates + targets - width, **common)
             self.levels = np.asarray(module.quantile_levels, dtype=np.float64)
