@@ -168,7 +168,7 @@ def _run_backtest(loaded, start: str, *, dataset: Path, out: Path, on_build, reb
 
             view = fold_dataset(dataset, manifest, folder / "dataset",
                                 end_shift={i["item_id"]: shift_of(shift, i["item_id"]) - embargo for i in manifest["items"]})
-            tuned = run_finetune(loaded, start, dataset=view, out=folder / "finetune")
+            tuned = run_finetune(loaded, source, dataset=view, out=folder / "finetune")  # resolved once
             model = str(tuned.model_dir)
             finetune_summary = {k2: tuned.summary.get(k2) for k2 in ("val_loss_before", "val_loss_after", "improved", "steps")}
         try:
