@@ -499,7 +499,7 @@ def print_fitted_table(console: "Console", title: str, columns: list[str], rows:
 def render_evaluation(console: "Console", result) -> None:
     import math
 
-    from ohlcv.evaluate.run import model_line
+    from ohlcv.moirai.sources import model_line
 
     def p(value: float) -> str:
         return "–" if not math.isfinite(value) else f"{value:.3f}" if value >= 0.001 else f"{value:.0e}"

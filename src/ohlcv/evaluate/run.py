@@ -48,7 +48,7 @@ from ohlcv.evaluate.windows import cut_windows, rolling_origins
 from ohlcv.features import Kind
 from ohlcv.freq import parse_freq
 from ohlcv.moirai.models import describe, forecast_patch, forecast_samples, forecaster, load_module
-from ohlcv.moirai.sources import resolve_model, run_folder_of
+from ohlcv.moirai.sources import model_line, resolve_model, run_folder_of
 
 COVERAGE_TOLERANCE = 0.10  # flag a central interval whose coverage is further than this from nominal
 PIT_DISPERSION_TOLERANCE = 0.2  # flag 12 x var(PIT) outside 1 +- this (1 for a calibrated forecast)
@@ -769,15 +769,6 @@ def _write_outputs(loaded, result: EvalResult, model_spec, zero_shot, dataset, m
 def _quantile_clause(model_info: dict[str, dict[str, Any]]) -> str:
     names = [name for name, info in model_info.items() if info.get("output") == "quantiles"]
     return f" ({', '.join(names)}: fixed quantile levels, not sampled)" if names else ""
-
-
-def model_line(info: dict[str, Any]) -> str:
-    """'Moirai 1.x, small, 13.8M parameters, patch 32' (where it came from is ``info["source"]``)."""
-    size = f", {info['size']}" if info.get("size") else ""
-    count = info.get("parameters", 0)
-    shown = f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count:,}"
-    output = "; quantile forecasts" if info.get("output") == "quantiles" else ""
-    return f"{info.get('family', 'MOIRAI')}{size}, {shown} parameters, patch {info.get('patch_size')}{output}"
 
 
 def render_report(result: EvalResult, settings: dict[str, Any], dataset) -> str:

@@ -153,6 +153,15 @@ def _expanded(value: str) -> Path:
     return Path(os.path.expandvars(value)).expanduser()
 
 
+def model_line(info: dict[str, Any]) -> str:
+    """'Moirai 1.x, small, 13.8M parameters, patch 32' (where it came from is ``info["source"]``)."""
+    size = f", {info['size']}" if info.get("size") else ""
+    count = info.get("parameters", 0)
+    shown = f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count:,}"
+    output = "; quantile forecasts" if info.get("output") == "quantiles" else ""
+    return f"{info.get('family', 'MOIRAI')}{size}, {shown} parameters, patch {info.get('patch_size')}{output}"
+
+
 def hub_cache_setting() -> tuple[Path, str]:
     """The cache ``huggingface_hub`` uses and the variable that chose it, by its rules (huggingface_hub.constants),
     read now rather than when it was imported: HF_HUB_CACHE, else the legacy HUGGINGFACE_HUB_CACHE, else
