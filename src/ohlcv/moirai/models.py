@@ -152,7 +152,8 @@ def patch_note(module, cfg) -> str | None:
     if len(sizes) == 1 and sizes[0] != int(cfg.finetune.patch_size):
         source = getattr(module, "ohlcv_source", None)
         name = source.spec if source is not None else "the model"
-        return f"{name} reads patch size {sizes[0]} only: it forecasts at {sizes[0]}, not finetune.patch_size={int(cfg.finetune.patch_size)}"
+        return (f"{name} reads patch size {sizes[0]} only: it forecasts at {sizes[0]}, not "
+                f"finetune.patch_size={int(cfg.finetune.patch_size)}")
     return None
 
 
