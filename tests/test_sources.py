@@ -370,6 +370,9 @@ def test_a_start_that_cannot_fit_the_profile_is_refused_before_any_dataset(overr
                  f"data.dataset={dataset}", f"output.runs_dir={tmp_path / 'runs'}")
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert words in result.stderr and "finetune.patch_size" in result.stderr
+    backtest = cli("backtest", "--profile", "demo", "--from", str(start), "--refit", "finetune", override,
+                   f"data.lake={lake}", f"data.dataset={dataset}", "--out", str(tmp_path / "bt"))
+    assert backtest.exit_code == 2 and words in backtest.stderr, backtest.stderr
     assert not lake.exists() and not dataset.exists() and not (tmp_path / "runs").exists()
 
 

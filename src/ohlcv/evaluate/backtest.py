@@ -120,7 +120,9 @@ def _run_backtest(loaded, start: str, *, dataset: Path, out: Path, on_build, reb
     check_baselines(cfg)
     source = resolve_model(start)  # before any dataset is built or read
     if cfg.backtest.refit.value == "finetune":
-        source.family.check_finetune(start, cfg.finetune.pattern.value)
+        from ohlcv.train.finetune import check_before_dataset
+
+        check_before_dataset(cfg, source, dataset, rebuild)
     dataset = Path(dataset).expanduser()
     out = Path(out).expanduser()
     manifest = ensure_dataset(loaded, dataset, rebuild=rebuild, lake=lake, on_build=on_build)

@@ -70,6 +70,16 @@ def check_source(source, cfg, variates: int) -> int:
     return check_fit(source.family.key, [int(p) for p in sizes], int(config["max_seq_len"]), cfg, variates)
 
 
+def check_before_dataset(cfg, source, dataset: Path, rebuild: bool) -> None:
+    """All that can be checked of a fine-tune's start before any dataset work: its family's support for
+    ``finetune.pattern``, its patch sizes and token fit for the variates the build gives (or the built dataset's)."""
+    from ohlcv.budget import profile_variates, read_dataset_variates
+
+    source.family.check_finetune(source.spec, cfg.finetune.pattern.value)
+    built = None if rebuild else read_dataset_variates(Path(dataset).expanduser())
+    check_source(source, cfg, len(built if built is not None else profile_variates(cfg)))
+
+
 def check_fit(family: str, sizes: list[int], max_seq_len: int, cfg, variates: int) -> int:
     from ohlcv.budget import finetune_fit
 
@@ -228,13 +238,8 @@ def run_finetune(
     """
     from ohlcv.moirai.sources import ModelSource, resolve_model
 
-    from ohlcv.budget import profile_variates, read_dataset_variates
-
     source = start if isinstance(start, ModelSource) else resolve_model(start)
-    source.family.check_finetune(source.spec, loaded.cfg.finetune.pattern.value)
-    # the variates a build would give (or the built dataset's): patch size and token fit are known now
-    built = None if rebuild else read_dataset_variates(Path(dataset).expanduser())
-    check_source(source, loaded.cfg, len(built if built is not None else profile_variates(loaded.cfg)))
+    check_before_dataset(loaded.cfg, source, dataset, rebuild)
     run_dir = run_folder(loaded.cfg, "finetune", out, resume)
     with discard_on_failure(run_dir):
         result = _run_finetune(loaded, source, run_dir, dataset=dataset, resume=resume, on_build=on_build,
