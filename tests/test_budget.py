@@ -263,3 +263,24 @@ def test_every_shipped_profile_fits_for_pretraining_and_fine_tuning_and_the_trai
         assert usable == [row["patch_size"] for row in report["rows"] if row["usable"]] != []
         sizes = [int(p) for p in cfg.model.patch_sizes]  # a model pre-trained with this profile
         assert check_fit("moirai", sizes, int(cfg.model.max_seq_len), cfg, len(variates)) == report["finetune"]["patch_size"]
+
+
+def test_budget_from_a_model_judges_fine_tuning_as_finetune_does(tmp_path, cli):
+    from tests.hubcache import save_stand_in
+
+    moirai2 = save_stand_in("moirai2", tmp_path / "m2")  # reads patch 16 only; time patches count, not variates
+    result = cli("budget", "--profile", "daily", "--json", "--from", str(moirai2), "finetune.patch_size=16")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0 and report["finetune_ok"], report
+    assert (report["finetune"]["family"], report["finetune"]["patch_size"], report["finetune"]["tokens"]) == \
+        ("moirai2", 16, 16 + 2)  # ceil(252/16) + ceil(21/16)
+    # without --from the same profile is judged for a Moirai 1.x: 33 variates x 18 patches do not fit
+    assert cli("budget", "--profile", "daily", "finetune.patch_size=16").exit_code == 1
+    moirai = save_stand_in("moirai", tmp_path / "m1")  # patch sizes 16 and 32
+    refused = cli("budget", "--profile", "daily", "--json", "--from", str(moirai), "finetune.patch_size=64")
+    report = json.loads(refused.stdout)
+    assert refused.exit_code == 1 and report["pretrain_ok"] and not report["finetune_ok"]
+    assert "patch sizes are [16, 32]" in " ".join(report["suggestions"])
+    finetune = cli("finetune", "--profile", "daily", "--from", str(moirai), "finetune.patch_size=64",
+                   f"data.lake={tmp_path / 'lake'}", f"data.dataset={tmp_path / 'ds'}")
+    assert finetune.exit_code == 2 and "patch sizes are [16, 32]" in finetune.stderr
