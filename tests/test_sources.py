@@ -351,8 +351,13 @@ def test_a_single_patch_model_forecasts_at_its_own_patch_under_any_profile(tmp_p
     cfg = load_profile("demo").cfg  # finetune.patch_size 32; the released Moirai-MoE reads 16 only
     assert int(cfg.finetune.patch_size) == 32
     module = load_module(str(save_stand_in("moirai_moe", tmp_path / "moe")))
+    from ohlcv.evaluate.run import check_model_fits
+
     model = forecaster(module, cfg, targets=1, covariates=0)
-    assert model.patch == 16 and any("forecasts at 16, not finetune.patch_size=32" in n for n in model.notes)
+    assert model.patch == 16
+    notes: list[str] = []
+    check_model_fits("moe", module, cfg, {}, notes)
+    assert any("reads patches of 16 steps only" in n and "finetune.patch_size=32" in n for n in notes)
     context = int(cfg.data.context_length)
     out = model({"past_target": torch.randn(2, context, 1), "past_observed_target": torch.ones(2, context, 1, dtype=torch.bool),
                  "past_is_pad": torch.zeros(2, context, dtype=torch.bool)})

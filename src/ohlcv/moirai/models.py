@@ -146,17 +146,6 @@ def forecast_patch(module, cfg) -> int:
     return patch
 
 
-def patch_note(module, cfg) -> str | None:
-    """A line for reports when the model forecasts at its only patch size rather than finetune.patch_size."""
-    sizes = patch_sizes(module)
-    if len(sizes) == 1 and sizes[0] != int(cfg.finetune.patch_size):
-        source = getattr(module, "ohlcv_source", None)
-        name = source.spec if source is not None else "the model"
-        return (f"{name} reads patch size {sizes[0]} only: it forecasts at {sizes[0]}, not "
-                f"finetune.patch_size={int(cfg.finetune.patch_size)}")
-    return None
-
-
 class Forecaster:
     """A family's uni2ts forecast module for this profile's context and horizon, called the same way for all."""
 
@@ -167,7 +156,7 @@ class Forecaster:
         self.horizon, self.context = int(cfg.data.prediction_length), int(cfg.data.context_length)
         self.targets, self.covariates = targets, covariates
         self.patch = forecast_patch(module, cfg)
-        self.notes: list[str] = [note] if (note := patch_note(module, cfg)) else []
+        self.notes: list[str] = []  # (a patch size other than finetune.patch_size: evaluate.run.check_model_fits)
         cls = _class(self.family, "forecast_class") if self.family is not None else _class_default()
         common = dict(prediction_length=self.horizon, context_length=self.context, feat_dynamic_real_dim=0, module=module)
         if self.quantiles:
