@@ -13,10 +13,11 @@ import hashlib
 import os
 from pathlib import Path
 
-# (d_model, num_layers) small enough for a test, patch sizes that serve the demo and hourly profiles
+# (d_model, num_layers) small enough for a test; the patch sizes of the released models (Moirai 1.x: those of
+# the demo and hourly profiles)
 TINY_SHAPES = {
     "moirai": dict(d_model=64, num_layers=1, patch_sizes=(16, 32)),
-    "moirai_moe": dict(d_model=64, num_layers=1, patch_sizes=(16, 32), d_ff=64),
+    "moirai_moe": dict(d_model=64, num_layers=1, patch_sizes=(16,), d_ff=64),  # as released: patch 16 only
     "moirai2": dict(d_model=64, num_layers=1, patch_sizes=(16,), d_ff=64, num_predict_token=4),
 }
 STAND_INS = {

@@ -1,13 +1,17 @@
 """The token-budget planner behind ``ohlcv budget``.
 
 MOIRAI flattens every variate's patches into one token sequence. The brief
-estimates a sample at ``variates x ceil((context + horizon) / patch)`` tokens;
-uni2ts patches the context and the horizon separately (each padded to whole
-patches), so the model really reads ``variates x (ceil(context / patch) +
-ceil(horizon / patch))`` tokens, which can be more (hourly, 32 variates at
-patch 16: 384 by the brief, 416 really). The plan shows both and judges fit on
-the real count, the one :func:`model_tokens` gives to the fine-tuning check
-too, so ``ohlcv budget``, ``pretrain`` and ``finetune`` agree. uni2ts packs
+estimates a sample at ``variates x ceil((context + horizon) / patch)`` tokens,
+and that is what pre-training packs: uni2ts's ``PatchCrop`` cuts whole patches
+from one stretch of a series and ``MaskedPrediction`` then marks the last of
+them as the horizon, so a context-plus-horizon stretch is
+``ceil((context + horizon) / patch)`` patches per variate. Fine-tuning and
+forecasting patch the context and the horizon separately (each padded to whole
+patches): ``variates x (ceil(context / patch) + ceil(horizon / patch))``
+tokens, which can be more (hourly, 32 variates at patch 16: 384 by the brief,
+416 when fine-tuning). The plan shows both, judges pre-training on the first
+and fine-tuning on the second (:func:`finetune_fit`, which ``finetune`` checks
+too), so ``ohlcv budget``, ``pretrain`` and ``finetune`` agree. uni2ts packs
 ``past_feat_dynamic_real`` covariates into the same sequence, so they count
 as variates too. This module is pure arithmetic over the profile: no torch,
 no uni2ts, no pandas.
@@ -49,14 +53,14 @@ def model_tokens(variates: int, context: int, horizon: int, patch: int) -> int:
 @dataclass(frozen=True)
 class PatchRow:
     patch_size: int
-    patches: int  # per variate, as uni2ts packs them: ceil(context / patch) + ceil(horizon / patch)
-    tokens: int  # variates x patches: what the model reads
-    brief_patches: int  # the brief's ceil((context + horizon) / patch)
+    patches: int  # per variate, as fine-tuning and forecasting pack them: ceil(context / patch) + ceil(horizon / patch)
+    tokens: int  # variates x patches
+    brief_patches: int  # the brief's ceil((context + horizon) / patch): what pre-training's crop packs
     brief_tokens: int
-    fits: bool  # tokens <= max_seq_len (the real count)
+    fits: bool  # pre-training: brief_tokens <= max_seq_len
     allowed: bool  # by the constraint that applies
     uni2ts_default_allows: bool
-    usable: bool  # fits and allowed
+    usable: bool  # for pre-training: fits and allowed
     crop_steps: int  # time steps uni2ts's pre-training crop keeps at this patch size
 
 
@@ -74,6 +78,9 @@ class BudgetInputs:
     max_dim: int = 128
     min_patches: int = 2
     finetune_patch: int | None = None  # finetune.patch_size: checked like `ohlcv finetune` checks it
+    # the starting model of `ohlcv finetune --from` (`ohlcv budget --from`): its family, patch sizes, max_seq_len;
+    # None: a Moirai 1.x of the profile's model section
+    start: dict[str, Any] | None = None
 
 
 @dataclass
@@ -82,8 +89,10 @@ class BudgetReport:
     constraint: dict[str, Any]
     rows: list[PatchRow]
     context_rule_ok: bool
-    ok: bool
+    ok: bool  # pretrain_ok and finetune_ok
     finetune: dict[str, Any] | None = None  # finetune.patch_size's tokens and whether they fit
+    pretrain_ok: bool = True  # context rule and a usable patch size for pre-training
+    finetune_ok: bool = True  # context rule and the fine-tuning count fits the starting model
     suggestions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -98,6 +107,8 @@ class BudgetReport:
                     "ok": self.context_rule_ok,
                 },
                 "finetune": self.finetune,
+                "pretrain_ok": self.pretrain_ok,
+                "finetune_ok": self.finetune_ok,
                 "ok": self.ok,
                 "suggestions": self.suggestions,
                 "notes": self.notes,
@@ -107,7 +118,8 @@ class BudgetReport:
 
 
 def smallest_fitting_patch(variates: int, context: int, horizon: int, max_seq_len: int) -> int | None:
-    """The smallest patch size p whose real token count (:func:`model_tokens`) fits max_seq_len."""
+    """The smallest patch size p whose fine-tuning count (:func:`model_tokens`) fits max_seq_len (pre-training's
+    count is never larger, so it fits both)."""
     largest = max(context, horizon)  # from here on every sample is 2 patches per variate
     if model_tokens(variates, context, horizon, largest) > max_seq_len:
         return None
@@ -136,6 +148,23 @@ def finetune_fit(variates: int, context: int, horizon: int, patch: int, max_seq_
             "max_seq_len": max_seq_len, "fits": tokens <= max_seq_len}
 
 
+def start_fit(inputs: BudgetInputs) -> dict[str, Any]:
+    """What ``ohlcv finetune`` checks of its starting model (:func:`ohlcv.train.finetune.check_fit`): its patch
+    size and :func:`finetune_fit` against its max_seq_len, with ``why`` when it does not fit."""
+    start = inputs.start or {"family": "moirai", "patch_sizes": None, "max_seq_len": inputs.max_seq_len}
+    family, sizes, seq = start["family"], start["patch_sizes"], int(start["max_seq_len"])
+    patch = int(sizes[0]) if family == "moirai2" else int(inputs.finetune_patch)
+    fit = finetune_fit(inputs.variates, inputs.context, inputs.horizon, patch, seq, family)
+    fit.update(start_model=start.get("spec"), family=family)
+    if sizes is not None and patch not in sizes:
+        fit.update(fits=False, why=f"the starting model's patch sizes are {list(sizes)}; finetune.patch_size={patch} "
+                                   "is not one of them")
+    elif not fit["fits"]:
+        fit["why"] = (f"at finetune.patch_size={patch}: {fit['what']} = {fit['tokens']} tokens exceed max_seq_len {seq}: "
+                      "use a larger finetune.patch_size, fewer variates or a shorter context")
+    return fit
+
+
 def plan(inputs: BudgetInputs) -> BudgetReport:
     ctx, hor, seq, v = inputs.context, inputs.horizon, inputs.max_seq_len, inputs.variates
     default_lo, default_hi = inputs.freq.uni2ts_patch_range
@@ -151,7 +180,7 @@ def plan(inputs: BudgetInputs) -> BudgetReport:
     for p in sorted(set(inputs.patch_sizes)):
         patches = model_patches(ctx, hor, p)
         tokens = v * patches
-        fits = tokens <= seq
+        fits = tokens_for(v, ctx, hor, p) <= seq  # pre-training packs the brief's count
         allowed = lo <= p <= hi
         rows.append(
             PatchRow(
@@ -169,7 +198,7 @@ def plan(inputs: BudgetInputs) -> BudgetReport:
         )
     rule_ok = ctx >= MIN_CONTEXT_TO_HORIZON * hor
     any_usable = any(row.usable for row in rows)
-    tune = None if inputs.finetune_patch is None else finetune_fit(v, ctx, hor, inputs.finetune_patch, seq)
+    tune = None if inputs.finetune_patch is None else start_fit(inputs)
     report = BudgetReport(
         inputs={
             "context_length": ctx,
@@ -186,6 +215,8 @@ def plan(inputs: BudgetInputs) -> BudgetReport:
         context_rule_ok=rule_ok,
         ok=rule_ok and any_usable and (tune is None or tune["fits"]),
         finetune=tune,
+        pretrain_ok=rule_ok and any_usable,
+        finetune_ok=rule_ok and (tune is None or tune["fits"]),
     )
     _advise(inputs, report, lo, hi)
     return report
@@ -214,7 +245,7 @@ def _advise(inputs: BudgetInputs, report: BudgetReport, lo: int, hi: int) -> Non
         )
     if allowed_rows and not any(row.usable for row in report.rows):
         largest = max(row.patch_size for row in allowed_rows)
-        patches = model_patches(ctx, hor, largest)
+        patches = patches_for(ctx, hor, largest)
         max_variates = seq // patches
         report.suggestions.append(
             f"at patch {largest}, at most {max_variates} variates fit ({patches} patches each); "
@@ -230,7 +261,7 @@ def _advise(inputs: BudgetInputs, report: BudgetReport, lo: int, hi: int) -> Non
             report.suggestions.append(
                 f"the smallest patch size that fits {v} variates is {smallest}: add it to model.patch_sizes{note}"
             )
-            longest = (seq // v - -(-hor // largest)) * largest  # the context's whole patches left beside the horizon's
+            longest = (seq // v) * largest - hor  # the steps pre-training's whole patches hold, less the horizon
             if longest > 0:
                 rule = "" if longest >= MIN_CONTEXT_TO_HORIZON * hor else f", below the {MIN_CONTEXT_TO_HORIZON}x-horizon rule"
                 report.suggestions.append(
@@ -250,11 +281,7 @@ def _advise(inputs: BudgetInputs, report: BudgetReport, lo: int, hi: int) -> Non
             )
     tune = report.finetune
     if tune is not None and not tune["fits"]:
-        report.suggestions.append(
-            f"fine-tuning at finetune.patch_size={tune['patch_size']}: {v} variates x {tune['patches']} patches = "
-            f"{tune['tokens']} tokens exceed max_seq_len {seq}: use a larger finetune.patch_size, fewer variates or "
-            "a shorter context"
-        )
+        report.suggestions.append(f"fine-tuning: {tune['why']}")
     if v > inputs.max_dim:
         report.notes.append(
             f"pre-training samples at most pretrain.max_dim={inputs.max_dim} of the {v} variates per sample"
@@ -286,8 +313,10 @@ def profile_variates(cfg, features=None) -> list[str]:
     return names
 
 
-def inputs_from_profile(cfg, *, dataset: Path | None = None, variates: int | None = None) -> BudgetInputs:
-    """Gather the planner's inputs from a loaded profile (and a built dataset, when there is one)."""
+def inputs_from_profile(cfg, *, dataset: Path | None = None, variates: int | None = None,
+                        start=None) -> BudgetInputs:
+    """Gather the planner's inputs from a loaded profile (and a built dataset, when there is one, and the
+    starting model of a fine-tune, a resolved :class:`ohlcv.moirai.sources.ModelSource`, when given)."""
     names: list[str] | None = None
     source = "profile (data.columns + features.enabled)"
     candidate = Path(dataset) if dataset is not None else Path(str(cfg.data.dataset))
@@ -317,4 +346,7 @@ def inputs_from_profile(cfg, *, dataset: Path | None = None, variates: int | Non
         max_dim=int(cfg.pretrain.max_dim),
         min_patches=int(cfg.pretrain.min_patches),
         finetune_patch=int(cfg.finetune.patch_size),
+        start=None if start is None else {
+            "spec": start.spec, "family": start.family.key, "max_seq_len": int(start.config["max_seq_len"]),
+            "patch_sizes": [int(p) for p in (start.config.get("patch_sizes") or [start.config.get("patch_size")])]},
     )

@@ -109,17 +109,23 @@ def budget(
         None, "--dataset", help="Count variates from this built dataset (default: the profile's, if built)."
     ),
     variates: Optional[int] = typer.Option(None, "--variates", help="Plan for this many variates instead."),
+    start: Optional[str] = typer.Option(None, "--from", help="Judge fine-tuning from this model (as `finetune --from`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
-    """Token budget: variates x ceil((context + horizon) / patch) for every patch size, against the model's limit.
+    """Token budget for pre-training and fine-tuning at every patch size, against the model's limit.
 
-    Exit 0 when at least one patch size fits and context >= 5 x horizon, 1 otherwise.
+    Exit 0 when pre-training and fine-tuning both fit and context >= 5 x horizon, 1 otherwise.
     """
     from ohlcv.budget import inputs_from_profile, plan
     from ohlcv.render import render_budget
 
     loaded = _load(profile, overrides)
-    report = plan(inputs_from_profile(loaded.cfg, dataset=dataset, variates=variates))
+    source = None
+    if start is not None:
+        from ohlcv.moirai.sources import resolve_model
+
+        source = resolve_model(start)
+    report = plan(inputs_from_profile(loaded.cfg, dataset=dataset, variates=variates, start=source))
     if as_json:
         _plain(report.to_json())
     else:

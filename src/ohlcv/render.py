@@ -33,26 +33,30 @@ def render_budget(console: "Console", report: "BudgetReport", loaded: "LoadedPro
         f"patch-size constraint: {constraint['source']} [{constraint['min']}, {constraint['max']}]"
         f" (uni2ts default for '{default['code']}': [{default['min']}, {default['max']}])"
     )
-    columns = ["patch", "brief", "brief tokens", "patches", "tokens", f"≤ {inputs['max_seq_len']}", "allowed",
-               "default", "usable"]
+    columns = ["patch", "brief", "brief tokens", "patches", "tokens", f"brief ≤ {inputs['max_seq_len']}", "allowed",
+               "uni2ts default", "usable"]
     rows = [[str(row.patch_size), str(row.brief_patches), f"{row.brief_tokens:,}", str(row.patches), f"{row.tokens:,}",
              _mark(row.fits), _mark(row.allowed), _mark(row.uni2ts_default_allows),
              "[bold green]yes[/]" if row.usable else "[red]no[/]"] for row in report.rows]
     print_fitted_table(console, escape(title), columns, rows, left=0)
-    console.print("brief: ⌈(context + horizon) / patch⌉ per variate (the brief's formula); patches: ⌈context / patch⌉ + "
-                  "⌈horizon / patch⌉, what uni2ts packs; fit is judged on tokens = variates x patches")
+    console.print("brief: ⌈(context + horizon) / patch⌉ per variate (the brief's formula, what pre-training's crop "
+                  "packs; its fit is judged on brief tokens); patches: ⌈context / patch⌉ + ⌈horizon / patch⌉, what "
+                  "fine-tuning and forecasting pack (tokens = variates x patches)")
     tune = report.finetune
     if tune is not None:
-        console.print(f"fine-tuning at finetune.patch_size={tune['patch_size']}: {inputs['variates']} x "
-                      f"{tune['patches']} = {tune['tokens']:,} tokens ≤ {tune['max_seq_len']}: {_mark(tune['fits'])}")
+        start = f" from {tune['start_model']}" if tune.get("start_model") else ""
+        console.print(f"fine-tuning{start} at patch {tune['patch_size']}: {escape(tune['what'])} = {tune['tokens']:,} "
+                      f"tokens ≤ {tune['max_seq_len']}: {_mark(tune['fits'])}")
     rule = f"context {inputs['context_length']} >= 5 x horizon {inputs['prediction_length']}"
     console.print(f"{rule}: {_mark(report.context_rule_ok)}")
     for line in report.suggestions:
         console.print(f"[yellow]→[/] {escape(line)}")
     for line in report.notes:
         console.print(f"[dim]note:[/] {escape(line)}")
-    verdict = "[bold green]fits[/]" if report.ok else "[bold red]does not fit[/]"
-    console.print(f"verdict: {verdict}")
+    def verdict(ok: bool) -> str:
+        return "[bold green]fits[/]" if ok else "[bold red]does not fit[/]"
+
+    console.print(f"verdict: pre-training {verdict(report.pretrain_ok)}, fine-tuning {verdict(report.finetune_ok)}")
 
 
 def render_profiles(console: "Console", infos: Iterable["ProfileInfo"]) -> None:
@@ -495,7 +499,7 @@ def print_fitted_table(console: "Console", title: str, columns: list[str], rows:
 def render_evaluation(console: "Console", result) -> None:
     import math
 
-    from ohlcv.evaluate.run import model_line
+    from ohlcv.moirai.sources import model_line
 
     def p(value: float) -> str:
         return "–" if not math.isfinite(value) else f"{value:.3f}" if value >= 0.001 else f"{value:.0e}"

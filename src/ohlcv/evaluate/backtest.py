@@ -120,7 +120,9 @@ def _run_backtest(loaded, start: str, *, dataset: Path, out: Path, on_build, reb
     check_baselines(cfg)
     source = resolve_model(start)  # before any dataset is built or read
     if cfg.backtest.refit.value == "finetune":
-        source.family.check_finetune(start, cfg.finetune.pattern.value)
+        from ohlcv.train.finetune import check_before_dataset
+
+        check_before_dataset(cfg, source, dataset, rebuild)
     dataset = Path(dataset).expanduser()
     out = Path(out).expanduser()
     manifest = ensure_dataset(loaded, dataset, rebuild=rebuild, lake=lake, on_build=on_build)
@@ -168,7 +170,7 @@ def _run_backtest(loaded, start: str, *, dataset: Path, out: Path, on_build, reb
 
             view = fold_dataset(dataset, manifest, folder / "dataset",
                                 end_shift={i["item_id"]: shift_of(shift, i["item_id"]) - embargo for i in manifest["items"]})
-            tuned = run_finetune(loaded, start, dataset=view, out=folder / "finetune")
+            tuned = run_finetune(loaded, source, dataset=view, out=folder / "finetune")  # resolved once
             model = str(tuned.model_dir)
             finetune_summary = {k2: tuned.summary.get(k2) for k2 in ("val_loss_before", "val_loss_after", "improved", "steps")}
         try:

@@ -48,7 +48,7 @@ from ohlcv.evaluate.windows import cut_windows, rolling_origins
 from ohlcv.features import Kind
 from ohlcv.freq import parse_freq
 from ohlcv.moirai.models import describe, forecast_patch, forecast_samples, forecaster, load_module
-from ohlcv.moirai.sources import resolve_model, run_folder_of
+from ohlcv.moirai.sources import model_line, resolve_model, run_folder_of
 
 COVERAGE_TOLERANCE = 0.10  # flag a central interval whose coverage is further than this from nominal
 PIT_DISPERSION_TOLERANCE = 0.2  # flag 12 x var(PIT) outside 1 +- this (1 for a calibrated forecast)
@@ -395,9 +395,14 @@ def evaluate(
         notes.append(f"{int(cfg.evaluate.windows)} windows per series (evaluate.windows) of up to {capped} the test span "
                      f"holds at stride {stride}: raise evaluate.windows for more power (significance needs origins)")
     if samples_n < 100:
-        notes.append(f"{samples_n} samples per forecast (evaluate.num_samples): with few samples the empirical "
+        notes.append(f"{samples_n} samples per sampled forecast (evaluate.num_samples): with few samples the empirical "
                      "intervals are too narrow even for a perfect forecaster (about 0.87 coverage at 95% with 20), so "
                      "coverage and PIT flags lean towards 'too narrow'; use 100 or more for calibration")
+        quantile = [name for name, info in model_info.items() if info.get("output") == "quantiles"]
+        if quantile:
+            notes.append(f"{', '.join(quantile)}: quantile forecasts, scored exactly; the sampled forecasters' CRPS "
+                         f"carries Monte-Carlo noise that raises it (about +5% at 20 samples, +1% at 100), which "
+                         "favours the quantile model: compare them with evaluate.num_samples=100 or more")
     for variate in wanted:
         if dropped[variate]:
             notes.append(f"{variate}: {dropped[variate]} of {kept[variate] + dropped[variate]} windows removed for every "
@@ -761,13 +766,9 @@ def _write_outputs(loaded, result: EvalResult, model_spec, zero_shot, dataset, m
     atomic_write_text(out / "report.md", render_report(result, settings, dataset))
 
 
-def model_line(info: dict[str, Any]) -> str:
-    """'Moirai 1.x, small, 13.8M parameters, patch 32' (where it came from is ``info["source"]``)."""
-    size = f", {info['size']}" if info.get("size") else ""
-    count = info.get("parameters", 0)
-    shown = f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count:,}"
-    output = "; quantile forecasts" if info.get("output") == "quantiles" else ""
-    return f"{info.get('family', 'MOIRAI')}{size}, {shown} parameters, patch {info.get('patch_size')}{output}"
+def _quantile_clause(model_info: dict[str, dict[str, Any]]) -> str:
+    names = [name for name, info in model_info.items() if info.get("output") == "quantiles"]
+    return f" ({', '.join(names)}: fixed quantile levels, not sampled)" if names else ""
 
 
 def render_report(result: EvalResult, settings: dict[str, Any], dataset) -> str:
@@ -778,7 +779,8 @@ def render_report(result: EvalResult, settings: dict[str, Any], dataset) -> str:
              *[f"- {name}: {model_line(info)} ({info.get('source', '')})" for name, info in result.model_info.items()], "",
              f"{result.windows} rolling-origin windows (context {settings['context_length']}, horizon "
              f"{settings['prediction_length']}, stride {settings['stride']}); {settings['num_samples']} samples per "
-             f"forecaster, each with its own seed. Every forecaster is scored on the same windows.", "",
+             f"sampled forecaster, each with its own seed{_quantile_clause(result.model_info)}. Every forecaster is "
+             "scored on the same windows.", "",
              "CRPS here is the mean weighted quantile loss (levels 0.1–0.9, divided by the sum of |actual|: "
              "scale-free); MASE and MSIS are divided by the window's seasonal error; MAE and MSE are in the "
              "variate's units, so they appear per asset and, across assets, only as ratios. p-values: "

@@ -68,11 +68,16 @@ def load_module(spec: str | ModelSource, *, option: str = "--from"):
 
 
 def _load_checkpoint_weights(module, source: ModelSource) -> None:
-    import torch
+    from ohlcv.moirai.sources import read_checkpoint
 
-    state = torch.load(source.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    state = read_checkpoint(source.checkpoint)["state_dict"]  # memory-mapped: no second copy in memory
     weights = {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
-    missing, unexpected = module.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: the checkpoint is of another model
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "size mismatch")
+        raise ConfigError(f"{source.checkpoint}: its weights do not fit the {source.family.name} model it describes "
+                          f"({first}); pass the run's model folder instead", key="--from") from None
     if missing or unexpected or not weights:
         raise OhlcvError(f"{source.checkpoint}: its weights do not fit the {source.family.name} model it describes "
                          f"({len(missing)} missing, {len(unexpected)} unexpected); pass the run's model folder instead")
@@ -129,34 +134,37 @@ def patch_sizes(module) -> list[int]:
 
 
 def forecast_patch(module, cfg) -> int:
-    """The patch size to forecast with: the profile's (finetune.patch_size), or the only one a Moirai 2.0 has."""
+    """The patch size to forecast with: the profile's (finetune.patch_size), or the only one a model reads
+    (Moirai 2.0, or a Moirai 1.x / Moirai-MoE with a single patch size, as the released Moirai-MoE's 16)."""
     sizes = patch_sizes(module)
-    if len(sizes) == 1 and getattr(module, "patch_size", None) is not None:
+    if len(sizes) == 1:
         return sizes[0]
     patch = int(cfg.finetune.patch_size)
     if patch not in sizes:
-        spec = getattr(getattr(module, "ohlcv_source", None), "spec", "the model")
-        raise ConfigError(f"the model {spec} has patch sizes {sizes}, not {patch}", key="finetune.patch_size")
+        spec = getattr(getattr(module, "ohlcv_source", None), "spec", None)
+        raise ConfigError(f"{spec or 'the model'} has patch sizes {sizes}, not {patch}", key="finetune.patch_size")
     return patch
 
 
 class Forecaster:
     """A family's uni2ts forecast module for this profile's context and horizon, called the same way for all."""
 
-    def __init__(self, module, cfg, targets: int, covariates: int):
+    def __init__(self, module, cfg, targets: int, covariates: int, *, one_by_one: bool | None = None):
         source: ModelSource | None = getattr(module, "ohlcv_source", None)
         self.family = source.family if source is not None else None
         self.quantiles = self.family is not None and self.family.output == "quantiles"
         self.horizon, self.context = int(cfg.data.prediction_length), int(cfg.data.context_length)
         self.targets, self.covariates = targets, covariates
         self.patch = forecast_patch(module, cfg)
-        self.notes: list[str] = []
+        self.notes: list[str] = []  # (a patch size other than finetune.patch_size: evaluate.run.check_model_fits)
         cls = _class(self.family, "forecast_class") if self.family is not None else _class_default()
         common = dict(prediction_length=self.horizon, context_length=self.context, feat_dynamic_real_dim=0, module=module)
         if self.quantiles:
             # uni2ts 2.0.0's Moirai2Forecast fails (an einops shape error) for several targets when the horizon
             # needs more than one decoding step; each target is then forecast alone, the others as past covariates
-            self.one_by_one = targets > 1 and self.horizon > int(module.num_predict_token) * int(module.patch_size)
+            # (one_by_one=True forces it, to compare the two ways in the tests)
+            needed = targets > 1 and self.horizon > int(module.num_predict_token) * int(module.patch_size)
+            self.one_by_one = needed if one_by_one is None else bool(one_by_one) and targets > 1
             width = 1 if self.one_by_one else targets
             self.model = cls(target_dim=width, past_feat_dynamic_real_dim=covariates + targets - width, **common)
             self.levels = np.asarray(module.quantile_levels, dtype=np.float64)

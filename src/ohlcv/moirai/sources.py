@@ -82,19 +82,35 @@ FAMILIES: dict[str, Family] = {
 CLASS_FAMILIES = {f.module_class: f for f in FAMILIES.values()}  # uni2ts module class name -> family
 
 
-def family_of(config: dict[str, Any], where: str) -> Family:
+# What each family's uni2ts 2.0.0 module takes (its __init__ arguments, as config.json records them): the
+# arguments all of its configurations carry, and those that belong to another family only. tests/test_sources.py
+# checks these against the classes' signatures.
+SIGNATURES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "moirai2": (frozenset({"d_model", "d_ff", "num_layers", "patch_size", "max_seq_len"}),
+                frozenset({"distr_output", "patch_sizes"})),
+    "moirai_moe": (frozenset({"distr_output", "d_model", "d_ff", "num_layers", "patch_sizes", "max_seq_len"}),
+                   frozenset({"patch_size"})),
+    "moirai": (frozenset({"distr_output", "d_model", "num_layers", "patch_sizes", "max_seq_len"}),
+               frozenset({"d_ff", "patch_size"})),
+}
+# keys of a transformers configuration (ViT, Toto, Chronos, ...): a model that is not a uni2ts module
+FOREIGN_KEYS = frozenset({"model_type", "architectures", "transformers_version"})
+
+
+def family_of(config: dict[str, Any], where: str, *, option: str = "--from") -> Family:
     """The family a ``config.json`` (or a checkpoint's module hyper-parameters) describes.
 
-    Moirai 2.0 has one ``patch_size`` and ``quantile_levels``; Moirai-MoE and Moirai 1.x both have
-    ``patch_sizes`` and a ``distr_output``, and only Moirai-MoE an expert width ``d_ff``.
+    Every argument its uni2ts module requires must be there and none that only another family has
+    (:data:`SIGNATURES`); a transformers configuration (``model_type``, ``architectures``) is refused.
     """
     keys = set(config)
-    if {"patch_size", "quantile_levels"} & keys and "distr_output" not in keys:
-        return FAMILIES["moirai2"]
-    if {"distr_output", "patch_sizes"} <= keys:
-        return FAMILIES["moirai_moe" if "d_ff" in keys else "moirai"]
-    raise OhlcvError(f"{where}: not a MOIRAI configuration (keys {sorted(keys)}); expected a model saved by "
-                     "uni2ts or ohlcv (Moirai 1.x, Moirai-MoE or Moirai 2.0)")
+    if not keys & FOREIGN_KEYS:
+        for key, (required, foreign) in SIGNATURES.items():
+            if required <= keys and not keys & foreign:
+                return FAMILIES[key]
+    what = f"a {config['model_type']} model" if isinstance(config.get("model_type"), str) else "not a MOIRAI model"
+    raise ConfigError(f"{where}: {what} (config keys {sorted(keys)[:8]}{' ...' if len(keys) > 8 else ''}); "
+                      "expected a Moirai 1.x, Moirai-MoE or Moirai 2.0 model saved by uni2ts or ohlcv", key=option)
 
 
 def size_name(family: Family, config: dict[str, Any]) -> str | None:
@@ -117,6 +133,7 @@ class ModelSource:
     checkpoint: Path | None = None  # a Lightning checkpoint, whose weights replace the folder's
     repo_id: str | None = None
     revision: str | None = None
+    commit: str | None = None  # the hub snapshot resolved (a revision names a branch; this is what was read)
 
     @property
     def size(self) -> str | None:
@@ -124,46 +141,90 @@ class ModelSource:
 
     def describe(self) -> dict[str, Any]:
         """What reports and run.json record about the model (the parameter count is added by the loader)."""
-        where = {"hub": f"hub {self.repo_id}" + (f"@{self.revision}" if self.revision else ""),
+        where = {"hub": f"hub {self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+                 + (f" (commit {self.commit[:12]})" if self.commit else ""),
                  "folder": f"folder {self.spec}", "run": f"run folder {self.spec}",
                  "checkpoint": f"Lightning checkpoint {self.spec}"}[self.kind]
         return {"spec": self.spec, "source": where, "family": self.family.name, "family_key": self.family.key,
                 "size": self.size, "path": str(self.checkpoint or self.folder)}
 
 
+def _expanded(value: str) -> Path:
+    return Path(os.path.expandvars(value)).expanduser()
+
+
+def model_line(info: dict[str, Any]) -> str:
+    """'Moirai 1.x, small, 13.8M parameters, patch 32' (where it came from is ``info["source"]``)."""
+    size = f", {info['size']}" if info.get("size") else ""
+    count = info.get("parameters", 0)
+    shown = f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count:,}"
+    output = "; quantile forecasts" if info.get("output") == "quantiles" else ""
+    return f"{info.get('family', 'MOIRAI')}{size}, {shown} parameters, patch {info.get('patch_size')}{output}"
+
+
+def hub_cache_setting() -> tuple[Path, str]:
+    """The cache ``huggingface_hub`` uses and the variable that chose it, by its rules (huggingface_hub.constants),
+    read now rather than when it was imported: HF_HUB_CACHE, else the legacy HUGGINGFACE_HUB_CACHE, else
+    HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub (~/.cache/huggingface/hub)."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return _expanded(os.environ[name]), name
+    if os.environ.get("HF_HOME"):
+        return _expanded(os.environ["HF_HOME"]) / "hub", "HF_HOME"
+    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return _expanded(xdg) / "huggingface" / "hub", "HF_HOME"
+
+
 def hub_cache() -> Path:
-    """The cache ``huggingface_hub`` uses, by its own rules (read now, not when it was imported)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
+    return hub_cache_setting()[0]
 
 
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    truthy = ("1", "ON", "YES", "TRUE")
+    return any(os.environ.get(name, "").strip().upper() in truthy for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what uni2ts's from_pretrained (PyTorchModelHubMixin) reads
+
+
+def _read_config(folder: Path, option: str) -> dict[str, Any]:
     try:
-        return json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
-        raise OhlcvError(f"{folder / 'config.json'}: unreadable ({type(exc).__name__}); "
-                         "point at a model folder saved by uni2ts or ohlcv") from None
+        raise ConfigError(f"{folder / 'config.json'}: unreadable ({type(exc).__name__}); "
+                          "point at a model folder saved by uni2ts or ohlcv", key=option) from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{folder / 'config.json'}: not a JSON object; point at a model folder saved by uni2ts "
+                          "or ohlcv", key=option)
+    return config
 
 
-def _hf_folder(folder: Path, spec: str, kind: str) -> ModelSource:
-    config = _read_config(folder)
-    return ModelSource(spec, kind, family_of(config, str(folder / "config.json")), config, folder=folder)
+def _check_weights(folder: Path, where: str, option: str, advice: str) -> None:
+    if not any((folder / name).is_file() for name in WEIGHTS):
+        raise ConfigError(f"{where}: config.json but no weights ({' or '.join(WEIGHTS)}) in {folder}; {advice}",
+                          key=option)
+
+
+def _hf_folder(folder: Path, spec: str, kind: str, option: str) -> ModelSource:
+    config = _read_config(folder, option)
+    family = family_of(config, str(folder / "config.json"), option=option)
+    _check_weights(folder, spec, option, "copy the whole model folder")
+    return ModelSource(spec, kind, family, config, folder=folder)
 
 
 def looks_like_hub_id(spec: str) -> bool:
-    name = spec.split("@", 1)[0]
+    """``org/name[@revision]``; ``hub:org/name`` forces the hub when a local folder of that name exists."""
+    name = spec.removeprefix("hub:").split("@", 1)[0]
     return name.count("/") == 1 and not spec.startswith((".", "/", "~")) and all(name.split("/"))
 
 
 def resolve_model(spec: str, *, option: str = "--from") -> ModelSource:
     """Resolve ``spec`` (see the module's docstring) or raise one line that says what to do."""
     spec = str(spec)
+    if spec.startswith("hub:"):
+        if not looks_like_hub_id(spec):
+            raise ConfigError(f"'{spec}': not a hub id of the form hub:org/name[@revision]", key=option)
+        return _hub(spec.removeprefix("hub:"), option, forced=True)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix != ".ckpt":
@@ -172,11 +233,13 @@ def resolve_model(spec: str, *, option: str = "--from") -> ModelSource:
         return _checkpoint(path, spec, option)
     if path.is_dir():
         if (path / "config.json").is_file():
-            return _hf_folder(path, spec, "folder")
+            return _hf_folder(path, spec, "folder", option)
         if (path / "model" / "config.json").is_file():
-            return _hf_folder(path / "model", spec, "run")
-        raise ConfigError(f"{path}: no config.json here (nor in {path / 'model'}); point at a model folder such "
-                          "as RUN/model, a run folder, a .ckpt, or a hub id", key=option)
+            return _hf_folder(path / "model", spec, "run", option)
+        last = path / "checkpoints" / "last.ckpt"
+        hint = f"pass its checkpoint {last}" if last.is_file() else "point at a model folder such as RUN/model"
+        raise ConfigError(f"{path}: no config.json here (nor in {path / 'model'}); {hint}, a run folder, a .ckpt, "
+                          "or a hub id", key=option)
     if not looks_like_hub_id(spec):
         raise ConfigError(f"'{spec}': no such file or folder, and not a hub id of the form org/name[@revision]",
                           key=option)
@@ -187,7 +250,7 @@ def resolve_model(spec: str, *, option: str = "--from") -> ModelSource:
     return _hub(spec, option)
 
 
-def _hub(spec: str, option: str) -> ModelSource:
+def _hub(spec: str, option: str, *, forced: bool = False) -> ModelSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import (  # (also exported here by releases before huggingface_hub.errors)
         GatedRepoError,
@@ -197,58 +260,72 @@ def _hub(spec: str, option: str) -> ModelSource:
     )
 
     repo_id, _, revision = spec.partition("@")
-    cache = hub_cache()
+    cache, variable = hub_cache_setting()
     offline = hub_offline()
+    local = "" if forced else f" (and there is no local folder {spec})"
     fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
     try:
         folder = Path(snapshot_download(repo_id, revision=revision or None, cache_dir=str(cache),
                                         local_files_only=offline,
                                         allow_patterns=["config.json", "*.safetensors", "*.bin"]))
     except (GatedRepoError, RepositoryNotFoundError):
-        raise ConfigError(f"{repo_id}: no such model on the Hugging Face hub (or it needs a login: `hf auth login`)",
-                          key=option) from None
+        raise ConfigError(f"{repo_id}: no such model on the Hugging Face hub{local} (or it needs a login: "
+                          "`hf auth login`)", key=option) from None
     except RevisionNotFoundError:
         raise ConfigError(f"{repo_id}: the hub has no revision '{revision}'", key=option) from None
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+        repo = f"models--{repo_id.replace('/', '--')}"
         raise OhlcvError(
-            f"{spec} is not in the Hugging Face cache {cache} and {why}: on a connected machine run `{fetch}`, copy "
-            f"that machine's Hugging Face cache folder here and set HF_HOME to it, or run `{fetch} --local-dir DIR` "
-            f"and pass DIR to {option}"
+            f"{spec} is not in the Hugging Face cache {cache} (set by {variable}){local} and {why}: on a connected "
+            f"machine run `{fetch}` and copy its {repo} folder (from that machine's cache) into {cache}, or run "
+            f"`{fetch} --local-dir DIR` and pass DIR to {option}"
         ) from None
     except Exception as exc:  # noqa: BLE001 - a network or disk error: one line with the way out
-        raise OhlcvError(f"cannot fetch {spec} from the Hugging Face hub ({type(exc).__name__}: {exc}); "
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise OhlcvError(f"cannot fetch {spec} from the Hugging Face hub ({type(exc).__name__}: {first}); "
                          f"run `{fetch}` where there is network and pass the folder to {option}") from None
+    again = f"run `{fetch}` again (an interrupted download?)"
     if not (folder / "config.json").is_file():
-        raise OhlcvError(f"{spec}: the cached snapshot {folder} has no config.json (an interrupted download?); "
-                         f"run `{fetch}` again")
-    config = _read_config(folder)
-    return ModelSource(spec, "hub", family_of(config, f"{spec} config.json"), config, folder=folder,
-                       repo_id=repo_id, revision=revision or None)
+        raise ConfigError(f"{spec}: the cached snapshot {folder} has no config.json; {again}", key=option)
+    config = _read_config(folder, option)
+    family = family_of(config, f"{spec} config.json", option=option)
+    _check_weights(folder, spec, option, again)
+    return ModelSource(spec, "hub", family, config, folder=folder, repo_id=repo_id, revision=revision or None,
+                       commit=folder.name)
 
 
-def _checkpoint(path: Path, spec: str, option: str) -> ModelSource:
-    """A Lightning checkpoint: its module's configuration from its hyper-parameters, else its run's model/."""
+def read_checkpoint(path: Path, option: str = "--from") -> dict[str, Any]:
+    """A Lightning checkpoint, memory-mapped (its tensors are read when used, so resolving it costs little).
+
+    ``weights_only=False``: a checkpoint also holds pickled Python objects (its hyper-parameters), and
+    unpickling runs code: load only checkpoints you trust (your own runs)."""
     import torch
 
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as exc:  # noqa: BLE001 - not a torch file, truncated, ...
         raise ConfigError(f"{path}: cannot read this checkpoint ({type(exc).__name__})", key=option) from None
     if not isinstance(saved, dict) or "state_dict" not in saved:
         raise ConfigError(f"{path}: not a Lightning checkpoint (no state_dict)", key=option)
+    return saved
+
+
+def _checkpoint(path: Path, spec: str, option: str) -> ModelSource:
+    """A Lightning checkpoint: its run's model/config.json (when it is in a run folder), else its hyper-parameters."""
+    saved = read_checkpoint(path, option)
     kwargs = (saved.get("hyper_parameters") or {}).get("module_kwargs")
-    beside = path.parent.parent / "model"  # RUN/checkpoints/x.ckpt -> RUN/model
-    if (beside / "config.json").is_file():
-        config = _read_config(beside)
+    run = run_folder_of(str(path))
+    beside = run / "model" if run is not None else None
+    if beside is not None and (beside / "config.json").is_file():
+        config = _read_config(beside, option)
     elif isinstance(kwargs, dict):
-        config = {k: v for k, v in kwargs.items()}
+        config, beside = dict(kwargs), None
     else:
-        raise ConfigError(f"{path}: the checkpoint does not record its model's configuration and there is no "
-                          f"{beside / 'config.json'}; pass the run's model folder instead", key=option)
-    family = family_of(config, str(path))
-    return ModelSource(spec, "checkpoint", family, config, folder=beside if beside.is_dir() else None,
-                       checkpoint=path)
+        raise ConfigError(f"{path}: the checkpoint does not record its model's configuration and it is not in a run "
+                          "folder with a model/config.json; pass the run's model folder instead", key=option)
+    family = family_of(config, str(path), option=option)
+    return ModelSource(spec, "checkpoint", family, config, folder=beside, checkpoint=path)
 
 
 def run_folder_of(spec: str) -> Path | None:

@@ -57,18 +57,40 @@ def check_start(module, cfg, variates: int) -> int:
     Tokens are counted as ``ohlcv budget`` counts them (:func:`ohlcv.budget.finetune_fit`), against the
     checkpoint's own max_seq_len. Moirai 2.0 has one patch size, its own.
     """
-    from ohlcv.budget import finetune_fit
-    from ohlcv.moirai.models import forecast_patch, patch_sizes
+    from ohlcv.moirai.models import patch_sizes
     from ohlcv.moirai.tuning import family_of
 
-    family = family_of(module)
-    sizes = patch_sizes(module)
-    if family != "moirai2" and int(cfg.finetune.patch_size) not in sizes:
-        raise ConfigError(f"the checkpoint's patch sizes are {sizes}; {int(cfg.finetune.patch_size)} is not one "
-                          "of them", key="finetune.patch_size")
-    patch = forecast_patch(module, cfg)  # the profile's, or the only one a Moirai 2.0 reads
+    return check_fit(family_of(module), patch_sizes(module), int(module.max_seq_len), cfg, variates)
+
+
+def check_source(source, cfg, variates: int) -> int:
+    """:func:`check_start` from a resolved ``--from``'s configuration alone: before any dataset work."""
+    config = source.config
+    sizes = config.get("patch_sizes") or [config.get("patch_size")]
+    return check_fit(source.family.key, [int(p) for p in sizes], int(config["max_seq_len"]), cfg, variates)
+
+
+def check_before_dataset(cfg, source, dataset: Path, rebuild: bool) -> None:
+    """All that can be checked of a fine-tune's start before any dataset work: its family's support for
+    ``finetune.pattern``, its patch sizes and token fit for the variates the build gives (or the built dataset's)."""
+    from ohlcv.budget import profile_variates, read_dataset_variates
+
+    source.family.check_finetune(source.spec, cfg.finetune.pattern.value)
+    built = None if rebuild else read_dataset_variates(Path(dataset).expanduser())
+    check_source(source, cfg, len(built if built is not None else profile_variates(cfg)))
+
+
+def check_fit(family: str, sizes: list[int], max_seq_len: int, cfg, variates: int) -> int:
+    from ohlcv.budget import finetune_fit
+
+    patch = int(cfg.finetune.patch_size)
+    if family == "moirai2":
+        patch = sizes[0]  # the only one it reads
+    elif patch not in sizes:
+        raise ConfigError(f"the checkpoint's patch sizes are {sizes}; {patch} is not one of them",
+                          key="finetune.patch_size")
     fit = finetune_fit(variates, int(cfg.data.context_length), int(cfg.data.prediction_length), patch,
-                       int(module.max_seq_len), family)
+                       max_seq_len, family)
     if not fit["fits"]:
         raise ConfigError(
             f"{fit['what']} = {fit['tokens']} tokens exceed the checkpoint's max_seq_len {fit['max_seq_len']}: "
@@ -217,7 +239,7 @@ def run_finetune(
     from ohlcv.moirai.sources import ModelSource, resolve_model
 
     source = start if isinstance(start, ModelSource) else resolve_model(start)
-    source.family.check_finetune(source.spec, loaded.cfg.finetune.pattern.value)
+    check_before_dataset(loaded.cfg, source, dataset, rebuild)
     run_dir = run_folder(loaded.cfg, "finetune", out, resume)
     with discard_on_failure(run_dir):
         result = _run_finetune(loaded, source, run_dir, dataset=dataset, resume=resume, on_build=on_build,
