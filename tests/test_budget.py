@@ -63,12 +63,12 @@ def test_fits_and_verdict_follow_the_formula(context, horizon, patch_sizes, vari
     report = plan(_inputs(context, horizon, patch_sizes, variates, max_seq_len, finetune_patch=patch_sizes[0]))
     assert [row.patch_size for row in report.rows] == sorted(set(patch_sizes))
     for row in report.rows:
-        assert row.brief_tokens == variates * math.ceil((context + horizon) / row.patch_size)
+        assert row.pretrain_tokens == variates * math.ceil((context + horizon) / row.patch_size)
         # what uni2ts packs: the context and the horizon each padded to whole patches; never fewer than the brief's
         assert row.tokens == variates * (math.ceil(context / row.patch_size) + math.ceil(horizon / row.patch_size))
-        assert row.brief_tokens <= row.tokens <= row.brief_tokens + variates
+        assert row.pretrain_tokens <= row.tokens <= row.pretrain_tokens + variates
         # pre-training crops whole patches of one stretch (uni2ts's PatchCrop): judged on the brief's count
-        assert row.fits == (row.brief_tokens <= max_seq_len)
+        assert row.fits == (row.pretrain_tokens <= max_seq_len)
         assert row.usable == row.fits  # the constraint admits everything here
     rule = context >= 5 * horizon
     assert report.context_rule_ok == rule
@@ -103,7 +103,7 @@ def test_hourly_profile_plan():
     rows = {row.patch_size: row for row in report.rows}
     assert report.inputs["variates"] == 32  # OHLCV + the default features of all three families
     # the brief's 384 tokens at patch 16; uni2ts packs ceil(168/16) + ceil(24/16) = 13 patches: 416
-    assert (rows[16].brief_patches, rows[16].brief_tokens) == (12, 384)
+    assert (rows[16].pretrain_patches, rows[16].pretrain_tokens) == (12, 384)
     assert (rows[16].patches, rows[16].tokens) == (13, 416)
     assert rows[16].allowed and not rows[16].uni2ts_default_allows
     assert report.constraint["source"] == "profile"
@@ -142,7 +142,7 @@ def test_budget_cli_json_matches_formula(cli):
     data = json.loads(result.stdout)
     assert data["ok"] is True
     for row in data["rows"]:
-        assert row["brief_tokens"] == data["inputs"]["variates"] * math.ceil((336 + 24) / row["patch_size"])
+        assert row["pretrain_tokens"] == data["inputs"]["variates"] * math.ceil((336 + 24) / row["patch_size"])
         assert row["tokens"] == data["inputs"]["variates"] * (math.ceil(336 / row["patch_size"]) + 1)
 
 
@@ -211,7 +211,7 @@ def test_budget_pretrain_and_finetune_accept_and_refuse_the_same_profiles_with_t
         cfg = load_profile("hourly", overrides).cfg
         budget = cli("budget", "--profile", "hourly", "--json", "--dataset", str(tmp_path / "ds"), *overrides)
         report = json.loads(budget.stdout)
-        assert report["rows"][0]["brief_tokens"] == 12 * variates
+        assert report["rows"][0]["pretrain_tokens"] == 12 * variates
         assert report["rows"][0]["tokens"] == report["finetune"]["tokens"] == 13 * variates
         assert (report["pretrain_ok"], report["finetune_ok"]) == (pretrains, finetunes)
         assert budget.exit_code == (0 if pretrains and finetunes else 1)

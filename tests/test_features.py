@@ -308,7 +308,7 @@ def test_hourly_build_has_the_documented_variates_of_all_three_families(tmp_path
     report = plan(inputs_from_profile(cfg))
     assert report.inputs["variates"] == 32 and report.ok
     row = {row.patch_size: row for row in report.rows}[16]
-    assert (row.brief_tokens, row.tokens) == (384, 416)  # the brief's count; what uni2ts packs (13 patches each)
+    assert (row.pretrain_tokens, row.tokens) == (384, 416)  # the brief's count; what uni2ts packs (13 patches each)
 
 
 def test_the_plugin_in_the_writing_plugins_guide_passes_the_check():

@@ -1,15 +1,15 @@
 """The token-budget planner behind ``ohlcv budget``.
 
-MOIRAI flattens every variate's patches into one token sequence. The brief
-estimates a sample at ``variates x ceil((context + horizon) / patch)`` tokens,
-and that is what pre-training packs: uni2ts's ``PatchCrop`` cuts whole patches
+MOIRAI flattens every variate's patches into one token sequence. The usual
+estimate of a sample, ``variates x ceil((context + horizon) / patch)`` tokens,
+is what pre-training packs: uni2ts's ``PatchCrop`` cuts whole patches
 from one stretch of a series and ``MaskedPrediction`` then marks the last of
 them as the horizon, so a context-plus-horizon stretch is
 ``ceil((context + horizon) / patch)`` patches per variate. Fine-tuning and
 forecasting patch the context and the horizon separately (each padded to whole
 patches): ``variates x (ceil(context / patch) + ceil(horizon / patch))``
-tokens, which can be more (hourly, 32 variates at patch 16: 384 by the brief,
-416 when fine-tuning). The plan shows both, judges pre-training on the first
+tokens, which can be more (hourly, 32 variates at patch 16: 384 when
+pre-training, 416 when fine-tuning). The plan shows both, judges pre-training on the first
 and fine-tuning on the second (:func:`finetune_fit`, which ``finetune`` checks
 too), so ``ohlcv budget``, ``pretrain`` and ``finetune`` agree. uni2ts packs
 ``past_feat_dynamic_real`` covariates into the same sequence, so they count
@@ -31,12 +31,12 @@ MIN_CONTEXT_TO_HORIZON = 5  # context >= 5 x horizon: less history than five hor
 
 
 def patches_for(context: int, horizon: int, patch: int) -> int:
-    """The brief's patches per variate: ceil((context + horizon) / patch)."""
+    """Patches per variate as pre-training packs them: ceil((context + horizon) / patch)."""
     return -(-(context + horizon) // patch)  # ceil without floats
 
 
 def tokens_for(variates: int, context: int, horizon: int, patch: int) -> int:
-    """The brief's token estimate."""
+    """Tokens of a pre-training sample: variates x ceil((context + horizon) / patch)."""
     return variates * patches_for(context, horizon, patch)
 
 
@@ -55,9 +55,9 @@ class PatchRow:
     patch_size: int
     patches: int  # per variate, as fine-tuning and forecasting pack them: ceil(context / patch) + ceil(horizon / patch)
     tokens: int  # variates x patches
-    brief_patches: int  # the brief's ceil((context + horizon) / patch): what pre-training's crop packs
-    brief_tokens: int
-    fits: bool  # pre-training: brief_tokens <= max_seq_len
+    pretrain_patches: int  # ceil((context + horizon) / patch): what pre-training's crop packs
+    pretrain_tokens: int
+    fits: bool  # pre-training: pretrain_tokens <= max_seq_len
     allowed: bool  # by the constraint that applies
     uni2ts_default_allows: bool
     usable: bool  # for pre-training: fits and allowed
@@ -180,15 +180,15 @@ def plan(inputs: BudgetInputs) -> BudgetReport:
     for p in sorted(set(inputs.patch_sizes)):
         patches = model_patches(ctx, hor, p)
         tokens = v * patches
-        fits = tokens_for(v, ctx, hor, p) <= seq  # pre-training packs the brief's count
+        fits = tokens_for(v, ctx, hor, p) <= seq  # pre-training packs ceil((context + horizon) / patch) per variate
         allowed = lo <= p <= hi
         rows.append(
             PatchRow(
                 patch_size=p,
                 patches=patches,
                 tokens=tokens,
-                brief_patches=patches_for(ctx, hor, p),
-                brief_tokens=tokens_for(v, ctx, hor, p),
+                pretrain_patches=patches_for(ctx, hor, p),
+                pretrain_tokens=tokens_for(v, ctx, hor, p),
                 fits=fits,
                 allowed=allowed,
                 uni2ts_default_allows=default_lo <= p <= default_hi,

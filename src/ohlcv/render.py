@@ -33,15 +33,15 @@ def render_budget(console: "Console", report: "BudgetReport", loaded: "LoadedPro
         f"patch-size constraint: {constraint['source']} [{constraint['min']}, {constraint['max']}]"
         f" (uni2ts default for '{default['code']}': [{default['min']}, {default['max']}])"
     )
-    columns = ["patch", "brief", "brief tokens", "patches", "tokens", f"brief ≤ {inputs['max_seq_len']}", "allowed",
+    columns = ["patch", "pretrain", "pretrain tokens", "finetune", "finetune tokens", f"pretrain ≤ {inputs['max_seq_len']}", "allowed",
                "uni2ts default", "usable"]
-    rows = [[str(row.patch_size), str(row.brief_patches), f"{row.brief_tokens:,}", str(row.patches), f"{row.tokens:,}",
+    rows = [[str(row.patch_size), str(row.pretrain_patches), f"{row.pretrain_tokens:,}", str(row.patches), f"{row.tokens:,}",
              _mark(row.fits), _mark(row.allowed), _mark(row.uni2ts_default_allows),
              "[bold green]yes[/]" if row.usable else "[red]no[/]"] for row in report.rows]
     print_fitted_table(console, escape(title), columns, rows, left=0)
-    console.print("brief: ⌈(context + horizon) / patch⌉ per variate (the brief's formula, what pre-training's crop "
-                  "packs; its fit is judged on brief tokens); patches: ⌈context / patch⌉ + ⌈horizon / patch⌉, what "
-                  "fine-tuning and forecasting pack (tokens = variates x patches)")
+    console.print("pretrain: ⌈(context + horizon) / patch⌉ patches per variate, what pre-training's crop packs (its fit "
+                  "is judged on pretrain tokens); finetune: ⌈context / patch⌉ + ⌈horizon / patch⌉, what fine-tuning "
+                  "and forecasting pack (tokens = variates x patches)")
     tune = report.finetune
     if tune is not None:
         start = f" from {tune['start_model']}" if tune.get("start_model") else ""

@@ -210,7 +210,7 @@ def preflight(cfg, dataset: Path, manifest: dict[str, Any], run_dir: Path) -> Pr
         warnings.append(f"{short} of {len(manifest['items'])} series have a training span shorter than "
                         f"pretrain.min_patches x patch = {need} bars and are left out of pre-training")
     check_writable(run_dir)
-    tokens = max((min(row.brief_tokens, report.inputs["max_seq_len"]) for row in report.rows if row.allowed), default=0)
+    tokens = max((min(row.pretrain_tokens, report.inputs["max_seq_len"]) for row in report.rows if row.allowed), default=0)
     from ohlcv.moirai.compat import module_kwargs
 
     parameters = count_parameters(module_kwargs(cfg))
