@@ -76,3 +76,23 @@ def test_count_progress_draws_items_done_of_the_total_on_a_terminal_only():
     drawn = run(terminal=True)
     assert "0/3 features" in drawn and "3/3 features" in drawn
     assert run(terminal=False) == ""
+
+
+def test_plugins_and_profiles_lists_break_no_word_at_80_columns():
+    from ohlcv.config import list_profiles
+    from ohlcv.plugins import load_plugins
+    from ohlcv.render import render_plugins, render_profiles
+
+    plugins = load_plugins()
+    console, out = _console(80)
+    render_plugins(console, plugins)
+    infos = list_profiles()
+    render_profiles(console, infos)
+    printed = out.getvalue()
+    assert all(len(line) <= 80 for line in printed.splitlines())
+    words = set(printed.split())
+    for entry in plugins.describe():
+        assert entry["feature"] in words and entry["distribution"] in words
+        assert all(name in words for name in entry["outputs"])
+    for info in infos:
+        assert str(info.path) in words and info.name in words

@@ -56,17 +56,29 @@ def render_budget(console: "Console", report: "BudgetReport", loaded: "LoadedPro
 
 
 def render_profiles(console: "Console", infos: Iterable["ProfileInfo"]) -> None:
+    """Descriptions wrap at word boundaries; a path is never broken: when it does not fit beside a readable
+    description (80 columns, a log), the paths go to a second table."""
+    infos = list(infos)
+    names = [escape(info.name) for info in infos]
+    paths = [escape(str(info.path)) for info in infos]
+    fixed = [max([len(text) for text in column] + [len(head)]) for head, column in
+             (("name", names), ("origin", [i.origin for i in infos]), ("extends", [i.extends or "" for i in infos]),
+              ("path", paths))]
+    with_paths = sum(fixed) + 3 * 5 + 1 + 30 <= console.width  # room left for a 30-column description
     table = Table(title="Profiles", title_justify="left")
     table.add_column("name", style="bold", no_wrap=True)
     table.add_column("origin", no_wrap=True)
     table.add_column("extends", no_wrap=True)
     table.add_column("description")
-    table.add_column("path", style="dim", overflow="fold")
-    for info in infos:
-        table.add_row(
-            escape(info.name), info.origin, escape(info.extends or ""), escape(info.description), escape(str(info.path))
-        )
+    if with_paths:
+        table.add_column("path", style="dim", no_wrap=True)
+    for info, name, path in zip(infos, names, paths):
+        cells = [name, info.origin, escape(info.extends or ""), escape(info.description)]
+        table.add_row(*cells, *([path] if with_paths else []))
     console.print(table)
+    if not with_paths:
+        print_fitted_table(console, "Profile files", ["name", "path"], [list(pair) for pair in zip(names, paths)],
+                           left=2)
 
 
 def render_plain(text: str, *, end: str = "\n") -> None:
@@ -118,24 +130,20 @@ def render_plugin_checks(console: "Console", checks) -> None:
 
 
 def render_plugins(console: "Console", plugins: "Plugins", *, warnings_to: "Console | None" = None) -> None:
-    table = Table(title="Registered features", title_justify="left")
-    table.add_column("feature", style="bold", no_wrap=True)
-    table.add_column("family", no_wrap=True)
-    table.add_column("outputs (kind)", overflow="fold")
-    table.add_column("warm-up", justify="right", no_wrap=True)
-    table.add_column("plugin", no_wrap=True)
-    table.add_column("distribution", overflow="fold")
+    """One output per line, no cell broken mid-word: columns that do not fit go to a continued table."""
+    columns = ["feature", "family", "outputs (kind)", "warm-up", "plugin", "distribution"]
+    rows = []
     for entry in plugins.describe():
-        outputs = ", ".join(f"{name} ({kind})" for name, kind in entry["outputs"].items())
-        table.add_row(
-            escape(entry["feature"]),
+        outputs = "\n".join(f"{name} ({kind})" for name, kind in entry["outputs"].items())
+        rows.append([
+            f"[bold]{escape(entry['feature'])}[/]",
             entry["family"],
             escape(f"(error: {entry['error']})" if entry["error"] else outputs),
             "?" if entry["warmup_bars"] is None else str(entry["warmup_bars"]),
             escape(entry["plugin"]),
             escape(f"{entry['distribution']} {entry['version']}"),
-        )
-    console.print(table)
+        ])
+    print_fitted_table(console, "Registered features", columns, rows, left=len(columns), right=[3])
     if not len(plugins.features):
         console.print("no features registered (is OHLCV_LOAD_PLUGINS set?)")
     render_warnings(warnings_to or console, plugins.warnings)
@@ -463,14 +471,17 @@ def render_pretrain_result(console: "Console", result) -> None:
 
 
 def print_fitted_table(console: "Console", title: str, columns: list[str], rows: list[list[str]], *,
-                       left: int = 1, continued: str | None = None) -> None:
+                       left: int = 1, continued: str | None = None, right: Iterable[int] = ()) -> None:
     """A table that never cuts a number: when its columns are wider than the console (80 columns, a log),
     it is printed as several tables, each repeating the first column (the row's name) with as many of the
-    others as fit. The first ``left`` columns are left-aligned, the rest right-aligned."""
+    others as fit. The first ``left`` columns are left-aligned, the rest right-aligned (and those in ``right``);
+    a cell may hold several lines."""
     from rich.text import Text
 
-    widths = [max([Text.from_markup(c).cell_len for c in [column, *(row[i] for row in rows)]] or [1])
+    widths = [max([Text.from_markup(line).cell_len for c in [column, *(row[i] for row in rows)]
+                   for line in c.split("\n")] or [1])
               for i, column in enumerate(columns)]
+    right = set(right)
     room = max(console.width, 20)
 
     def width(indexes: list[int]) -> int:  # cells, one space of padding each side, the borders
@@ -485,7 +496,7 @@ def print_fitted_table(console: "Console", title: str, columns: list[str], rows:
         part = title if number == 0 else (continued or f"{title} (continued)")
         table = Table(title=part, title_justify="left")
         for i in group:
-            table.add_column(columns[i], justify="left" if i < left else "right", no_wrap=True, overflow="fold",
+            table.add_column(columns[i], justify="left" if i < left and i not in right else "right", no_wrap=True, overflow="fold",
                              min_width=widths[i])
         for row in rows:
             table.add_row(*(row[i] for i in group))
