@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from ohlcv.lake.sample import generate_sample_lake
@@ -84,3 +85,20 @@ def test_pretrain_demo_json_and_no_library_messages(tmp_path):
         assert message not in printed, printed
     assert not re.search(r"\d+/-\d", printed) and "Epoch" not in printed
     assert "pre-training profile demo" in result.stderr  # what a person reads still shows, on stderr
+
+
+def test_json_the_tool_writes_has_no_nan_or_infinity():
+    from ohlcv.config.loader import json_text
+
+    text = json_text({"p": float("nan"), "n": [1, float("inf"), np.float32("nan"), np.float64(2.5)]}, default=float)
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} written")) == {"p": None, "n": [1, None, None, 2.5]}
+
+
+def test_a_build_in_a_log_writes_nothing_to_stderr(tmp_path):
+    """Piped (not a terminal), the build's progress display is off: not even the blank line a live display leaves."""
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto"], bars=800, seed=4)
+    result = run_ohlcv_subprocess("build", "--lake", str(lake.root), "--out", str(tmp_path / "ds"),
+                                  "features.enabled=[log_return]", "features.params.log_return.horizons=[1]",
+                                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and (tmp_path / "ds").is_dir()

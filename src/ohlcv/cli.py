@@ -612,8 +612,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def _json_text(data) -> str:
-    """JSON for --json: numpy numbers as numbers, paths and time stamps as strings."""
-    import json
+    """JSON for --json: numpy numbers as numbers, paths and time stamps as strings, NaN as null."""
+    from ohlcv.config.loader import json_text
 
     def other(value):
         try:
@@ -621,7 +621,7 @@ def _json_text(data) -> str:
         except (TypeError, ValueError):
             return str(value)
 
-    return json.dumps(data, indent=2, default=other)
+    return json_text(data, indent=2, default=other)
 
 
 def _plain(text: str, *, end: str = "\n") -> None:

@@ -155,7 +155,8 @@ def render_warnings(console: "Console", lines) -> None:
 
 
 class _BuildProgress:
-    """Rich progress over symbols, with rows/s; silent when quiet."""
+    """Rich progress over symbols, with rows/s; silent when quiet or not on a terminal (a log gets not even the
+    blank line a finished live display leaves)."""
 
     def __init__(self, console: "Console", quiet: bool):
         self.console, self.quiet = console, quiet
@@ -170,7 +171,7 @@ class _BuildProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._started = time.perf_counter()
-        if not self.quiet:
+        if not self.quiet and self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]building[/]"),
                 BarColumn(),
