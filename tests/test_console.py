@@ -67,3 +67,22 @@ def test_the_model_loading_announcement_is_silenced_unless_debugging(debug):
     assert result.returncode == 0, result.stderr
     assert ("Loading weights from local directory" in result.stdout) == bool(debug)
     assert "a line of another library" in result.stdout
+
+
+@pytest.mark.parametrize("columns", [None, "120"])
+def test_prose_wraps_at_word_boundaries_to_80_columns_in_a_log_or_to_columns(columns, monkeypatch, capsys):
+    """Piped, a long note is wrapped between words at 80 columns (or COLUMNS); an error stays one line."""
+    from ohlcv.cli import _console
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    words = [f"word{i:03d}" for i in range(60)]
+    _console().print("note: " + " ".join(words))
+    _console(stderr=True).print("error: " + " ".join(words))
+    out, err = capsys.readouterr()
+    width = int(columns or 80)
+    assert all(len(line) <= width for line in out.splitlines()) and len(out.splitlines()) > 1
+    assert out.split() == ["note:", *words]  # no word cut in two
+    assert len(err.strip().splitlines()) == 1

@@ -66,12 +66,15 @@ OverridesArgument = typer.Argument(
 
 
 def _console(stderr: bool = False):
-    """The console; on every process but global rank zero of a multi-process run, stdout stays quiet."""
+    """The console; on every process but global rank zero of a multi-process run, stdout stays quiet.
+
+    Prose on stdout wraps at word boundaries to the terminal's width, or, piped, to 80 columns unless
+    ``COLUMNS`` says otherwise (Rich's rule); stderr is left unwrapped, so an error stays one line to grep."""
     from rich.console import Console
 
     from ohlcv.train.distributed import is_rank_zero
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, quiet=not stderr and not is_rank_zero())
+    return Console(stderr=stderr, highlight=False, soft_wrap=stderr, quiet=not stderr and not is_rank_zero())
 
 
 def _load(profile: str, overrides: Optional[List[str]], extra: Optional[List[str]] = None):
