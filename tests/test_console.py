@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.conftest import TINY, run_ohlcv_subprocess
@@ -45,10 +47,12 @@ def test_a_tiny_pretraining_prints_no_library_noise_and_no_negative_totals(tmp_p
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto", "fx"], bars=900, seed=2)
     result = run_ohlcv_subprocess("pretrain", "--profile", "hourly", "--lake", str(lake.root), "--dataset",
                                   str(tmp_path / "ds"), "--out", str(tmp_path / "run"), *TINY, "pretrain.max_steps=2",
-                                  timeout=300)
+                                  env={"TTY_COMPATIBLE": "1"}, timeout=300)  # Rich draws as on a terminal
     assert result.returncode == 0, result.stderr + result.stdout
-    printed = result.stdout + result.stderr
+    printed = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout + result.stderr)  # the terminal's control codes
     assert not [word for word in NOISE if word in printed], printed
+    totals = {int(total) for total in re.findall(r"\b\d+/(-?\d+) steps", printed)}
+    assert totals == {2}, printed  # the progress display was drawn, and its total is max_steps, never negative
     assert "/-" not in printed and "Epoch" not in printed
     assert "loss, last step" in result.stdout
 

@@ -18,6 +18,17 @@ def _rows(table: str) -> list[list[str]]:
             if line.startswith("│")]
 
 
+def _column(table: str, index: int) -> dict[str, str]:
+    """Each row's whole cell in column ``index``, its wrapped lines joined, keyed by the row's first cell."""
+    cells: dict[str, list[str]] = {}
+    name = ""
+    for row in _rows(table):
+        name = row[0] or name
+        if len(row) > index and row[index]:
+            cells.setdefault(name, []).append(row[index])
+    return {key: " ".join(parts) for key, parts in cells.items()}
+
+
 def test_profiles_list_json_is_the_table(cli):
     table, as_json = cli("profiles", "list"), cli("profiles", "list", "--json")
     assert table.exit_code == as_json.exit_code == 0, as_json.stderr
@@ -25,7 +36,8 @@ def test_profiles_list_json_is_the_table(cli):
     assert {p["name"] for p in profiles} >= {"hourly", "daily", "minute", "demo"}
     names = [row[0] for row in _rows(table.stdout) if row[0]]
     assert names == [p["name"] for p in profiles]
-    assert all(p["description"].split()[0] in table.stdout for p in profiles)
+    descriptions = _column(table.stdout, 3)
+    assert all(descriptions[p["name"]] == " ".join(p["description"].split()) for p in profiles)
 
 
 def test_plugins_list_json_is_the_table(cli):
@@ -41,13 +53,15 @@ def test_plugins_list_json_is_the_table(cli):
 
 
 def test_plugins_check_json_is_the_table(cli):
-    table = cli("plugins", "check", "rsi", "drawdown")
-    as_json = cli("plugins", "check", "rsi", "drawdown", "--json")
+    table = cli("plugins", "check", "drawdown", "rsi")
+    as_json = cli("plugins", "check", "drawdown", "rsi", "--json")
     assert table.exit_code == as_json.exit_code == 0, as_json.stderr
     checks = json.loads(as_json.stdout)
-    assert [c["feature"] for c in checks] == ["rsi", "drawdown"] and all(c["ok"] for c in checks)
+    assert [c["feature"] for c in checks] == ["drawdown", "rsi"] and all(c["ok"] for c in checks)  # as named
     rows = {row[0]: row for row in _rows(table.stdout) if row[0]}
-    assert all(rows[c["feature"]][3] == "pass" and c["detail"].split()[0] in rows[c["feature"]][5] for c in checks)
+    details = _column(table.stdout, 5)
+    assert all(rows[c["feature"]][3] == "pass" and details[c["feature"]] == " ".join(c["detail"].split())
+               for c in checks)
     assert "2 passed, 0 failed" in table.stdout
 
 

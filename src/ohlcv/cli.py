@@ -9,6 +9,7 @@ datasets) happen inside the commands that need them, never at start-up.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -275,6 +276,7 @@ def check(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    dataset_option: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (as the positional)."),
 ) -> None:
     """Verify a built dataset the way uni2ts reads it: indexer, pre-training transform, lengths, budget.
 
@@ -284,6 +286,9 @@ def check(
     if dataset is not None and "=" in str(dataset):  # `ohlcv check key=value`: an override, not a folder
         extra.insert(0, str(dataset))
         dataset = None
+    if dataset is not None and dataset_option is not None and dataset != dataset_option:
+        raise typer.BadParameter(f"two datasets: {dataset} and --dataset {dataset_option}; name one")
+    dataset = dataset or dataset_option
     loaded = _load(profile, extra)
     _check(loaded, dataset or Path(str(loaded.cfg.data.dataset)).expanduser(), as_json=as_json)
 
@@ -343,7 +348,7 @@ def _build_first(loaded, *, to_stderr: bool = False):
 
         _ensure_sample_lake(cfg, loaded.name, to_stderr=to_stderr)
         render_line(_console(stderr=to_stderr), f"{'rebuilding' if force else 'building'} the dataset "
-                                                f"{cfg.data.dataset} from {cfg.data.lake} first")
+                                                f"{cfg.data.dataset} from {os.path.expanduser(str(cfg.data.lake))} first")
         render_build(_console(stderr=to_stderr), _run_build(cfg, shard=None, force=force, quiet=False))
 
     return build

@@ -504,6 +504,14 @@ def print_fitted_table(console: "Console", title: str, columns: list[str], rows:
         console.print(table)
 
 
+def _with_t(stat: dict) -> str:
+    """A mean with its t statistic, the t left out where it is undefined (one origin, no spread)."""
+    import math
+
+    t = stat.get("t")
+    return f"{stat['mean']:.3f}" + (f" (t {t:.2f})" if t is not None and math.isfinite(t) else "")
+
+
 def render_evaluation(console: "Console", result) -> None:
     import math
 
@@ -541,8 +549,8 @@ def render_evaluation(console: "Console", result) -> None:
             console.print(escape(result.verdict(variate, model)))
             summary = result.ic.get(model, {}).get(variate)
             if summary:
-                console.print(f"  IC {summary['ic']['mean']:.3f} (t {summary['ic']['t']:.2f}), rank IC "
-                              f"{summary['rank_ic']['mean']:.3f} (t {summary['rank_ic']['t']:.2f}) over {summary['origins']} origins")
+                console.print(f"  IC {_with_t(summary['ic'])}, rank IC {_with_t(summary['rank_ic'])} "
+                              f"over {summary['origins']} origins")
     for flag in result.flags():
         console.print(f"[bold yellow]calibration:[/] {escape(flag)}")
     for note in result.notes:
