@@ -87,12 +87,15 @@ def test_pretrain_demo_json_and_no_library_messages(tmp_path):
     """`ohlcv pretrain --profile demo` (a few steps) says none of the libraries' messages, and --json parses."""
     result = run_ohlcv_subprocess("pretrain", "--profile", "demo", "--json", "pretrain.max_steps=3",
                                   "pretrain.checkpoint_every_n_steps=3", "pretrain.warmup_steps=1", cwd=tmp_path,
-                                  env={"HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+                                  env={"HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+                                       "TTY_COMPATIBLE": "1"},  # Rich draws its progress as on a terminal
                                   timeout=300)
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
+    summary = json.loads(result.stdout)  # stdout stays plain JSON even so
     assert summary["steps"] == 3 and (tmp_path / summary["model_dir"]).is_dir()
-    printed = result.stdout + result.stderr
+    printed = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout + result.stderr)  # the terminal's control codes
+    totals = {int(total) for total in re.findall(r"\b\d+/(-?\d+) steps", printed)}
+    assert totals == {3}, printed  # the step display was drawn, its total max_steps, never negative
     for message in ("💡 Tip", "litlogger", "LeafSpec", "no `val_dataloader`", "`weights_only` was not set",
                     "GPU available", "TPU available", "HPU available", "`Trainer.fit` stopped",
                     "Loading weights from local directory"):
