@@ -93,7 +93,8 @@ def test_pretrain_demo_json_and_no_library_messages(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)  # stdout stays plain JSON even so
     assert summary["steps"] == 3 and (tmp_path / summary["model_dir"]).is_dir()
-    printed = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout + result.stderr)  # the terminal's control codes
+    stderr = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stderr)  # the terminal's control codes
+    printed = result.stdout + stderr
     totals = {int(total) for total in re.findall(r"\b\d+/(-?\d+) steps", printed)}
     assert totals == {3}, printed  # the step display was drawn, its total max_steps, never negative
     for message in ("💡 Tip", "litlogger", "LeafSpec", "no `val_dataloader`", "`weights_only` was not set",
@@ -101,7 +102,7 @@ def test_pretrain_demo_json_and_no_library_messages(tmp_path):
                     "Loading weights from local directory"):
         assert message not in printed, printed
     assert not re.search(r"\d+/-\d", printed) and "Epoch" not in printed
-    assert "pre-training profile demo" in result.stderr  # what a person reads still shows, on stderr
+    assert "pre-training profile demo" in stderr  # what a person reads still shows, on stderr
 
 
 def test_json_the_tool_writes_has_no_nan_or_infinity():
