@@ -75,7 +75,7 @@ eurusd.head()
 lake = WORK / "lake"
 ohlcv("lake", "ingest", bars / "EURUSD.csv", lake, "--asset-class", "fx", "--freq", "1h", "--symbol", "EURUSD")
 ohlcv("lake", "ingest", bars / "GOOG.csv", lake, "--asset-class", "equity", "--freq", "1D", "--symbol", "GOOG")
-sorted(str(p.relative_to(lake)) for p in lake.glob("*/*/*"))
+print(sorted(str(p.relative_to(lake)) for p in lake.glob("*/*/*")))
 
 # %% [markdown]
 # ## Build the dataset and check it
@@ -117,7 +117,7 @@ import json
 
 plan = json.loads(ohlcv("budget", "--profile", "hourly", "--dataset", WORK / "datasets" / "eurusd", "--json",
                         "data.context_length=336", show=False).stdout)
-{row["patch_size"]: row["tokens"] for row in plan["rows"]}
+print({row["patch_size"]: row["tokens"] for row in plan["rows"]})
 
 # %% [markdown]
 # Next: [02_pretrain_finetune_evaluate.py](02_pretrain_finetune_evaluate.py) trains a

@@ -109,9 +109,13 @@ metrics = json.loads((evaluation / "metrics.json").read_text())
 for variate, info in metrics["variates"].items():
     yardstick = info["yardstick"]
     ratio = metrics["relative"]["model"][variate]["crps"]
-    p = metrics["significance"]["model"][variate][yardstick]["crps"]["p_value"]
-    print(f"{variate} ({info['kind']}, {info['windows']} windows): CRPS / {yardstick} = {ratio:.3f}, DM p = {p:.3f}")
+    test = metrics["significance"]["model"][variate][yardstick]["crps"]
+    p, n = test["p_value"], test.get("n")  # p is null (None) when there are too few origins for the test
+    dm = f"DM p = {p:.3f} over {n} origins" if p is not None else f"no DM test ({n} origins: too few)"
+    print(f"{variate} ({info['kind']}, {info['windows']} windows): CRPS / {yardstick} = {ratio:.3f}, {dm}")
     print("   ", metrics["verdicts"]["model"][variate])
+for note in metrics["notes"]:
+    print("note:", note)
 
 # %% [markdown]
 # ## The plots

@@ -125,7 +125,7 @@ def ohlcv_register_features(register):
 
 my_features.ohlcv_register_features = ohlcv_register_features
 plugins = load_plugins(extra=[("my_features", my_features)])
-[entry for entry in plugins.describe() if entry["plugin"] == "my_features"]
+print([entry for entry in plugins.describe() if entry["plugin"] == "my_features"])
 
 # %% [markdown]
 # [docs/writing-plugins.md](../docs/writing-plugins.md) walks through the whole

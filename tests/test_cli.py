@@ -125,3 +125,12 @@ def test_the_demo_cache_is_one_per_datasets_major_version(cli):
     data = load_profile("demo").cfg.data
     assert str(data.dataset) == f"~/.cache/ohlcv/demo-ds{major}/dataset"
     assert str(data.lake) == f"~/.cache/ohlcv/demo-ds{major}/lake"
+
+
+def test_check_takes_the_dataset_as_an_option_like_every_command(cli, tmp_path):
+    missing = tmp_path / "no-such-dataset"
+    as_option, as_positional = cli("check", "--dataset", str(missing)), cli("check", str(missing))
+    assert as_option.exit_code == as_positional.exit_code == 1
+    assert as_option.stderr == as_positional.stderr and f"{missing}: no manifest.json" in as_option.stderr
+    both = cli("check", str(missing), "--dataset", str(tmp_path / "other"))
+    assert both.exit_code == 2 and "two datasets" in both.stderr

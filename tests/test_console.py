@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.conftest import TINY, run_ohlcv_subprocess
@@ -45,10 +47,12 @@ def test_a_tiny_pretraining_prints_no_library_noise_and_no_negative_totals(tmp_p
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto", "fx"], bars=900, seed=2)
     result = run_ohlcv_subprocess("pretrain", "--profile", "hourly", "--lake", str(lake.root), "--dataset",
                                   str(tmp_path / "ds"), "--out", str(tmp_path / "run"), *TINY, "pretrain.max_steps=2",
-                                  timeout=300)
+                                  env={"TTY_COMPATIBLE": "1"}, timeout=300)  # Rich draws as on a terminal
     assert result.returncode == 0, result.stderr + result.stdout
-    printed = result.stdout + result.stderr
+    printed = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout + result.stderr)  # the terminal's control codes
     assert not [word for word in NOISE if word in printed], printed
+    totals = {int(total) for total in re.findall(r"\b\d+/(-?\d+) steps", printed)}
+    assert totals == {2}, printed  # the progress display was drawn, and its total is max_steps, never negative
     assert "/-" not in printed and "Epoch" not in printed
     assert "loss, last step" in result.stdout
 
@@ -67,3 +71,22 @@ def test_the_model_loading_announcement_is_silenced_unless_debugging(debug):
     assert result.returncode == 0, result.stderr
     assert ("Loading weights from local directory" in result.stdout) == bool(debug)
     assert "a line of another library" in result.stdout
+
+
+@pytest.mark.parametrize("columns", [None, "120"])
+def test_prose_wraps_at_word_boundaries_to_80_columns_in_a_log_or_to_columns(columns, monkeypatch, capsys):
+    """Piped, a long note is wrapped between words at 80 columns (or COLUMNS); an error stays one line."""
+    from ohlcv.cli import _console
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    words = [f"word{i:03d}" for i in range(60)]
+    _console().print("note: " + " ".join(words))
+    _console(stderr=True).print("error: " + " ".join(words))
+    out, err = capsys.readouterr()
+    width = int(columns or 80)
+    assert all(len(line) <= width for line in out.splitlines()) and len(out.splitlines()) > 1
+    assert out.split() == ["note:", *words]  # no word cut in two
+    assert len(err.strip().splitlines()) == 1

@@ -168,3 +168,25 @@ def test_evaluate_reports_progress_per_model_and_per_forecast_up_to_each_total(t
     phase, total, unit, done, said = forecasting
     assert (phase, unit) == ("forecasting", "forecasts") and done == total > 0
     assert any(s.endswith("random_walk") for s in said) and any("zero_shot" in s for s in said)
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_one_window_writes_strict_json_with_null_for_undefined_numbers(trained, cli):
+    """One origin: the Diebold-Mariano test is undefined, written as null, not NaN (which strict parsers refuse)."""
+    root, model = trained
+    out = root / "one-window"
+    result = cli("evaluate", "--profile", "hourly", "--model", str(model), "--dataset", str(root / "ds"),
+                 "--out", str(out), "--json", *TINY, "evaluate.windows=1", "evaluate.num_samples=8",
+                 "evaluate.variates=[close]")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    metrics = _strict((out / "metrics.json").read_text())
+    printed = _strict(result.stdout)
+    yard = metrics["variates"]["close"]["yardstick"]
+    assert metrics["significance"]["model"]["close"][yard]["crps"]["p_value"] is None
+    assert printed["significance"]["model"]["close"][yard]["crps"]["p_value"] is None

@@ -45,7 +45,9 @@ def test_evaluation_at_80_columns_prints_every_number_whole():
         aggregate={"model": {"close": metrics}, "random_walk": {"close": metrics}},
         relative={"model": {"close": {"crps": 0.987, "mae": 1.012}}, "random_walk": {"close": {"crps": 1.0, "mae": 1.0}}},
         significance={"model": {"close": {"random_walk": dm}}},
-        models=["model"], ic={}, notes=[], plots=[], out="runs/x",
+        models=["model"], notes=[], plots=[], out="runs/x",
+        ic={"model": {"close": {"ic": {"mean": 0.206, "t": float("nan")}, "rank_ic": {"mean": 0.1, "t": 1.5},
+                                "origins": 1}}},
         model_info={"model": {"family": "Moirai 1.x", "size": "small", "parameters": 13_827_528, "patch_size": 32,
                               "output": "samples", "source": "hub Salesforce/moirai-1.1-R-small"}},
         verdict=lambda variate, model: "verdict", flags=lambda: [],
@@ -59,6 +61,7 @@ def test_evaluation_at_80_columns_prints_every_number_whole():
     for number in ("0.01235", "1.234", "12.345", "0.50/0.80/0.95", "0.51/0.52 (0.340)", "0.987", "1.012", "0.012",
                    "0.456"):
         assert number in printed, number
+    assert "IC 0.206, rank IC 0.100 (t 1.50) over 1 origins" in printed and "nan" not in printed  # no undefined t
 
 
 def test_count_progress_draws_items_done_of_the_total_on_a_terminal_only():
@@ -76,3 +79,23 @@ def test_count_progress_draws_items_done_of_the_total_on_a_terminal_only():
     drawn = run(terminal=True)
     assert "0/3 features" in drawn and "3/3 features" in drawn
     assert run(terminal=False) == ""
+
+
+def test_plugins_and_profiles_lists_break_no_word_at_80_columns():
+    from ohlcv.config import list_profiles
+    from ohlcv.plugins import load_plugins
+    from ohlcv.render import render_plugins, render_profiles
+
+    plugins = load_plugins()
+    console, out = _console(80)
+    render_plugins(console, plugins)
+    infos = list_profiles()
+    render_profiles(console, infos)
+    printed = out.getvalue()
+    assert all(len(line) <= 80 for line in printed.splitlines())
+    words = set(printed.split())
+    for entry in plugins.describe():
+        assert entry["feature"] in words and entry["distribution"] in words
+        assert all(name in words for name in entry["outputs"])
+    for info in infos:
+        assert str(info.path) in words and info.name in words

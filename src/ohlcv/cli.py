@@ -9,6 +9,7 @@ datasets) happen inside the commands that need them, never at start-up.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -66,12 +67,15 @@ OverridesArgument = typer.Argument(
 
 
 def _console(stderr: bool = False):
-    """The console; on every process but global rank zero of a multi-process run, stdout stays quiet."""
+    """The console; on every process but global rank zero of a multi-process run, stdout stays quiet.
+
+    Prose on stdout wraps at word boundaries to the terminal's width, or, piped, to 80 columns unless
+    ``COLUMNS`` says otherwise (Rich's rule); stderr is left unwrapped, so an error stays one line to grep."""
     from rich.console import Console
 
     from ohlcv.train.distributed import is_rank_zero
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, quiet=not stderr and not is_rank_zero())
+    return Console(stderr=stderr, highlight=False, soft_wrap=stderr, quiet=not stderr and not is_rank_zero())
 
 
 def _load(profile: str, overrides: Optional[List[str]], extra: Optional[List[str]] = None):
@@ -278,6 +282,7 @@ def check(
     profile: str = ProfileOption,
     overrides: Optional[List[str]] = OverridesArgument,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    dataset_option: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (as the positional)."),
 ) -> None:
     """Verify a built dataset the way uni2ts reads it: indexer, pre-training transform, lengths, budget.
 
@@ -287,6 +292,9 @@ def check(
     if dataset is not None and "=" in str(dataset):  # `ohlcv check key=value`: an override, not a folder
         extra.insert(0, str(dataset))
         dataset = None
+    if dataset is not None and dataset_option is not None and dataset != dataset_option:
+        raise typer.BadParameter(f"two datasets: {dataset} and --dataset {dataset_option}; name one")
+    dataset = dataset or dataset_option
     loaded = _load(profile, extra)
     _check(loaded, dataset or Path(str(loaded.cfg.data.dataset)).expanduser(), as_json=as_json)
 
@@ -346,7 +354,7 @@ def _build_first(loaded, *, to_stderr: bool = False):
 
         _ensure_sample_lake(cfg, loaded.name, to_stderr=to_stderr)
         render_line(_console(stderr=to_stderr), f"{'rebuilding' if force else 'building'} the dataset "
-                                                f"{cfg.data.dataset} from {cfg.data.lake} first")
+                                                f"{cfg.data.dataset} from {os.path.expanduser(str(cfg.data.lake))} first")
         render_build(_console(stderr=to_stderr), _run_build(cfg, shard=None, force=force, quiet=False))
 
     return build
@@ -618,8 +626,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def _json_text(data) -> str:
-    """JSON for --json: numpy numbers as numbers, paths and time stamps as strings."""
-    import json
+    """JSON for --json: numpy numbers as numbers, paths and time stamps as strings, NaN as null."""
+    from ohlcv.config.loader import json_text
 
     def other(value):
         try:
@@ -627,7 +635,7 @@ def _json_text(data) -> str:
         except (TypeError, ValueError):
             return str(value)
 
-    return json.dumps(data, indent=2, default=other)
+    return json_text(data, indent=2, default=other)
 
 
 def _plain(text: str, *, end: str = "\n") -> None:

@@ -371,7 +371,8 @@ def check_plugins(names=None, progress=None) -> list[PluginCheck]:
         unknown = sorted(set(names) - {e.feature.name for e in entries})
         if unknown:
             raise ConfigError(f"no registered feature named {unknown}; see `ohlcv plugins list`", key="NAME")
-        entries = [e for e in entries if e.feature.name in names]
+        by_name = {e.feature.name: e for e in entries}
+        entries = [by_name[name] for name in dict.fromkeys(names)]  # in the order named, each once
     checks = []
     if progress is not None:
         progress.on_start("checking", len(entries), "features")

@@ -60,17 +60,29 @@ def render_budget(console: "Console", report: "BudgetReport", loaded: "LoadedPro
 
 
 def render_profiles(console: "Console", infos: Iterable["ProfileInfo"]) -> None:
+    """Descriptions wrap at word boundaries; a path is never broken: when it does not fit beside a readable
+    description (80 columns, a log), the paths go to a second table."""
+    infos = list(infos)
+    names = [escape(info.name) for info in infos]
+    paths = [escape(str(info.path)) for info in infos]
+    fixed = [max([len(text) for text in column] + [len(head)]) for head, column in
+             (("name", names), ("origin", [i.origin for i in infos]), ("extends", [i.extends or "" for i in infos]),
+              ("path", paths))]
+    with_paths = sum(fixed) + 3 * 5 + 1 + 30 <= console.width  # room left for a 30-column description
     table = Table(title="Profiles", title_justify="left")
     table.add_column("name", style="bold", no_wrap=True)
     table.add_column("origin", no_wrap=True)
     table.add_column("extends", no_wrap=True)
     table.add_column("description")
-    table.add_column("path", style="dim", overflow="fold")
-    for info in infos:
-        table.add_row(
-            escape(info.name), info.origin, escape(info.extends or ""), escape(info.description), escape(str(info.path))
-        )
+    if with_paths:
+        table.add_column("path", style="dim", no_wrap=True)
+    for info, name, path in zip(infos, names, paths):
+        cells = [name, info.origin, escape(info.extends or ""), escape(info.description)]
+        table.add_row(*cells, *([path] if with_paths else []))
     console.print(table)
+    if not with_paths:
+        print_fitted_table(console, "Profile files", ["name", "path"], [list(pair) for pair in zip(names, paths)],
+                           left=2)
 
 
 def render_plain(text: str, *, end: str = "\n") -> None:
@@ -122,24 +134,20 @@ def render_plugin_checks(console: "Console", checks) -> None:
 
 
 def render_plugins(console: "Console", plugins: "Plugins", *, warnings_to: "Console | None" = None) -> None:
-    table = Table(title="Registered features", title_justify="left")
-    table.add_column("feature", style="bold", no_wrap=True)
-    table.add_column("family", no_wrap=True)
-    table.add_column("outputs (kind)", overflow="fold")
-    table.add_column("warm-up", justify="right", no_wrap=True)
-    table.add_column("plugin", no_wrap=True)
-    table.add_column("distribution", overflow="fold")
+    """One output per line, no cell broken mid-word: columns that do not fit go to a continued table."""
+    columns = ["feature", "family", "outputs (kind)", "warm-up", "plugin", "distribution"]
+    rows = []
     for entry in plugins.describe():
-        outputs = ", ".join(f"{name} ({kind})" for name, kind in entry["outputs"].items())
-        table.add_row(
-            escape(entry["feature"]),
+        outputs = "\n".join(f"{name} ({kind})" for name, kind in entry["outputs"].items())
+        rows.append([
+            f"[bold]{escape(entry['feature'])}[/]",
             entry["family"],
             escape(f"(error: {entry['error']})" if entry["error"] else outputs),
             "?" if entry["warmup_bars"] is None else str(entry["warmup_bars"]),
             escape(entry["plugin"]),
             escape(f"{entry['distribution']} {entry['version']}"),
-        )
-    console.print(table)
+        ])
+    print_fitted_table(console, "Registered features", columns, rows, left=len(columns), right=[3])
     if not len(plugins.features):
         console.print("no features registered (is OHLCV_LOAD_PLUGINS set?)")
     render_warnings(warnings_to or console, plugins.warnings)
@@ -151,7 +159,8 @@ def render_warnings(console: "Console", lines) -> None:
 
 
 class _BuildProgress:
-    """Rich progress over symbols, with rows/s; silent when quiet."""
+    """Rich progress over symbols, with rows/s; silent when quiet or not on a terminal (a log gets not even the
+    blank line a finished live display leaves)."""
 
     def __init__(self, console: "Console", quiet: bool):
         self.console, self.quiet = console, quiet
@@ -166,7 +175,7 @@ class _BuildProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._started = time.perf_counter()
-        if not self.quiet:
+        if not self.quiet and self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]building[/]"),
                 BarColumn(),
@@ -467,14 +476,17 @@ def render_pretrain_result(console: "Console", result) -> None:
 
 
 def print_fitted_table(console: "Console", title: str, columns: list[str], rows: list[list[str]], *,
-                       left: int = 1, continued: str | None = None) -> None:
+                       left: int = 1, continued: str | None = None, right: Iterable[int] = ()) -> None:
     """A table that never cuts a number: when its columns are wider than the console (80 columns, a log),
     it is printed as several tables, each repeating the first column (the row's name) with as many of the
-    others as fit. The first ``left`` columns are left-aligned, the rest right-aligned."""
+    others as fit. The first ``left`` columns are left-aligned, the rest right-aligned (and those in ``right``);
+    a cell may hold several lines."""
     from rich.text import Text
 
-    widths = [max([Text.from_markup(c).cell_len for c in [column, *(row[i] for row in rows)]] or [1])
+    widths = [max([Text.from_markup(line).cell_len for c in [column, *(row[i] for row in rows)]
+                   for line in c.split("\n")] or [1])
               for i, column in enumerate(columns)]
+    right = set(right)
     room = max(console.width, 20)
 
     def width(indexes: list[int]) -> int:  # cells, one space of padding each side, the borders
@@ -489,11 +501,19 @@ def print_fitted_table(console: "Console", title: str, columns: list[str], rows:
         part = title if number == 0 else (continued or f"{title} (continued)")
         table = Table(title=part, title_justify="left")
         for i in group:
-            table.add_column(columns[i], justify="left" if i < left else "right", no_wrap=True, overflow="fold",
+            table.add_column(columns[i], justify="left" if i < left and i not in right else "right", no_wrap=True, overflow="fold",
                              min_width=widths[i])
         for row in rows:
             table.add_row(*(row[i] for i in group))
         console.print(table)
+
+
+def _with_t(stat: dict) -> str:
+    """A mean with its t statistic, the t left out where it is undefined (one origin, no spread)."""
+    import math
+
+    t = stat.get("t")
+    return f"{stat['mean']:.3f}" + (f" (t {t:.2f})" if t is not None and math.isfinite(t) else "")
 
 
 def render_evaluation(console: "Console", result) -> None:
@@ -533,8 +553,8 @@ def render_evaluation(console: "Console", result) -> None:
             console.print(escape(result.verdict(variate, model)))
             summary = result.ic.get(model, {}).get(variate)
             if summary:
-                console.print(f"  IC {summary['ic']['mean']:.3f} (t {summary['ic']['t']:.2f}), rank IC "
-                              f"{summary['rank_ic']['mean']:.3f} (t {summary['rank_ic']['t']:.2f}) over {summary['origins']} origins")
+                console.print(f"  IC {_with_t(summary['ic'])}, rank IC {_with_t(summary['rank_ic'])} "
+                              f"over {summary['origins']} origins")
     for flag in result.flags():
         console.print(f"[bold yellow]calibration:[/] {escape(flag)}")
     for note in result.notes:

@@ -427,6 +427,23 @@ def _umask() -> int:
     return current
 
 
+def json_text(data: Any, *, default=str, **options) -> str:
+    """JSON any strict parser reads: a number that is not finite (NaN, infinity) is written as null."""
+    import json
+    import math
+
+    def clean(value):
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item) for item in value]
+        return value
+
+    return json.dumps(clean(data), default=lambda value: clean(default(value)), allow_nan=False, **options)
+
+
 def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> Path:
     """Write a file so that readers see the old content or the new, never half of it.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -11,14 +10,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ohlcv.config.loader import atomic_write_text
+from ohlcv.config.loader import atomic_write_text, json_text
 from ohlcv.dataset import normalize
 from ohlcv.dataset.format import Variates, hf_schema
 
 
 def atomic_json(path: Path, data: Any, *, scratch: bool = False) -> None:
     """``scratch``: a compact file of the work folder, not fsynced (a killed process cannot tear it)."""
-    text = json.dumps(data, default=str, separators=(",", ":")) if scratch else json.dumps(data, indent=2, default=str)
+    text = json_text(data, separators=(",", ":")) if scratch else json_text(data, indent=2)
     atomic_write_text(path, text + "\n", durable=not scratch)
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ohlcv.config.loader import atomic_write_text, write_resolved_profile
+from ohlcv.config.loader import atomic_write_text, json_text, write_resolved_profile
 from ohlcv.errors import OhlcvError
 from ohlcv.dataset.read import read_timestamps
 from ohlcv.evaluate.baselines import check_baselines
@@ -87,7 +87,7 @@ def fold_dataset(dataset: Path, manifest: dict[str, Any], target: Path, *, end_s
     link = target / "hf"
     if not link.exists():
         os.symlink(Path(dataset).resolve() / "hf", link, target_is_directory=True)
-    atomic_write_text(target / "manifest.json", json.dumps(view, indent=2) + "\n")
+    atomic_write_text(target / "manifest.json", json_text(view, indent=2) + "\n")
     return target
 
 
@@ -191,7 +191,7 @@ def _run_backtest(loaded, start: str, *, dataset: Path, out: Path, on_build, reb
     backtest = BacktestResult(out=out, folds=folds, overall=overall, refit=refit, notes=notes)
     backtest.plots = _plot(out, backtest)
     write_resolved_profile(loaded, out)
-    atomic_write_text(out / "backtest.json", json.dumps(backtest.to_json(), indent=2, default=float) + "\n")
+    atomic_write_text(out / "backtest.json", json_text(backtest.to_json(), indent=2, default=float) + "\n")
     atomic_write_text(out / "report.md", _report(backtest, start))
     return backtest
 

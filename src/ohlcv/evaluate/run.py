@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ohlcv.config.loader import atomic_write_text, write_resolved_profile
+from ohlcv.config.loader import atomic_write_text, json_text, write_resolved_profile
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.evaluate.baselines import (
     BASELINES,
@@ -745,7 +745,7 @@ def _write_outputs(loaded, result: EvalResult, model_spec, zero_shot, dataset, m
         "crps": "mean weighted quantile loss over levels 0.1-0.9 (GluonTS mean_wQuantileLoss), scale-free",
         "models": result.model_info,
     }
-    atomic_write_text(out / "metrics.json", json.dumps({"settings": settings, **result.to_json()}, indent=2,
+    atomic_write_text(out / "metrics.json", json_text({"settings": settings, **result.to_json()}, indent=2,
                                                        default=float) + "\n")
     with open(out / "metrics.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")

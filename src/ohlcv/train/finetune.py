@@ -10,13 +10,12 @@ the starting model.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ohlcv.config.loader import atomic_write_text, write_resolved_profile
+from ohlcv.config.loader import atomic_write_text, json_text, write_resolved_profile
 from ohlcv.errors import ConfigError
 from ohlcv.train.distributed import (
     check_launch,
@@ -303,7 +302,7 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
                                "start_model": model_info}
     if is_rank_zero():
         write_resolved_profile(loaded, run_dir)
-        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(run_dir / "run.json", json_text(summary, indent=2) + "\n")
     share_run_dir(trainer, run_dir)
     # under DDP both losses are means over every validation window, reduced over the processes (see
     # moirai.compat.reduced_across_processes); rank zero's copy is the one every process acts on
@@ -352,7 +351,7 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
             git_revision=git_revision(),
             **sizes,
         )
-        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(run_dir / "run.json", json_text(summary, indent=2) + "\n")
         return summary
 
     return FinetuneResult(run_dir=run_dir, model_dir=run_dir / "model",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ohlcv.config.loader import atomic_write_text, write_resolved_profile
+from ohlcv.config.loader import atomic_write_text, json_text, write_resolved_profile
 from ohlcv.errors import ConfigError, DivergenceError, OhlcvError
 from ohlcv.moirai.models import count_parameters
 from ohlcv.train.distributed import (
@@ -471,5 +471,5 @@ def _write_run_json(run_dir, cfg, dataset, manifest, check: Preflight, stats, *,
         "packages": package_versions(),
         "git_revision": git_revision(),
     }
-    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run_dir / "run.json", json_text(summary, indent=2) + "\n")
     return summary

@@ -121,11 +121,11 @@ def _mark_failed(run_dir: Path, exc: BaseException) -> None:
         return
     if summary.get("status") != "running":  # finished, diverged: it already says
         return
-    from ohlcv.config.loader import atomic_write_text
+    from ohlcv.config.loader import atomic_write_text, json_text
 
     summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                    error=f"{type(exc).__name__}: {exc}")
-    atomic_write_text(marker, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(marker, json_text(summary, indent=2) + "\n")
 
 
 def point_latest(cfg, kind: str, run_dir: Path) -> Path | None:
