@@ -42,12 +42,22 @@ def parameter_counts(module) -> dict[str, Any]:
 
 
 def warmup_cosine(optimizer, warmup_steps: int, max_steps: int):
-    """Linear warm-up over ``warmup_steps`` from 0 to the profile's rate, then cosine decay to 0 at ``max_steps``
-    (uni2ts's own cosine schedule; its ``MoiraiFinetune`` keeps the rate constant and ignores the warm-up)."""
-    from uni2ts.optim import SchedulerType, get_scheduler
+    """Linear warm-up to the profile's rate over ``warmup_steps`` (step 1 at rate / warmup_steps, not 0, so that
+    no step is wasted), then cosine decay to 0 at ``max_steps`` (uni2ts's ``MoiraiFinetune`` keeps the rate
+    constant and ignores the warm-up)."""
+    import math
 
-    return get_scheduler(SchedulerType.COSINE, optimizer, num_warmup_steps=int(warmup_steps),
-                         num_training_steps=int(max_steps))
+    from torch.optim.lr_scheduler import LambdaLR
+
+    warmup, total = int(warmup_steps), int(max_steps)
+
+    def factor(step: int) -> float:  # step: optimizer steps taken so far
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return LambdaLR(optimizer, factor)
 
 
 @functools.lru_cache(maxsize=None)
