@@ -287,6 +287,17 @@ def test_lora_without_peft_says_how_to_install_it_in_one_line(pretrained, cli, m
     assert not (root / "no-peft").exists()  # no run folder left behind
 
 
+@needs_peft
+def test_lora_targets_are_checked_before_any_dataset_work(pretrained, cli):
+    root, start = pretrained
+    result = cli("finetune", "--from", str(start), "--out", str(root / "bad-target"), "--profile", "hourly",
+                 "--dataset", str(root / "nowhere"), *TINY, *FT, f"data.lake={root / 'no-lake'}",
+                 "finetune.pattern=lora", "finetune.lora.target_modules=[self_attn.qq_proj]")
+    assert result.exit_code == 2, result.stderr + result.stdout
+    assert "no layer of this model is named self_attn.qq_proj" in result.stderr  # not the missing lake
+    assert not (root / "nowhere").exists() and not (root / "bad-target").exists()
+
+
 def test_patterns_are_checked_against_the_one_family_table():
     from ohlcv.errors import ConfigError
     from ohlcv.moirai.sources import FAMILIES

@@ -226,6 +226,10 @@ def run_finetune(
 
     source = start if isinstance(start, ModelSource) else resolve_model(start)
     source.family.check_finetune(source.spec, loaded.cfg.finetune.pattern.value)
+    if loaded.cfg.finetune.pattern.value == "lora":  # peft and the adapters' targets, before any dataset work
+        from ohlcv.moirai.lora import check_before_data
+
+        check_before_data(source, loaded.cfg.finetune.lora)
     run_dir = run_folder(loaded.cfg, "finetune", out, resume)
     with discard_on_failure(run_dir):
         result = _run_finetune(loaded, source, run_dir, dataset=dataset, resume=resume, on_build=on_build,
