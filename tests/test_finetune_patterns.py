@@ -209,6 +209,7 @@ def test_each_pattern_trains_only_its_part_and_exports_a_plain_uni2ts_model(pret
     MoiraiModule.from_pretrained(str(root / f"p-{pattern}" / "model"))  # uni2ts's own loader, no peft
     exported, original = weights(root / f"p-{pattern}" / "model"), weights(start)
     assert exported.keys() == original.keys()  # LoRA: merged, no adapter weights left
+    assert summary["parameters"] == sum(v.size for v in exported.values())  # the total is the exported model's
     kept = {"freeze_ffn": [k for k in original if ".ffn." in k],
             "head_only": [k for k in original if not k.startswith("param_proj.")],
             "lora": [k for k in original if "norm" in k or "param_proj" in k or "in_proj" in k]}[pattern]

@@ -35,8 +35,12 @@ def apply_pattern(module, family: str, pattern: str) -> None:
 
 
 def parameter_counts(module) -> dict[str, Any]:
-    total = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    """Trainable parameters against the total of the model as exported: LoRA's adapters (merged at export)
+    are counted as trainable, not in the total."""
+    named = list(module.named_parameters())
+    adapters = sum(p.numel() for n, p in named if "lora_" in n)
+    total = sum(p.numel() for _, p in named) - adapters
+    trainable = sum(p.numel() for _, p in named if p.requires_grad)
     return {"parameters": int(total), "trainable_parameters": int(trainable),
             "trainable_percent": round(100.0 * trainable / total, 3) if total else 0.0}
 
