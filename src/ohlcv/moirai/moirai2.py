@@ -14,12 +14,16 @@ this module trains for:
 - Forecasting reads the last context token's predictions for the first patches of the horizon, and
   feeds its quantiles back for longer horizons.
 
-Training here feeds the true horizon (teacher forcing) and scores every token's predictions of
-the patches after it that lie in the window and are observed, with the pinball (quantile) loss
-averaged over levels, bars, patches and windows, in the scaled units the module works in.
-Validation scores only what forecasting reads: the horizon's patches as predicted from the last
-context token and from every ``num_predict_token``-th horizon token after it (uni2ts's decoding
-steps), with the true values in place of the fed-back quantiles. Covariates are inputs only.
+Training here feeds the true horizon (teacher forcing, causal) and scores only the horizon's
+patches, each as predicted by each of the ``num_predict_token`` tokens before it, where observed,
+with the pinball (quantile) loss averaged over levels, bars, patches and windows, in the scaled
+units the module works in. Context patches are not scored: the scaling is fitted on the context,
+so their own bars would set the units they are scored in. Validation scores only what forecasting
+reads: the horizon's patches as predicted from the last context token and from every
+``num_predict_token``-th horizon token after it (uni2ts's decoding steps); when that takes several
+steps, ``Moirai2Forecast`` itself forecasts (its quantiles fed back), except for several target
+variates, which uni2ts 2.0.0 cannot decode recursively (see :func:`validation_note`). Covariates
+are inputs only. The paper's patch-level random masking of the input is not reproduced.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``ohlcv finetune``: adapt a MOIRAI checkpoint with uni2ts's ``MoiraiFinetune``, with a guardrail.
 
-Training windows come from each series' training span, validation windows
-from its validation span (uni2ts's ``FinetuneDataset`` / ``EvalDataset``).
+Training windows are drawn at random over every series' whole training span;
+validation uses a fixed, capped set spread over every series' validation span.
 The starting checkpoint is validated first; training stops early when the
 validation loss stops improving; the best checkpoint is kept and exported in
 Hugging Face format; the summary says plainly whether fine-tuning improved on
