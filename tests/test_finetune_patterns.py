@@ -103,6 +103,37 @@ def test_windows_cover_the_whole_training_span_of_series_of_very_different_lengt
                                       np.nan_to_num(series[item_id][:, first:first + horizon].T))
 
 
+def test_moirai1_windows_read_the_same_bars_as_moirai2_windows():
+    """uni2ts's Moirai 1.x transforms, given the window number span_windows sets: training window w is bars
+    [w, w + context + horizon) of the span, the last one ending on its last bar; validation window w's
+    horizon starts w horizons after the lead (train_end), never before."""
+    from ohlcv.moirai.models import new_module
+    from ohlcv.moirai.tuning import moirai_finetune_class
+
+    context, horizon, patch, n = 40, 8, 8, 100
+    model = moirai_finetune_class()(
+        module=new_module("moirai", d_model=64, num_layers=1, patch_sizes=(8, 16)), min_patches=2,
+        min_mask_ratio=0.1, max_mask_ratio=0.2, max_dim=128, num_training_steps=10, num_warmup_steps=1,
+        num_samples=8, lr=1e-3, weight_decay=0.1, context_length=context, prediction_length=horizon,
+        patch_size=patch, finetune_pattern="full")
+    series = np.arange(n, dtype=np.float32)
+    entry = {"target": [series, series * 10], "start": np.datetime64("2020-01-01"), "freq": "h", "item_id": "a"}
+    train = model.train_transform_map["ohlcv"](distance=1, prediction_length=horizon, context_length=context,
+                                               patch_size=patch)
+    last = n - context - horizon  # the last of window_count(n, context + horizon, 1) windows
+    for w in (0, 17, last):
+        bars = train(dict(entry, window=w))["target"][:, :patch]
+        np.testing.assert_array_equal(bars[: (context + horizon) // patch].ravel(),
+                                      series[w:w + context + horizon])
+    val = model.val_transform_map["ohlcv"](offset=context, distance=horizon, prediction_length=horizon,
+                                           context_length=context, patch_size=patch)
+    tokens = (context + horizon) // patch
+    for w in range(0, (n - context) // horizon):  # lead = context bars before the validation span
+        out = val(dict(entry, window=w))
+        horizon_bars = out["target"][:tokens][out["prediction_mask"][:tokens]][:, :patch].ravel()
+        np.testing.assert_array_equal(horizon_bars, series[context + w * horizon:context + (w + 1) * horizon])
+
+
 def test_drawing_training_windows_never_lists_them_all():
     """1e8 windows: no permutation or index list of that size (it would take gigabytes per process)."""
     import tracemalloc
