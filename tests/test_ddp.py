@@ -172,7 +172,7 @@ def test_a_harmful_finetune_falls_back_to_the_starting_model_in_two_processes(pr
     from safetensors.numpy import load_file
 
     _, start = pretrained
-    alone, two, out = _finetune_alone_and_in_two(pretrained, tmp_path, "finetune.max_steps=2", "finetune.lr=0.05",
+    alone, two, out = _finetune_alone_and_in_two(pretrained, tmp_path, "finetune.max_steps=2", "finetune.lr=0.5",
                                                  "finetune.warmup_steps=0")
     assert two["val_loss_before"] == pytest.approx(alone["val_loss_before"], rel=1e-5)
     assert two["val_loss_after"] > two["val_loss_before"]  # really harmful, not merely unchanged

@@ -164,3 +164,12 @@ def test_an_override_without_its_section_names_the_full_key():
         load_profile("hourly", ["context_length=336"])
     with pytest.raises(ConfigError, match=r"did you mean 'pretrain.lr' or 'finetune.lr'\?"):
         load_profile("hourly", ["lr=0.1"])
+
+
+@pytest.mark.parametrize("setting, key", [("finetune.lora.alpha=0", "finetune.lora.alpha"),
+                                          ("finetune.lora.alpha=-8", "finetune.lora.alpha"),
+                                          ("finetune.val_windows=0", "finetune.val_windows")])
+def test_fine_tuning_settings_that_cannot_work_are_refused_naming_the_key(setting, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_profile("hourly", [setting])
+    load_profile("hourly", ["finetune.lora.alpha=0.5", "finetune.val_windows=1"])  # small but positive: fine

@@ -202,7 +202,9 @@ def test_finetuning_a_family_ohlcv_does_not_train_is_refused_by_name_before_any_
     result = cli("finetune", "--profile", "demo", "--from", STAND_INS[family], f"data.lake={lake}",
                  f"data.dataset={dataset}", f"output.runs_dir={tmp_path / 'runs'}")
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert f"is a {FAMILIES[family].name} model" in result.stderr and "--zero-shot" in result.stderr
+    assert f"is a {FAMILIES[family].name} model" in result.stderr
+    assert f"--zero-shot {STAND_INS[family]}" in result.stderr  # the command to run instead, with the model
+    assert "ships no training code for Moirai-MoE" in result.stderr
     assert not lake.exists() and not dataset.exists()
 
 

@@ -593,9 +593,13 @@ def render_finetune_start(console: "Console", info: dict) -> None:
                   f"({info['trainable_percent']:.2f}%)")
     for span, label in (("train", "training"), ("validation", "validation")):
         w = info["windows_per_series"][span]
-        total = info["train_windows" if span == "train" else "val_windows"]
-        console.print(f"{label} windows: {total:,} over {w['series']} series "
-                      f"(per series min {w['min']:,}, median {w['median']:,}, max {w['max']:,})")
+        total = (f"{info['train_windows']:,} (drawn at random)" if span == "train" else
+                 f"{info['val_windows']:,} used of {info['val_windows_available']:,}")
+        console.print(f"{label} windows: {total} over {w['series']} series "
+                      f"(available per series min {w['min']:,}, median {w['median']:,}, max {w['max']:,})")
+    if info.get("series_left_out_of_validation"):
+        console.print(f"[yellow]note:[/] {info['series_left_out_of_validation']} series have no validation window "
+                      "(validation span shorter than context + horizon) and are trained on but not validated")
 
 
 def render_finetune_result(console: "Console", result) -> None:
@@ -604,9 +608,11 @@ def render_finetune_result(console: "Console", result) -> None:
     processes = int(s.get("processes") or 1)
     console.print(
         f"validation loss: starting model {before:.4f} -> best fine-tuned {after:.4f} "
-        f"after {s['steps']:,} steps{' (stopped early)' if s['stopped_early'] else ''}"
+        f"(step {s['best_step']:,}) after {s['steps']:,} steps{' (stopped early)' if s['stopped_early'] else ''}"
         + (f"; all {s['val_windows']:,} validation windows over {processes} processes" if processes > 1 else "")
     )
+    if s.get("val_note"):
+        console.print(f"[yellow]note:[/] {escape(s['val_note'])}")
     if s["improved"]:
         console.print(f"[bold green]fine-tuning improved the validation loss by {before - after:.4f}[/]")
     else:

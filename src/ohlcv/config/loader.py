@@ -372,11 +372,15 @@ def validate(cfg: DictConfig, source: str) -> None:
     finetune = cfg.finetune
     if finetune.warmup_steps > finetune.max_steps:
         fail("finetune.warmup_steps", f"{finetune.warmup_steps} warmup steps exceed max_steps {finetune.max_steps}")
-    for key in ("batch_size", "max_steps", "val_every_n_steps", "patience", "patch_size", "num_samples"):
+    for key in ("batch_size", "max_steps", "val_every_n_steps", "patience", "patch_size", "num_samples",
+                "val_windows"):
         if finetune[key] <= 0:
             fail(f"finetune.{key}", f"must be a positive integer, got {finetune[key]}")
     if finetune.lora.rank <= 0:
         fail("finetune.lora.rank", f"must be a positive integer, got {finetune.lora.rank}")
+    if finetune.lora.alpha <= 0:
+        fail("finetune.lora.alpha", f"must be positive (the adapters' update is scaled by alpha / rank), "
+                                    f"got {finetune.lora.alpha}")
     if not 0 <= finetune.lora.dropout < 1:
         fail("finetune.lora.dropout", f"must be in [0, 1), got {finetune.lora.dropout}")
     if not finetune.lora.target_modules:

@@ -219,7 +219,8 @@ class PretrainConfig:
     checkpoint_every_n_steps: int = 500
 
 
-# attention projections and feed-forward layers of every transformer layer (Moirai 1.x, MoE and 2.0 alike)
+# attention projections and feed-forward layers of every transformer layer (Moirai 1.x and 2.0; Moirai-MoE is
+# not fine-tuned)
 LORA_TARGETS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
                 "ffn.fc1", "ffn.fc2", "ffn.fc_gate"]
 
@@ -244,6 +245,9 @@ class FinetuneConfig:
     weight_decay: float = 0.1
     patience: int = 5  # validations without improvement before stopping
     val_every_n_steps: int = 100
+    # validation windows at most: a fixed set spread evenly over every series' validation span (each series gets
+    # at least one), the same for the starting model and every validation after
+    val_windows: int = 2_000
     num_samples: int = 100  # samples drawn for sampled validation metrics
     lora: LoraConfig = field(default_factory=LoraConfig)  # used by pattern: lora
 

@@ -108,6 +108,54 @@ def span_windows(dataset: Path, manifest: dict[str, Any], transform, *, span: st
     return SpanWindows(indexer, transform), dict(zip(ids, counts))
 
 
+class WindowDraws:
+    """A sampler: ``num_samples`` window indices drawn uniformly, with replacement, from ``range(windows)``.
+
+    Every training window of every series is equally likely, and nothing of size ``windows`` is ever
+    built (a permutation of 3e8 windows would take gigabytes per process). The stream is fixed by
+    ``seed`` and ``rank``: each process of a DDP run draws its own. Each pass over the sampler (uni2ts's
+    loader cycles through it) continues the stream rather than repeating it.
+    """
+
+    CHUNK = 4096
+
+    def __init__(self, windows: int, num_samples: int, *, seed: int, rank: int = 0):
+        self.windows, self.num_samples, self.seed, self.rank = int(windows), int(num_samples), int(seed), int(rank)
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        import torch
+
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.rank) * 1_009 + self.passes)
+        self.passes += 1
+        left = self.num_samples
+        while left > 0:
+            chunk = min(left, self.CHUNK)
+            yield from torch.randint(self.windows, (chunk,), generator=generator).tolist()
+            left -= chunk
+
+
+def spread_windows(counts: list[int], cap: int) -> list[int]:
+    """At most about ``cap`` window indices (of windows numbered series after series), evenly spread over
+    each series' windows, first and last included, each series' share in proportion to its windows and at
+    least one: a fixed validation set that covers every series' whole span. All of them when they fit."""
+    import numpy as np
+
+    total = sum(counts)
+    if total <= cap:
+        return list(range(total))
+    picked: list[int] = []
+    start = 0
+    for count in counts:
+        share = min(count, max(1, round(cap * count / total)))
+        picked.extend(int(start + i) for i in np.unique(np.linspace(0, count - 1, share).round().astype(int)))
+        start += count
+    return picked
+
+
 def loader(data, *, pack: tuple[int, Any] | None = None, **kwargs):
     """uni2ts's ``DataLoader`` over ``data``; ``pack=(max_length, model)`` packs samples with ``PackCollate``."""
     from uni2ts.data.loader import DataLoader, PackCollate

@@ -67,6 +67,20 @@ def load_module(spec: str | ModelSource, *, option: str = "--from"):
     return module
 
 
+def layer_names(source: ModelSource) -> list[str] | None:
+    """The names of the layers of ``source``'s module, read from its weights file's header (no weights loaded);
+    None when there is no such file (a Lightning checkpoint alone)."""
+    path = source.folder / "model.safetensors" if source.folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as weights:
+        keys = list(weights.keys())
+    # every dotted prefix of a weight's name is a module of the model
+    return sorted({key.rsplit(".", i)[0] for key in keys for i in range(1, key.count(".") + 1)})
+
+
 def _load_checkpoint_weights(module, source: ModelSource) -> None:
     from ohlcv.moirai.sources import read_checkpoint
 

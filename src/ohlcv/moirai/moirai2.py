@@ -14,12 +14,16 @@ this module trains for:
 - Forecasting reads the last context token's predictions for the first patches of the horizon, and
   feeds its quantiles back for longer horizons.
 
-Training here feeds the true horizon (teacher forcing) and scores every token's predictions of
-the patches after it that lie in the window and are observed, with the pinball (quantile) loss
-averaged over levels, bars, patches and windows, in the scaled units the module works in.
-Validation scores only what forecasting reads: the horizon's patches as predicted from the last
-context token and from every ``num_predict_token``-th horizon token after it (uni2ts's decoding
-steps), with the true values in place of the fed-back quantiles. Covariates are inputs only.
+Training here feeds the true horizon (teacher forcing, causal) and scores only the horizon's
+patches, each as predicted by each of the ``num_predict_token`` tokens before it, where observed,
+with the pinball (quantile) loss averaged over levels, bars, patches and windows, in the scaled
+units the module works in. Context patches are not scored: the scaling is fitted on the context,
+so their own bars would set the units they are scored in. Validation scores only what forecasting
+reads: the horizon's patches as predicted from the last context token and from every
+``num_predict_token``-th horizon token after it (uni2ts's decoding steps); when that takes several
+steps, ``Moirai2Forecast`` itself forecasts (its quantiles fed back), except for several target
+variates, which uni2ts 2.0.0 cannot decode recursively (see :func:`validation_note`). Covariates
+are inputs only. The paper's patch-level random masking of the input is not reproduced.
 """
 
 from __future__ import annotations
@@ -74,24 +78,44 @@ def pinball(pred, target, mask, levels):
     return (loss * weight).sum(), weight.sum() * levels.numel()
 
 
-def quantile_loss(module, layout, batch: dict[str, Any], *, forecast_only: bool):
-    """The mean pinball loss of ``module`` on a batch of windows (see the module docstring)."""
+def _sequence(module, layout, batch: dict[str, Any]):
+    """A batch of windows laid out as ``Moirai2Forecast`` lays out a forecast, with the true horizon in place.
+
+    ``_convert`` is private in uni2ts 2.0.0, but it is the layout forecasting uses: training on any other
+    would train a model for inputs it never sees (pinned uni2ts; tests/test_finetune_patterns checks it)."""
     import torch
 
-    base = module.get_base_model() if hasattr(module, "get_base_model") else module
     past, future = batch["past_target"], batch["future_target"]
-    n, context, targets = past.shape
-    horizon = future.shape[1]
-    patch, steps, levels = int(base.patch_size), int(base.num_predict_token), len(base.quantile_levels)
-    covariates = batch.get("past_feat_dynamic_real")
-    seq = layout._convert(
-        patch, past, batch["past_observed_target"], torch.zeros(n, context, dtype=torch.bool, device=past.device),
+    n, context, _ = past.shape
+    return layout._convert(
+        int(module.patch_size), past, batch["past_observed_target"],
+        torch.zeros(n, context, dtype=torch.bool, device=past.device),
         future_target=future, future_observed_target=batch["future_observed_target"],
-        future_is_pad=torch.zeros(n, horizon, dtype=torch.long, device=past.device),
-        past_feat_dynamic_real=covariates,
+        future_is_pad=torch.zeros(n, future.shape[1], dtype=torch.long, device=past.device),
+        past_feat_dynamic_real=batch.get("past_feat_dynamic_real"),
         past_observed_feat_dynamic_real=batch.get("past_observed_feat_dynamic_real"),
     )
-    target, observed, sample_id = seq[0], seq[1], seq[2]
+
+
+def _base(module):
+    return module.get_base_model() if hasattr(module, "get_base_model") else module
+
+
+def quantile_loss(module, layout, batch: dict[str, Any], *, forecast_only: bool):
+    """The mean pinball loss of ``module`` on a batch of windows' horizons (see the module docstring).
+
+    Only horizon patches are scored: the scaler is fitted on the context, so a context patch's own bars
+    set the scaling it would be scored in. Each horizon patch is scored as predicted by each of the
+    ``num_predict_token`` tokens before it (``forecast_only``: by the token forecasting reads it from).
+    """
+    import torch
+
+    base = _base(module)
+    past, future = batch["past_target"], batch["future_target"]
+    context, targets, horizon = past.shape[1], past.shape[2], future.shape[1]
+    patch, steps, levels = int(base.patch_size), int(base.num_predict_token), len(base.quantile_levels)
+    seq = _sequence(base, layout, batch)
+    observed, sample_id = seq[1], seq[2]
     preds, scaled = module(*seq, training_mode=True)
     preds = preds.view(*preds.shape[:2], steps, levels, patch)
     ctx_tokens, hor_tokens = math.ceil(context / patch), math.ceil(horizon / patch)
@@ -109,12 +133,57 @@ def quantile_loss(module, layout, batch: dict[str, Any], *, forecast_only: bool)
     count = p.new_zeros(())
     source = torch.arange(tokens, device=past.device)
     for k in range(1, min(steps, tokens - 1) + 1):
-        mask = seen[:, :, k:]
+        keep = source[: tokens - k] + k >= ctx_tokens  # the predicted patch is a horizon patch
         if forecast_only:  # the decoding steps of Moirai2Forecast: from the last context token, every `steps`
-            keep = (source[: tokens - k] >= ctx_tokens - 1) & ((source[: tokens - k] - (ctx_tokens - 1)) % steps == 0)
-            mask = mask & keep.view(1, 1, -1, 1)
-        s, c = pinball(p[:, :, : tokens - k, k - 1], y[:, :, k:], mask, q)
+            keep = keep & (source[: tokens - k] >= ctx_tokens - 1) & (
+                (source[: tokens - k] - (ctx_tokens - 1)) % steps == 0)
+        s, c = pinball(p[:, :, : tokens - k, k - 1], y[:, :, k:], seen[:, :, k:] & keep.view(1, 1, -1, 1), q)
         total, count = total + s, count + c
+    return total / count.clamp(min=1)
+
+
+def decodes_recursively(module, horizon: int) -> bool:
+    """Whether ``Moirai2Forecast`` needs more than one decoding step for ``horizon`` (feeding its quantiles back)."""
+    base = _base(module)
+    return math.ceil(horizon / int(base.patch_size)) > int(base.num_predict_token)
+
+
+def validation_note(module, horizon: int, targets: int) -> str | None:
+    """How validation scores the horizon, when it is not simply the forecast's loss; None when it is."""
+    if not decodes_recursively(module, horizon):
+        return None
+    if targets == 1:
+        return ("the horizon needs several decoding steps: validation scores Moirai2Forecast's own forecasts "
+                "(its quantiles fed back), as forecasting does")
+    return ("the horizon needs several decoding steps and uni2ts 2.0.0's Moirai2Forecast cannot decode several "
+            "target variates recursively: validation feeds the true values back (teacher forcing), which is "
+            "a few percent more optimistic than forecasting; the guardrail still compares like with like")
+
+
+def forecast_loss(module, layout, batch: dict[str, Any]):
+    """The mean pinball loss of ``Moirai2Forecast``'s own forecast of each window's horizon, in the scaled
+    units of :func:`quantile_loss` (each window and variate divided by the scale fitted on its context).
+
+    For horizons that need several decoding steps: forecasting feeds its quantiles back where teacher
+    forcing feeds the true values, so this, not :func:`quantile_loss`, is the loss a user's forecasts get."""
+    import torch
+
+    base = _base(module)
+    past, future = batch["past_target"], batch["future_target"]
+    n, context, targets = past.shape
+    horizon = future.shape[1]
+    target, observed, sample_id, _, variate_id, prediction_mask = _sequence(base, layout, batch)
+    _, scale = base.scaler(target, observed * ~prediction_mask.unsqueeze(-1), sample_id, variate_id)
+    per_variate = scale[:, [v * math.ceil(context / int(base.patch_size)) for v in range(targets)], 0]  # (n, targets)
+    quantiles = layout(past, batch["past_observed_target"],
+                       torch.zeros(n, context, dtype=torch.bool, device=past.device),
+                       past_feat_dynamic_real=batch.get("past_feat_dynamic_real"),
+                       past_observed_feat_dynamic_real=batch.get("past_observed_feat_dynamic_real"))
+    quantiles = quantiles.reshape(n, len(base.quantile_levels), horizon, targets)
+    divide = per_variate.view(n, 1, 1, targets)
+    q = torch.tensor(base.quantile_levels, dtype=quantiles.dtype, device=quantiles.device)
+    total, count = pinball((quantiles / divide).permute(0, 3, 1, 2), (future / divide[:, 0]).permute(0, 2, 1),
+                           batch["future_observed_target"].permute(0, 2, 1), q)
     return total / count.clamp(min=1)
 
 
@@ -136,6 +205,8 @@ def finetune_model(module, *, context: int, horizon: int, targets: int, covariat
 
     from ohlcv.moirai.tuning import warmup_cosine
 
+    recursive = decodes_recursively(module, horizon) and targets == 1  # see validation_note
+
     class Moirai2Finetune(L.LightningModule):
         def __init__(self):
             super().__init__()
@@ -144,7 +215,10 @@ def finetune_model(module, *, context: int, horizon: int, targets: int, covariat
             object.__setattr__(self, "layout", layout_for(module, context, horizon, targets, covariates))
 
         def _step(self, batch, key: str, forecast_only: bool):
-            loss = quantile_loss(self.module, self.layout, batch, forecast_only=forecast_only)
+            if forecast_only and recursive:
+                loss = forecast_loss(self.module, self.layout, batch)
+            else:
+                loss = quantile_loss(self.module, self.layout, batch, forecast_only=forecast_only)
             self.log(key, loss, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=float(batch["past_target"].shape[0]))
             return loss

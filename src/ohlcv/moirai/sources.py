@@ -46,7 +46,7 @@ class Family:
     def check_finetune(self, spec: str, pattern: str) -> None:
         """Refuse (one line, before any dataset work) a fine-tune this family does not support."""
         if not self.finetune:
-            raise ConfigError(f"{spec} is a {self.name} model: {self.refusal}", key="--from")
+            raise ConfigError(f"{spec} is a {self.name} model: {self.refusal.format(spec=spec)}", key="--from")
         if pattern not in self.finetune:
             raise ConfigError(f"'{pattern}' is not supported for {self.name} models (supported: "
                               f"{', '.join(self.finetune)})", key="finetune.pattern")
@@ -68,8 +68,8 @@ FAMILIES: dict[str, Family] = {
     "moirai_moe": Family(
         "moirai_moe", "Moirai-MoE", "uni2ts.model.moirai_moe", "MoiraiMoEModule", "MoiraiMoEForecast", "samples",
         released=("small", "base"),
-        refusal="ohlcv does not fine-tune Moirai-MoE (uni2ts 2.0.0 has no fine-tuning objective for its routed "
-                "experts); evaluate it zero-shot with `ohlcv evaluate --zero-shot`, or fine-tune a Moirai 1.x "
+        refusal="ohlcv does not fine-tune Moirai-MoE (uni2ts 2.0.0 ships no training code for Moirai-MoE); "
+                "evaluate it zero-shot with `ohlcv evaluate --zero-shot {spec}`, or fine-tune a Moirai 1.x "
                 "or Moirai 2.0 model",
     ),
     "moirai2": Family(

@@ -35,19 +35,33 @@ def apply_pattern(module, family: str, pattern: str) -> None:
 
 
 def parameter_counts(module) -> dict[str, Any]:
-    total = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    """Trainable parameters against the total of the model as exported: LoRA's adapters (merged at export)
+    are counted as trainable, not in the total."""
+    named = list(module.named_parameters())
+    adapters = sum(p.numel() for n, p in named if "lora_" in n)
+    total = sum(p.numel() for _, p in named) - adapters
+    trainable = sum(p.numel() for _, p in named if p.requires_grad)
     return {"parameters": int(total), "trainable_parameters": int(trainable),
             "trainable_percent": round(100.0 * trainable / total, 3) if total else 0.0}
 
 
 def warmup_cosine(optimizer, warmup_steps: int, max_steps: int):
-    """Linear warm-up over ``warmup_steps`` from 0 to the profile's rate, then cosine decay to 0 at ``max_steps``
-    (uni2ts's own cosine schedule; its ``MoiraiFinetune`` keeps the rate constant and ignores the warm-up)."""
-    from uni2ts.optim import SchedulerType, get_scheduler
+    """Linear warm-up to the profile's rate over ``warmup_steps`` (step 1 at rate / warmup_steps, not 0, so that
+    no step is wasted), then cosine decay to 0 at ``max_steps`` (uni2ts's ``MoiraiFinetune`` keeps the rate
+    constant and ignores the warm-up)."""
+    import math
 
-    return get_scheduler(SchedulerType.COSINE, optimizer, num_warmup_steps=int(warmup_steps),
-                         num_training_steps=int(max_steps))
+    from torch.optim.lr_scheduler import LambdaLR
+
+    warmup, total = int(warmup_steps), int(max_steps)
+
+    def factor(step: int) -> float:  # step: optimizer steps taken so far
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return LambdaLR(optimizer, factor)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,7 +1,7 @@
 """``ohlcv finetune``: adapt a MOIRAI checkpoint with uni2ts's ``MoiraiFinetune``, with a guardrail.
 
-Training windows come from each series' training span, validation windows
-from its validation span (uni2ts's ``FinetuneDataset`` / ``EvalDataset``).
+Training windows are drawn at random over every series' whole training span;
+validation uses a fixed, capped set spread over every series' validation span.
 The starting checkpoint is validated first; training stops early when the
 validation loss stops improving; the best checkpoint is kept and exported in
 Hugging Face format; the summary says plainly whether fine-tuning improved on
@@ -75,6 +75,10 @@ def check_before_dataset(cfg, source, dataset: Path, rebuild: bool) -> None:
     from ohlcv.budget import profile_variates, read_dataset_variates
 
     source.family.check_finetune(source.spec, cfg.finetune.pattern.value)
+    if cfg.finetune.pattern.value == "lora":  # peft and the adapters' targets, before any dataset work
+        from ohlcv.moirai.lora import check_before_data
+
+        check_before_data(source, cfg.finetune.lora)
     built = None if rebuild else read_dataset_variates(Path(dataset).expanduser())
     check_source(source, cfg, len(built if built is not None else profile_variates(cfg)))
 
@@ -146,20 +150,20 @@ def build_model(cfg, module, family: str, manifest: dict[str, Any]):
     return model
 
 
-def spread(counts: dict[str, int]) -> dict[str, Any]:
+def spread(counts: dict[str, int]) -> dict[str, int]:
     """Windows per series: how many series, and the fewest, median and most windows of one."""
-    import statistics
-
     values = sorted(counts.values())
-    return {"series": len(values), "min": values[0], "median": statistics.median(values), "max": values[-1]}
+    return {"series": len(values), "min": values[0], "median": values[len(values) // 2], "max": values[-1]}
 
 
 def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model, family: str, patch: int):
-    """Training windows every bar over each series' whole training span, validation windows every horizon over
-    its whole validation span (with the context before it); each series has its own window count."""
+    """Training windows every bar over each series' whole training span, drawn uniformly with replacement;
+    validation windows every horizon over its whole validation span (with the context before it), at most
+    ``finetune.val_windows`` of them, a fixed set spread evenly over every series."""
     import lightning as L
+    from torch.utils.data import Subset
 
-    from ohlcv.moirai.data import loader, span_windows
+    from ohlcv.moirai.data import WindowDraws, loader, span_windows, spread_windows
 
     context, horizon = int(cfg.data.context_length), int(cfg.data.prediction_length)
     need = context + horizon
@@ -174,8 +178,8 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model, family:
                                                          context_length=context, patch_size=patch)
     # series whose span cannot hold one window (with a common date split: symbols that start late) are left out
     train, train_counts = span_windows(dataset, manifest, train_transform, span="train", need=need, distance=1)
-    val, val_counts = span_windows(dataset, manifest, val_transform, span="validation", need=need,
-                                   distance=horizon, lead=context)
+    val_all, val_counts = span_windows(dataset, manifest, val_transform, span="validation", need=need,
+                                       distance=horizon, lead=context)
     if not train_counts or not val_counts:
         raise ConfigError(
             f"no series has a training and a validation span of context + horizon ({need} bars); shorten "
@@ -183,22 +187,27 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model, family:
             key="data.split",
         )
     f = cfg.finetune
+    val = Subset(val_all, spread_windows(list(val_counts.values()), int(f.val_windows)))
     # an "epoch" is the steps between validations; never longer than the run, so that it validates at least once
     epoch = min(int(f.val_every_n_steps), int(f.max_steps))
 
     class FinetuneData(L.LightningDataModule):
         def _loader(self, data, train: bool):
             world = self.trainer.world_size if self.trainer is not None else 1
-            # validation: every window exactly once over all processes, so the reduced loss is the full set's
-            sampler = None if world <= 1 else shard_sampler(data, self.trainer, shuffle=train,
-                                                            seed=int(cfg.trainer.seed), pad=train)
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            batch = max(1, int(f.batch_size) // world)
+            if train:  # each process its own stream of draws, enough for the whole run
+                sampler = WindowDraws(len(data), int(f.max_steps) * batch, seed=int(cfg.trainer.seed), rank=rank)
+            else:  # every window exactly once over all processes, so the reduced loss is the full set's
+                sampler = None if world <= 1 else shard_sampler(data, self.trainer, shuffle=False,
+                                                                seed=int(cfg.trainer.seed), pad=False)
             worker_init = seed_data_for_rank(self.trainer, int(cfg.trainer.seed)) if train and world > 1 else None
             return loader(
                 data,
-                batch_size=max(1, int(f.batch_size) // world),
+                batch_size=batch,
                 cycle=train,
                 num_batches_per_epoch=epoch if train else None,
-                shuffle=train and sampler is None,
+                shuffle=False,
                 sampler=sampler,
                 num_workers=int(cfg.pretrain.num_workers),
                 drop_last=train,
@@ -211,9 +220,12 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model, family:
         def val_dataloader(self):
             return self._loader(val, False)
 
-    sizes = {"train_windows": sum(train_counts.values()), "val_windows": sum(val_counts.values()),
+    val_ids = set(val_counts)
+    sizes = {"train_windows": sum(train_counts.values()), "val_windows": len(val),
+             "val_windows_available": sum(val_counts.values()),
              "windows_per_series": {"train": spread(train_counts), "validation": spread(val_counts)},
-             "series_left_out": len(manifest["items"]) - len(train_counts)}
+             "series_left_out": len(manifest["items"]) - len(train_counts),
+             "series_left_out_of_validation": sum(1 for i in train_counts if i not in val_ids)}
     return FinetuneData(), sizes
 
 
@@ -283,14 +295,20 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
         on_start({"run_dir": run_dir, "start": start, "hardware": hardware, **model_info,
                   "pattern": cfg.finetune.pattern.value, **counts, **sizes})
     val_key = VAL_KEYS[family]
+    val_note = None
+    if family == "moirai2":
+        from ohlcv.moirai.moirai2 import validation_note
+
+        val_note = validation_note(module, int(cfg.data.prediction_length), len(manifest["targets"]))
 
     guard = loss_guard(f"the best checkpoint so far is in {run_dir / 'checkpoints'}. Lower finetune.lr")
     best = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=val_key, mode="min", save_top_k=1, save_last=True,
     )
     stopper = L.pytorch.callbacks.EarlyStopping(monitor=val_key, mode="min", patience=int(cfg.finetune.patience))
+    monitor = [L.pytorch.callbacks.LearningRateMonitor("step")] if cfg.trainer.logger.value != "none" else []
     trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.finetune.max_steps),
-                           callbacks=[guard, best, stopper], progress=progress, phase="fine-tuning")
+                           callbacks=[guard, best, stopper, *monitor], progress=progress, phase="fine-tuning")
     check_launch(trainer)
     if sizes["val_windows"] < trainer.world_size:
         raise ConfigError(
@@ -313,15 +331,27 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
     wall = time.perf_counter() - started
     after = float(best.best_model_score) if best.best_model_score is not None else before
+    # the steps after the last validation (max_steps off a validation boundary) are validated too
+    last_state, best_step = None, None
+    if trainer.global_step % min(int(cfg.finetune.val_every_n_steps), int(cfg.finetune.max_steps)):
+        last = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][val_key])
+        last = trainer.strategy.broadcast(last, src=0)
+        if best.best_model_score is None or last < after:
+            after, best_step = last, int(trainer.global_step)
+            last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     before, after = trainer.strategy.broadcast((before, after), src=0)
     improved = after < before
 
     def finish() -> dict[str, Any]:
         from ohlcv.moirai.lora import merged, unadapted
 
-        if improved and best.best_model_path:
-            state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-            model.load_state_dict(state)
+        nonlocal best_step
+        saved = (torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+                 if last_state is None and best.best_model_path else None)
+        if saved is not None:
+            best_step = int(saved["global_step"])
+        if improved and (last_state is not None or saved is not None):
+            model.load_state_dict(last_state if last_state is not None else saved["state_dict"])
             final = merged(model.module)  # LoRA: the adapters folded into the weights
         else:
             final = unadapted(model.module)
@@ -333,6 +363,8 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
             stopped_early=bool(stopper.stopped_epoch),
             val_loss_before=before,
             val_loss_after=after,
+            best_step=best_step,
+            val_note=val_note,
             improved=improved,
             exported="fine-tuned (best validation loss)" if improved
             else "the starting model (fine-tuning did not improve it)",
