@@ -50,7 +50,6 @@ CLOSE_Z = Feature(
     outputs=lambda params: [f"close_z_{int(params['window'])}"],
     warmup=lambda params: int(params["window"]) - 1,  # the first window - 1 bars have no value
     exprs=close_z,
-    bounded=True,  # a rolling window reads the last `window` bars only
     params={"window": 24},
     description="distance of the close from its trailing mean, in trailing standard deviations",
     kinds="oscillator",
@@ -63,8 +62,10 @@ CLOSE_Z = Feature(
 # weekend and a gap in it), then for several cut points t replaces every bar
 # after t with random values, recomputes, and requires every value at or
 # before t to be unchanged. `check_warmup` requires missing values, not zeros,
-# inside the declared warm-up; `check_bounded` that a batch of series gives the
-# values of each series alone.
+# inside the declared warm-up; `check_bounded` matters only for a feature
+# declared `bounded` (point-wise or shift-only, evaluated over a whole batch
+# at once); a rolling window like this one is evaluated per series, so it
+# leaves `bounded` off and that check has nothing to do.
 
 # %%
 result = check_feature(CLOSE_Z)
