@@ -24,64 +24,78 @@ def _r1():
     import polars as pl
 
     close = pl.col("close")
-    return (close.log() - close.shift(1).log()).alias("r1")
+    return (close / close.shift(1)).log().alias("r1")
 
 
 def _reference(params):
     return [_r1()]
 
 
-def _leave_one_out():
-    """(class mean return without this asset, class count without it)."""
+def _own_stage(name: str):
+    """The asset's one-bar log return as column ``_<name>_r1``: computed once, read several times
+    (Polars evaluates a repeated sub-expression once per use)."""
+    return [_r1().alias(f"_{name}_r1")]
+
+
+def _leave_one_out(own):
+    """(class mean return without this asset, class count without it), from the asset's return ``own``."""
     import polars as pl
 
-    own = _r1()
     has_own = own.is_not_null() & own.is_not_nan()
     n = pl.col("ref_r1__n") - has_own.cast(pl.Float64)
     total = pl.col("ref_r1__sum") - pl.when(has_own).then(own).otherwise(0.0)
     return pl.when(n > 0).then(total / n).otherwise(None), n
 
 
-def _own_known(value):
+def _own_known(own, value):
     """Missing wherever the asset's own return is missing (its first bar, long gaps)."""
     import polars as pl
 
-    own = _r1()
     return pl.when(own.is_null() | own.is_nan()).then(None).otherwise(value)
 
 
+def _class_return_stages(params):
+    import polars as pl
+
+    own = pl.col("_class_return_r1")
+    return [_own_stage("class_return"), [_leave_one_out(own)[0].alias("_class_return_mean")]]
+
+
 def _class_return(params):
-    mean, _ = _leave_one_out()
-    return [_own_known(mean).alias("class_return")]
+    import polars as pl
+
+    return [_own_known(pl.col("_class_return_r1"), pl.col("_class_return_mean")).alias("class_return")]
 
 
 def _beta_corr_stages(params):
-    """The two return series, materialised once; both are read by five rolling means."""
-    market, _ = _leave_one_out()
-    return [[_r1().alias("_class_beta_own"), market.alias("_class_beta_market")]]
+    """The two return series, then their five rolling moments: each materialised once, though the
+    beta and the correlation read them several times."""
+    import polars as pl
+
+    w = int(params["window"])
+    own, market = pl.col("_class_beta_own"), pl.col("_class_beta_market")
+    # one mask for every moment: a bar counts only where both returns are known
+    both = own.is_not_null() & market.is_not_null()
+    x, y = pl.when(both).then(own), pl.when(both).then(market)
+    m = min_observations(w)
+    moments = {"xy": x * y, "x": x, "y": y, "xx": x * x, "yy": y * y}
+    return [
+        [_r1().alias("_class_beta_own")],
+        [_leave_one_out(pl.col("_class_beta_own"))[0].alias("_class_beta_market")],
+        [value.rolling_mean(window_size=w, min_samples=m).alias(f"_class_beta_{name}")
+         for name, value in moments.items()],
+    ]
 
 
 def _beta_corr(params):
     """Rolling beta and correlation of the asset's return to the leave-one-out class return."""
     import polars as pl
 
-    return _beta_corr_from(pl.col("_class_beta_own"), pl.col("_class_beta_market"), int(params["window"]))
-
-
-def _beta_corr_from(own, market, w):
-    import polars as pl
-
-    # one mask for every moment: a bar counts only where both returns are known
-    both = own.is_not_null() & market.is_not_null()
-    own = pl.when(both).then(own)
-    market = pl.when(both).then(market)
-    m = min_observations(w)
-    mean_xy = (own * market).rolling_mean(window_size=w, min_samples=m)
-    mean_x = own.rolling_mean(window_size=w, min_samples=m)
-    mean_y = market.rolling_mean(window_size=w, min_samples=m)
-    cov = mean_xy - mean_x * mean_y
-    var_x = (own * own).rolling_mean(window_size=w, min_samples=m) - mean_x**2
-    var_y = (market * market).rolling_mean(window_size=w, min_samples=m) - mean_y**2
+    w = int(params["window"])
+    mean = {name: pl.col(f"_class_beta_{name}") for name in ("xy", "x", "y", "xx", "yy")}
+    cov = mean["xy"] - mean["x"] * mean["y"]
+    var_x = mean["xx"] - mean["x"] ** 2
+    var_y = mean["yy"] - mean["y"] ** 2
     beta = pl.when(var_y > 1e-18).then(cov / var_y).otherwise(None)
     corr = pl.when((var_x > 1e-18) & (var_y > 1e-18)).then(cov / (var_x * var_y).sqrt()).otherwise(None)
     return [beta.alias(f"class_beta_{w}"), corr.clip(-1, 1).alias(f"class_corr_{w}")]
@@ -96,8 +110,24 @@ def _dispersion_expr():
     return pl.when(n > 1).then(var.clip(lower_bound=0).sqrt()).otherwise(None)
 
 
+def _dispersion_stages(params):
+    return [_own_stage("class_dispersion")]
+
+
 def _dispersion(params):
-    return [_own_known(_dispersion_expr()).alias("class_dispersion")]
+    import polars as pl
+
+    return [_own_known(pl.col("_class_dispersion_r1"), _dispersion_expr()).alias("class_dispersion")]
+
+
+def _relative_strength_stages(params):
+    import polars as pl
+
+    own = pl.col("_relative_strength_r1")
+    mean, n = _leave_one_out(own)
+    return [_own_stage("relative_strength"),
+            [mean.alias("_relative_strength_mean"), n.alias("_relative_strength_n"),
+             _dispersion_expr().alias("_relative_strength_spread")]]
 
 
 def _relative_strength(params):
@@ -108,16 +138,15 @@ def _relative_strength(params):
     """
     import polars as pl
 
-    mean, n = _leave_one_out()
-    spread = _dispersion_expr()
-    z = (_r1() - mean) / spread
-    value = 1 / (1 + (-1.702 * z).exp())
+    own, mean = pl.col("_relative_strength_r1"), pl.col("_relative_strength_mean")
+    n, spread = pl.col("_relative_strength_n"), pl.col("_relative_strength_spread")
+    value = 1 / (1 + (-1.702 * (own - mean) / spread).exp())
     return [pl.when((n > 0) & (spread > 1e-12)).then(value).otherwise(None).alias("relative_strength")]
 
 
 FEATURES = [
     Feature(name="class_return", family="cross_asset", inputs=("close",), outputs=["class_return"], warmup=1,
-            exprs=_class_return, reference=_reference, bounded=True,
+            exprs=_class_return, intermediates=_class_return_stages, reference=_reference, bounded=True,
             description="equal-weighted one-bar log return of the asset's class, leaving the asset out", kinds="return"),
     Feature(name="class_beta", family="cross_asset", inputs=("close",),
             outputs=lambda p: [f"class_beta_{int(p['window'])}", f"class_corr_{int(p['window'])}"],
@@ -125,11 +154,12 @@ FEATURES = [
             reference=_reference, params={"window": 168},
             description="rolling beta and correlation of the asset's returns to its class (leave-one-out)"),
     Feature(name="relative_strength", family="cross_asset", inputs=("close",), outputs=["relative_strength"],
-            warmup=1, exprs=_relative_strength, reference=_reference, bounded=True,
+            warmup=1, exprs=_relative_strength, intermediates=_relative_strength_stages, reference=_reference,
+            bounded=True,
             description="the asset's return standardised within its class, 0 (weakest) to 1 (strongest)",
             kinds="oscillator"),
     Feature(name="class_dispersion", family="cross_asset", inputs=("close",), outputs=["class_dispersion"],
-            warmup=1, exprs=_dispersion, reference=_reference, bounded=True,
+            warmup=1, exprs=_dispersion, intermediates=_dispersion_stages, reference=_reference, bounded=True,
             description="cross-sectional standard deviation of one-bar log returns in the class", kinds="volatility"),
 ]
 

@@ -172,6 +172,20 @@ def _weekdays_open(grid: np.ndarray, step: int, rule: WeekdaysRule) -> np.ndarra
 @functools.lru_cache(maxsize=16)
 def exchange_calendar(name: str, first_day: str, last_day: str):
     """An `exchange_calendars` calendar covering [first_day, last_day] (cached), or a clear error."""
+    xcals = check_exchange(name)
+    try:
+        return xcals.get_calendar(name, start=first_day, end=last_day)
+    except Exception as exc:  # noqa: BLE001 - e.g. DateOutOfBounds for years the library does not cover
+        raise ConfigError(
+            f"calendar '{name}' cannot cover {first_day} to {last_day} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); narrow data.start/data.end or upgrade exchange-calendars",
+            key="data.calendars",
+        ) from None
+
+
+def check_exchange(name: str):
+    """The `exchange_calendars` module if it knows the calendar ``name``, else a one-line error with
+    names it does know (without laying out any calendar: that costs a few hundred ms each)."""
     try:
         import exchange_calendars as xcals
     except ImportError:  # pragma: no cover - a dependency of ohlcv
@@ -185,14 +199,7 @@ def exchange_calendar(name: str, first_day: str, last_day: str):
             f"({len(names)} known: `python -c \"import exchange_calendars; print(exchange_calendars.get_calendar_names())\"`)",
             key="data.calendars",
         )
-    try:
-        return xcals.get_calendar(name, start=first_day, end=last_day)
-    except Exception as exc:  # noqa: BLE001 - e.g. DateOutOfBounds for years the library does not cover
-        raise ConfigError(
-            f"calendar '{name}' cannot cover {first_day} to {last_day} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160]}); narrow data.start/data.end or upgrade exchange-calendars",
-            key="data.calendars",
-        ) from None
+    return xcals
 
 
 def _day(us: int) -> str:

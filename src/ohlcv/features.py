@@ -90,10 +90,12 @@ class Feature:
     # Fitted features: ``fit(train_frame, params) -> state`` sees the training span only; the state
     # reaches ``frame``/``exprs`` as ``params["fitted"]``.
     fit: Callable[["pl.DataFrame", Params], Any] | None = None
-    # Expression features: columns ``exprs`` reads more than once (a rolling mean *and* a rolling std
-    # of log volume, say), computed once beforehand. ``intermediates(params)`` returns stages, each a
-    # list of expressions aliased ``_<feature name>_...``; a stage may read the columns of the stages
-    # before it. They are dropped after ``exprs`` ran.
+    # Columns the feature reads more than once (a rolling mean *and* a rolling std of log volume, say),
+    # computed once beforehand. ``intermediates(params)`` returns stages, each a list of expressions
+    # aliased ``_<feature name>_...``; a stage may read the columns of the stages before it. For a
+    # ``frame`` feature they are computed over the whole batch, series by series, and ``fit`` and
+    # ``frame`` find them as columns (``fit`` on the training rows only); ``fit`` called directly on
+    # bars without them must compute them itself. They never reach the dataset.
     intermediates: Callable[[Params], "Sequence[Sequence[pl.Expr]]"] | None = None
     # Expression features: True declares that the value at bar t is computed from bars t - warmup .. t
     # point-wise or by shifts only (no rolling window, EMA or running maximum). The builder then
@@ -118,8 +120,8 @@ class Feature:
             raise PluginError(f"feature '{self.name}': family '{self.family}' is not one of {families}") from None
         if (self.exprs is None) == (self.frame is None):
             raise PluginError(f"feature '{self.name}': set exactly one of exprs= and frame=")
-        if self.exprs is None and (self.intermediates is not None or self.bounded):
-            raise PluginError(f"feature '{self.name}': intermediates= and bounded= apply to exprs= features only")
+        if self.exprs is None and self.bounded:
+            raise PluginError(f"feature '{self.name}': bounded= applies to exprs= features only")
         object.__setattr__(self, "inputs", tuple(self.inputs))
         if not callable(self.kinds):
             object.__setattr__(self, "kinds", self._checked_kinds(self.kinds))
@@ -187,14 +189,15 @@ class Feature:
         """
         params = self.resolve_params(overrides)
         names = self.output_names(overrides)
-        if self.exprs is not None:
-            query = frame.lazy()
-            for stage in self.intermediate_stages(params):
+        query = frame.lazy()
+        for stage in self.intermediate_stages(params):
+            if any(e.meta.output_name() not in frame.columns for e in stage):  # (the builder computed them)
                 query = query.with_columns(stage)
+        if self.exprs is not None:
             out = query.select(list(self.exprs(params))).collect()
         else:
             assert self.frame is not None
-            out = self.frame(frame, params)
+            out = self.frame(query.collect() if self.intermediates is not None else frame, params)
         if list(out.columns) != names:
             raise PluginError(
                 f"feature '{self.name}' produced columns {list(out.columns)}, declared {names}"

@@ -351,14 +351,11 @@ class IterativeFinancialDatasetBuilder:
 
     def _resolve_calendars(self, sources: list[SymbolSource]) -> None:
         """The calendar of every asset class of the selection; an unknown name stops here, before any work."""
-        import numpy as np
-
         mapping = dict(self.data.calendars)
         for asset_class in sorted({s.asset_class for s in sources}):
             calendar = calendars.resolve(mapping, asset_class, self._weekdays, self.data.session_alignment.value)
             if calendar.exchange:  # validates the name (one line with the known names)
-                calendars.exchange_calendar(calendar.name, f"{np.datetime64('today', 'Y')}-01-01",
-                                            f"{np.datetime64('today', 'Y')}-12-31")
+                calendars.check_exchange(calendar.name)
             self.calendars[asset_class] = calendar
 
     def common_cuts(self, sources: list[SymbolSource]):
@@ -432,15 +429,12 @@ class IterativeFinancialDatasetBuilder:
         if cleaned is None:
             return None, reports
         try:
-            featured = self.pipeline.apply(cleaned, reference=reference, train_end=self._train_ends(cleaned))
             # features may produce NaN/inf (e.g. a division by a zero range): missing, not numbers
-            as_float = [pl.col(c).cast(pl.Float64) for c in self.variates.names]
-            frame = featured.select(
-                "item_id",
-                "ts",
-                *[pl.when(e.is_finite()).then(e).otherwise(None).alias(n) for e, n in zip(as_float, self.variates.names)],
-            )
-            return frame, reports
+            lake_columns = set(self.variates.names) & set(cleaned.columns)
+            featured = self.pipeline.apply(cleaned, reference=reference, train_end=self._train_ends(cleaned),
+                                           finite=lake_columns)
+            as_float = [pl.col(c) if c not in lake_columns else pl.col(c).cast(pl.Float64) for c in self.variates.names]
+            return featured.select("item_id", "ts", *as_float), reports
         except Exception as exc:  # noqa: BLE001 - one bad symbol never stops the build
             if os.environ.get("OHLCV_DEBUG"):
                 raise

@@ -128,18 +128,29 @@ class FeaturePipeline:
         *,
         reference: "pl.DataFrame | None" = None,
         train_end: Mapping[str, int] | None = None,
+        finite: "frozenset[str] | set[str]" = frozenset(),
     ) -> "pl.DataFrame":
-        """``frame`` (item_id, ts, OHLCV; sorted by item and time) plus every feature's outputs."""
+        """``frame`` (item_id, ts, OHLCV; sorted by item and time) plus every feature's outputs (Float64).
+
+        ``finite``: columns of ``frame`` whose NaN and infinite values become missing; when given, the
+        features' NaN and infinite values (a division by a zero range, say) become missing too."""
         import polars as pl
 
         base_columns = list(frame.columns)
         work = frame
+        runs = frame["item_id"].rle()  # each item's run of rows
+        if self.needs_reference and reference is not None:
+            # joined on an integer class key: the class of each run of an item's rows, not of every row
+            # (splitting a million id strings cost more than the join itself)
+            classes = runs.struct.field("value").str.split("/").list.first().to_list()
+            code = {c: i for i, c in enumerate(sorted(set(classes)))}
+            key = np.repeat(np.array([code[c] for c in classes], dtype=np.int64), runs.struct.field("len").to_numpy())
+            ref = (reference.filter(pl.col("asset_class").is_in(list(code)))
+                   .select(pl.col("asset_class").replace_strict(code, return_dtype=pl.Int64).alias("_class_key"),
+                           "ts", pl.exclude("asset_class", "ts").name.prefix("ref_")))
+            work = (work.with_columns(pl.Series("_class_key", key))
+                    .join(ref, on=["_class_key", "ts"], how="left", maintain_order="left").drop("_class_key"))
         if self.needs_reference:
-            work = work.with_columns(pl.col("item_id").str.split("/").list.first().alias("_asset_class"))
-            if reference is not None:
-                ref = reference.rename({c: f"ref_{c}" for c in reference.columns if c not in ("asset_class", "ts")})
-                work = work.join(ref.rename({"asset_class": "_asset_class"}), on=["_asset_class", "ts"], how="left",
-                                 maintain_order="left")
             for expr in self.contribution_exprs():
                 name = expr.meta.output_name()
                 for suffix in ("n", "sum", "sumsq"):
@@ -148,7 +159,6 @@ class FeaturePipeline:
                         work = work.with_columns(pl.lit(None, dtype=pl.Float64).alias(column))
         # number each item's run of rows and evaluate per run: an integer key is cheaper to group on
         # than the item id strings (an item whose rows are not together is numbered by its id instead)
-        runs = work["item_id"].rle()
         values, lengths = runs.struct.field("value"), runs.struct.field("len").to_numpy()
         single = values.len() <= 1  # one series: no need to evaluate per item
         contiguous = values.n_unique() == values.len()
@@ -157,7 +167,9 @@ class FeaturePipeline:
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
             series = np.repeat(np.arange(len(lengths), dtype=np.uint32), lengths)
             positions = np.arange(work.height, dtype=np.int64) - np.repeat(starts, lengths)
-            work = work.with_columns(pl.Series("_series", series), pl.Series("_pos", positions))
+            # flagged sorted (it is: runs are numbered in order), Polars evaluates `over` on slices (measured:
+            # a shift per series 3x, a rolling window 1.2x faster than grouping an unsorted key)
+            work = work.with_columns(pl.Series("_series", series).set_sorted(), pl.Series("_pos", positions))
         elif not single:
             work = work.with_columns(work["item_id"].cast(pl.Categorical).to_physical().alias("_series"))
 
@@ -169,12 +181,14 @@ class FeaturePipeline:
         stages: list[list] = []
         exprs, per_series, temporary = [], [], []
         for feature, params in self.specs:
-            if feature.exprs is not None and feature.fit is None:
-                for depth, stage in enumerate(feature.intermediate_stages(params)):
-                    while len(stages) <= depth:
-                        stages.append([])
-                    stages[depth].extend(per_item(e, feature) for e in stage)
+            is_expr = feature.exprs is not None and feature.fit is None
+            for depth, stage in enumerate(feature.intermediate_stages(params)):
+                while len(stages) <= depth:
+                    stages.append([])
+                stages[depth].extend(per_item(e, feature) for e in stage)
+                if is_expr:  # (a per-series feature reads its own in the loop below; the final select drops them)
                     temporary.extend(e.meta.output_name() for e in stage)
+            if is_expr:
                 exprs.extend(per_item(e, feature) for e in feature.exprs(params))
             else:
                 per_series.append((feature, params))
@@ -206,12 +220,23 @@ class FeaturePipeline:
         # the warm-up contract: a feature's outputs are missing (never zeros) before its warm-up
         if not numbered:
             query = query.with_columns((pl.int_range(pl.len()) if single else pl.int_range(pl.len()).over("_series")).alias("_pos"))
-        position = pl.col("_pos")
+        # one boolean column per distinct warm-up, read by every output that has it (Polars evaluates a
+        # repeated sub-expression once per use)
+        warmups = {feature.warmup_bars(params) for feature, params in self.specs} - {0}
+        query = query.with_columns((pl.col("_pos") >= w).alias(f"_ready_{w}") for w in sorted(warmups))
         masked = []
         for feature, params in self.specs:
             warmup = feature.warmup_bars(params)
             for column in feature.output_names(params):
                 value = pl.col(column).cast(pl.Float64)
-                masked.append(pl.when(position < warmup).then(None).otherwise(value).alias(column) if warmup else value)
+                if finite:
+                    keep = value.is_finite() & pl.col(f"_ready_{warmup}") if warmup else value.is_finite()
+                    masked.append(pl.when(keep).then(value).alias(column))
+                else:
+                    masked.append(pl.when(pl.col(f"_ready_{warmup}")).then(value).alias(column) if warmup else value)
+        if finite:
+            base = [c if c not in finite else pl.when(pl.col(c).is_finite()).then(pl.col(c)).alias(c) for c in base_columns]
+        else:
+            base = base_columns
         # a batch is in memory already: the in-memory engine runs these queries faster than the streaming one
-        return query.select(*base_columns, *masked).collect(engine="in-memory")
+        return query.select(*base, *masked).collect(engine="in-memory")

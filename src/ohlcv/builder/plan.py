@@ -41,10 +41,18 @@ def split_cuts(sources, *, start, end, shares: tuple[float, float], freq: Freque
     future do not count), on a bar boundary, so every batch, shard and resumed run cuts at the same
     instants. The span info names the symbols that set its ends (a stray time stamp shows up there).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def edges(source):
+        return (edge_timestamp(source.files, earliest=True, start=start, end=end),
+                edge_timestamp(source.files, earliest=False, start=start, end=end))
+
+    # two small reads per symbol: in threads (Polars reads without the GIL; an object store's latency
+    # overlaps), then compared in the sources' order, so ties go to the same symbol as before
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(edges, sources))
     first, last = None, None
-    for source in sources:
-        lo = edge_timestamp(source.files, earliest=True, start=start, end=end)
-        hi = edge_timestamp(source.files, earliest=False, start=start, end=end)
+    for source, (lo, hi) in zip(sources, found):
         if lo is not None and (first is None or lo < first[0]):
             first = (lo, source.item_id)
         if hi is not None and (last is None or hi > last[0]):
