@@ -634,7 +634,9 @@ class IterativeFinancialDatasetBuilder:
                 frame = frame.filter(~pl.col("item_id").is_in(sorted(empty)))
                 frame = frame if frame.height else None
                 spans = self._spans(frame, reports) if frame is not None else {}
-        values = frame.select(self.variates.names).to_numpy() if frame is not None else None  # (time, variates)
+        # (time, variates), column-major; float32 (the dataset's type) when nothing is fitted on it
+        names = [pl.col(n).cast(pl.Float32) for n in self.variates.names] if self.scaler == "none" else self.variates.names
+        values = frame.select(names).to_numpy(order="fortran") if frame is not None else None
         for source, report in zip(batch, reports):
             entry: dict[str, Any] = {"report": report.to_dict()}
             span = spans.get(source.item_id)

@@ -30,25 +30,33 @@ def series_rows(values: np.ndarray, layout: list, entries: dict[str, dict], norm
     bars one after the other, as ``layout`` ([item id, length], ...) says."""
     target_idx = [variates.names.index(n) for n in variates.targets]
     cov_idx = [variates.names.index(n) for n in variates.covariates]
+    every = list(range(values.shape[1]))
     groups = norm["groups"]
     rows, offset = [], 0
     for item_id, n in layout:
         entry = entries[item_id]
-        block = values[offset : offset + n].T.astype(np.float64)  # (variates, time)
+        # (variates, time): a view; with column-major ``values`` each variate's row is contiguous, and
+        # float32 values without normalization are never copied here (the writer copies them once)
+        block = values[offset : offset + n].T
         offset += n
         group = groups.get(item_id if norm["scope"] == "symbol" else entry["asset_class"])
         if group is not None:
-            block = normalize.apply(block, np.asarray(group["center"]), np.asarray(group["scale"]))
+            block = normalize.apply(block.astype(np.float64), np.asarray(group["center"]), np.asarray(group["scale"]))
         row = {
             "item_id": item_id,
             "start": np.datetime64(entry["start"][:19], "s"),
             "freq": freq,
-            "target": block[target_idx].astype(np.float32),
+            "target": (block if target_idx == every else block[target_idx]).astype(np.float32, copy=False),
         }
         if cov_idx:
-            row["past_feat_dynamic_real"] = block[cov_idx].astype(np.float32)
+            row["past_feat_dynamic_real"] = block[cov_idx].astype(np.float32, copy=False)
         rows.append(row)
     return rows
+
+
+def _rows_of(array: np.ndarray) -> list[np.ndarray]:
+    """A (variates, time) array's rows as contiguous 1-D float32 arrays (views where they already are)."""
+    return [np.ascontiguousarray(row, dtype=np.float32) for row in array]
 
 
 def _nested(arrays: list[np.ndarray], arrow_type):
@@ -59,7 +67,7 @@ def _nested(arrays: list[np.ndarray], arrow_type):
     lengths = np.repeat(np.array([a.shape[1] for a in arrays], dtype=np.int64), variates)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.concatenate([np.ascontiguousarray(a, dtype=np.float32).ravel() for a in arrays])
+    flat = np.concatenate([row for a in arrays for row in _rows_of(a)])  # the values' only copy
     inner = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
     if pa.types.is_fixed_size_list(arrow_type):
         outer = pa.FixedSizeListArray.from_arrays(inner, variates)
@@ -87,14 +95,15 @@ def _tables(chunks: Iterator[list[dict]], schema, digests: list[str]) -> Iterato
                 stop += 1
             rows = chunk[start:stop]
             start = stop
-            arrays = {n: [np.ascontiguousarray(r[n], dtype=np.float32) for r in rows] for n in names}
+            arrays = {n: [np.asarray(r[n], dtype=np.float32) for r in rows] for n in names}
             for i, row in enumerate(rows):
                 digest = hashlib.sha256()
                 digest.update(row["item_id"].encode())
                 digest.update(str(row["start"]).encode())
                 digest.update(row["freq"].encode())
                 for n in names:
-                    digest.update(arrays[n][i])  # contiguous float32: hashed in place
+                    for values in _rows_of(arrays[n][i]):  # row by row, in place: the bytes of the C-order array
+                        digest.update(values)
                 digests.append(digest.hexdigest())
             columns = {
                 "item_id": pa.array([r["item_id"] for r in rows], pa.string()),
