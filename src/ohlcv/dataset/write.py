@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 from ohlcv.config.loader import atomic_write_text, json_text
 from ohlcv.dataset import normalize
 from ohlcv.dataset.format import Variates, hf_schema
+from ohlcv.errors import OhlcvError
 
 
 def atomic_json(path: Path, data: Any, *, scratch: bool = False) -> None:
@@ -121,34 +123,72 @@ def write_rows(path: Path, chunks, variates: Variates) -> list[str]:
     return digests
 
 
-def save_dataset(arrow_files: list[Path], path: Path, variates: Variates, *, cache_dir: Path) -> None:
-    """Save Arrow stream files of dataset rows, in order, as one ``datasets`` dataset at ``path``."""
+def data_file_name(index: int, count: int) -> str:
+    """The name ``datasets`` gives a saved dataset's data file ``index`` of ``count`` (``save_to_disk``'s pattern)."""
+    return f"data-{index:05d}-of-{count:05d}.arrow"
+
+
+def place_dataset(arrow_files: list[Path], path: Path, variates: Variates, *, fingerprint: str, scratch: Path,
+                  keep: bool) -> None:
+    """Make ``path`` a ``datasets`` dataset whose rows are those of ``arrow_files`` (Arrow IPC stream
+    files in the dataset's schema, as :func:`write_rows` writes them), in order, without rewriting a byte.
+
+    The data files are hard-linked (``keep``: their originals stay, so an interrupted merge can be
+    redone from them) or renamed into ``path`` under ``datasets``' own names. The small metadata
+    files come from ``datasets`` itself: it saves an empty dataset of the same features into
+    ``scratch``, and its state's list of data files is pointed at the placed files. ``load_from_disk``
+    then reads what ``save_to_disk`` of their concatenation would have written (the same rows,
+    order, features and values; the files are only split differently). A ``datasets`` version
+    whose saved state has no such list is refused with one clear line, not guessed at.
+    """
     import datasets
+    from datasets.table import InMemoryTable
 
     datasets.disable_progress_bars()
-    if not arrow_files:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        empty = cache_dir / "empty.arrow"
-        write_rows(empty, [], variates)
-        arrow_files = [empty]
-    parts = [datasets.Dataset.from_file(str(f)) for f in arrow_files]
-    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    dataset.save_to_disk(str(path))
-    del dataset, parts
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    empty = datasets.Dataset(InMemoryTable(hf_schema(variates).empty_table()), fingerprint=fingerprint)
+    empty.save_to_disk(str(scratch / "meta"), num_shards=1)  # one (empty) data file, even with no rows
+    state_name = datasets.config.DATASET_STATE_JSON_FILENAME
+    state = json.loads((scratch / "meta" / state_name).read_text())
+    saved = state.get("_data_files")
+    if not (isinstance(saved, list) and len(saved) == 1 and isinstance(saved[0], dict) and "filename" in saved[0]):
+        raise OhlcvError(f"datasets {datasets.__version__} saves a dataset's state ({state_name}) in a layout this "
+                         "version of ohlcv does not know (no list of data files); install the datasets version "
+                         "of requirements/modern.txt or upgrade ohlcv")
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in (scratch / "meta").iterdir():  # every metadata file datasets wrote, as it wrote it
+        if entry.name not in (state_name, saved[0]["filename"]):
+            os.replace(entry, path / entry.name)
+    if not arrow_files:  # a dataset without rows: datasets' own empty data file
+        arrow_files, keep = [scratch / "meta" / saved[0]["filename"]], False
+    names = [data_file_name(i, len(arrow_files)) for i in range(len(arrow_files))]
+    for source, name in zip(arrow_files, names):
+        if not keep:
+            os.replace(source, path / name)
+            continue
+        try:
+            os.link(source, path / name)
+        except OSError:  # a file system without hard links: a copy keeps the original as well
+            shutil.copyfile(source, path / name)
+    state["_data_files"] = [{**saved[0], "filename": name} for name in names]
+    (path / state_name).write_text(json.dumps(state, indent=2, sort_keys=True))  # as save_to_disk writes it
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_hf_dataset(path: Path, chunks: Iterator[list[dict]], *, variates: Variates, cache_dir: Path) -> str:
     """Write chunks of rows as a ``datasets`` dataset in uni2ts's schema; return the content hash.
 
     Each chunk is streamed into an Arrow file as one table, so memory stays at
-    one chunk; ``datasets`` then memory-maps the file and saves it.
+    one chunk; the file is then renamed into the dataset (see :func:`place_dataset`).
     """
     shutil.rmtree(cache_dir, ignore_errors=True)
     cache_dir.mkdir(parents=True)
     arrow_file = cache_dir / "rows.arrow"
     digests = write_rows(arrow_file, chunks, variates)
-    save_dataset([arrow_file], path, variates, cache_dir=cache_dir)
-    return content_hash_of(digests)
+    content_hash = content_hash_of(digests)
+    place_dataset([arrow_file], path, variates, fingerprint=content_hash[:16], scratch=cache_dir / "meta", keep=False)
+    return content_hash
 
 
 def write_timestamps(parts: list[Path], path: Path) -> None:
