@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ohlcv.dataset.format import Variates
+from ohlcv.dataset import write
 from ohlcv.dataset.write import place_dataset, write_rows
 
 VARIATES = Variates(names=["a", "b", "c"], targets=["a", "b"], covariates=["c"])
@@ -39,9 +40,10 @@ def _rows(dataset) -> list[tuple]:
 
 
 @pytest.mark.parametrize("sizes", [[3, 1, 4], [2, 0, 5], [6]])
-def test_placed_files_load_as_the_dataset_datasets_would_have_saved(tmp_path, sizes):
+def test_placed_files_load_as_the_dataset_datasets_would_have_saved(tmp_path, monkeypatch, sizes):
     import datasets
 
+    monkeypatch.setattr(write, "_OWN_FILE", 1)  # every file large enough to be placed as it is
     files = _batch_files(tmp_path / "batches", sizes)
     reference = datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
     reference.save_to_disk(str(tmp_path / "reference"))
@@ -59,6 +61,24 @@ def test_placed_files_load_as_the_dataset_datasets_would_have_saved(tmp_path, si
     assert all(f.is_file() for f in files) and not (tmp_path / "scratch").exists()
 
 
+def test_runs_of_small_files_are_joined_and_large_files_placed_as_they_are(tmp_path, monkeypatch):
+    import datasets
+
+    files = _batch_files(tmp_path / "batches", [3, 1, 6, 2])
+    size = [f.stat().st_size for f in files]
+    monkeypatch.setattr(write, "_OWN_FILE", size[2])  # the 6-row file is large
+    monkeypatch.setattr(write, "_SHARD_BYTES", size[0] + size[1])  # the first two fill a joined file
+    place_dataset(files, tmp_path / "placed", VARIATES, fingerprint="0" * 16, scratch=tmp_path / "scratch", keep=True)
+    placed = tmp_path / "placed"
+    names = sorted(p.name for p in placed.glob("*.arrow"))
+    assert names == [f"data-{i:05d}-of-00003.arrow" for i in range(3)]
+    assert [len(datasets.Dataset.from_file(str(placed / n))) for n in names] == [4, 6, 2]
+    assert (placed / names[1]).samefile(files[2]) and (placed / names[2]).samefile(files[3])
+    assert all(f.is_file() for f in files)
+    reference = datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
+    assert _rows(datasets.load_from_disk(str(placed))) == _rows(reference)
+
+
 def test_a_dataset_without_rows_loads_empty_with_its_features(tmp_path):
     import datasets
 
@@ -69,8 +89,10 @@ def test_a_dataset_without_rows_loads_empty_with_its_features(tmp_path):
     assert empty.features == datasets.Dataset.from_file(str(files[0])).features
 
 
-def test_renamed_files_leave_their_folder(tmp_path):
+def test_renamed_files_leave_their_folder(tmp_path, monkeypatch):
     import datasets
+
+    monkeypatch.setattr(write, "_OWN_FILE", 1)
 
     files = _batch_files(tmp_path / "batches", [2, 2])
     place_dataset(files, tmp_path / "placed", VARIATES, fingerprint="0" * 16, scratch=tmp_path / "scratch", keep=False)

@@ -128,13 +128,56 @@ def data_file_name(index: int, count: int) -> str:
     return f"data-{index:05d}-of-{count:05d}.arrow"
 
 
+# Each data file costs ``load_from_disk`` ~0.3 ms and a full read ~0.1 ms (measured: 10,000 one-row files
+# load in 2.9 s against 0.2 s for one file, and read 57% slower): files under _OWN_FILE bytes are joined,
+# in order, into files of at least _SHARD_BYTES; a file of _OWN_FILE bytes or more (read in >10 ms) is
+# placed as it is.
+_OWN_FILE = 8 << 20
+_SHARD_BYTES = 64 << 20
+
+
+def _file_groups(files: list[Path]) -> list[list[Path]]:
+    """Consecutive files grouped into the dataset's data files: a large file alone, runs of small ones together."""
+    groups: list[list[Path]] = []
+    run: list[Path] = []
+    run_bytes = 0
+    for file in files:
+        size = file.stat().st_size
+        if size >= _OWN_FILE:
+            groups.extend([run, [file]] if run else [[file]])
+            run, run_bytes = [], 0
+            continue
+        run.append(file)
+        run_bytes += size
+        if run_bytes >= _SHARD_BYTES:
+            groups.append(run)
+            run, run_bytes = [], 0
+    return groups + [run] if run else groups
+
+
+def _concatenate(files: list[Path], target: Path) -> None:
+    """Arrow IPC stream files, in order, as one: their record batches copied as they are (nothing decoded)."""
+    import pyarrow as pa
+
+    with pa.OSFile(str(target), "wb") as sink:
+        writer = None
+        for file in files:
+            with pa.memory_map(str(file)) as source:
+                reader = pa.ipc.open_stream(source)
+                writer = writer or pa.ipc.new_stream(sink, reader.schema)
+                for batch in reader:
+                    writer.write_batch(batch)
+        writer.close()
+
+
 def place_dataset(arrow_files: list[Path], path: Path, variates: Variates, *, fingerprint: str, scratch: Path,
                   keep: bool) -> None:
     """Make ``path`` a ``datasets`` dataset whose rows are those of ``arrow_files`` (Arrow IPC stream
     files in the dataset's schema, as :func:`write_rows` writes them), in order, without rewriting a byte.
 
     The data files are hard-linked (``keep``: their originals stay, so an interrupted merge can be
-    redone from them) or renamed into ``path`` under ``datasets``' own names. The small metadata
+    redone from them) or renamed into ``path`` under ``datasets``' own names; runs of small files are
+    first joined into larger ones (see ``_OWN_FILE``), the originals left as they are. The small metadata
     files come from ``datasets`` itself: it saves an empty dataset of the same features into
     ``scratch``, and its state's list of data files is pointed at the placed files. ``load_from_disk``
     then reads what ``save_to_disk`` of their concatenation would have written (the same rows,
@@ -162,15 +205,18 @@ def place_dataset(arrow_files: list[Path], path: Path, variates: Variates, *, fi
             os.replace(entry, path / entry.name)
     if not arrow_files:  # a dataset without rows: datasets' own empty data file
         arrow_files, keep = [scratch / "meta" / saved[0]["filename"]], False
-    names = [data_file_name(i, len(arrow_files)) for i in range(len(arrow_files))]
-    for source, name in zip(arrow_files, names):
-        if not keep:
-            os.replace(source, path / name)
-            continue
-        try:
-            os.link(source, path / name)
-        except OSError:  # a file system without hard links: a copy keeps the original as well
-            shutil.copyfile(source, path / name)
+    groups = _file_groups(arrow_files)
+    names = [data_file_name(i, len(groups)) for i in range(len(groups))]
+    for group, name in zip(groups, names):
+        if len(group) > 1:
+            _concatenate(group, path / name)
+        elif not keep:
+            os.replace(group[0], path / name)
+        else:
+            try:
+                os.link(group[0], path / name)
+            except OSError:  # a file system without hard links: a copy keeps the original as well
+                shutil.copyfile(group[0], path / name)
     state["_data_files"] = [{**saved[0], "filename": name} for name in names]
     (path / state_name).write_text(json.dumps(state, indent=2, sort_keys=True))  # as save_to_disk writes it
     shutil.rmtree(scratch, ignore_errors=True)
