@@ -8,8 +8,9 @@ One symbol at a time, ``data.batch_size`` symbols per batch:
    ``<out parent>/.<out name>.building/batches/`` (Arrow IPC, then a small
    JSON that marks it done);
 3. merge: the batch files, already in the dataset's final form, become the
-   Hugging Face dataset's data files by hard link (no byte rewritten; batches
-   normalized per asset class are normalized and written here first), in a
+   Hugging Face dataset's data files by hard link (runs of small ones are
+   joined first; batches normalized per asset class are normalized and
+   written here first), in a
    staging folder beside the output renamed into place at the end, so the
    output folder is either the old dataset or the complete new one, never half
    of either; the batch files stay until then, so a merge killed half-way is

@@ -173,7 +173,7 @@ def _concatenate(files: list[Path], target: Path) -> None:
 def place_dataset(arrow_files: list[Path], path: Path, variates: Variates, *, fingerprint: str, scratch: Path,
                   keep: bool) -> None:
     """Make ``path`` a ``datasets`` dataset whose rows are those of ``arrow_files`` (Arrow IPC stream
-    files in the dataset's schema, as :func:`write_rows` writes them), in order, without rewriting a byte.
+    files in the dataset's schema, as :func:`write_rows` writes them), in order, without decoding them.
 
     The data files are hard-linked (``keep``: their originals stay, so an interrupted merge can be
     redone from them) or renamed into ``path`` under ``datasets``' own names; runs of small files are
