@@ -78,9 +78,10 @@ ONE_FEATURE = ["features.enabled=[log_return]", "features.params.log_return.hori
 
 
 def ohlcv_build(lake: Path, out: Path, batch_size: int = 10, *extra: str, profile: str = "hourly",
-                full: bool = False) -> float:
-    """Seconds for one build; one feature (``log_return``) unless ``full`` (every feature of the profile)."""
-    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
+                full: bool = False, merges: list[float] | None = None) -> float:
+    """Seconds for one build; one feature (``log_return``) unless ``full`` (every feature of the profile).
+    ``merges`` receives the seconds of its merge step (from the builder's merge signal to the end)."""
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder, _Progress
     from ohlcv.config import load_profile
 
     # one feature measures the builder (reading, cleaning, batching, writing); `full` the profile as users build it
@@ -89,9 +90,14 @@ def ohlcv_build(lake: Path, out: Path, batch_size: int = 10, *extra: str, profil
         [f"data.lake={lake}", f"data.dataset={out}", f"data.batch_size={batch_size}", "data.cleaning.min_length=100",
          *([] if full else ONE_FEATURE), *extra],
     ).cfg
+    merge_started = []
+    progress = _Progress(on_merge=lambda: merge_started.append(time.perf_counter()))
     start = time.perf_counter()
-    IterativeFinancialDatasetBuilder(cfg).run(force=True)
-    return time.perf_counter() - start
+    IterativeFinancialDatasetBuilder(cfg, progress=progress).run(force=True)
+    end = time.perf_counter()
+    if merges is not None:
+        merges.append(end - merge_started[0])
+    return end - start
 
 
 def feature_costs(lake: Path, out: Path, profile: str, batch_size: int = 10) -> tuple[int, list[tuple[str, float]]]:
@@ -232,20 +238,25 @@ def full_profiles(work: Path, args, results: dict) -> None:
         lake = make_lake(work / f"profile-{profile}", args.profiles, bars, classes=["crypto", "equity", "fx"], freq=freq,
                          start=start)
         rows = row_count(lake)
-        one, full = [], []
+        one, full, one_merge, full_merge = [], [], [], []
         for _ in range(args.repeat):  # interleaved, so that both sides see the same machine
-            one.append(ohlcv_build(lake, work / f"profile-{profile}-one", args.batch_size, profile=profile))
-            full.append(ohlcv_build(lake, work / f"profile-{profile}-full", args.batch_size, profile=profile, full=True))
+            one.append(ohlcv_build(lake, work / f"profile-{profile}-one", args.batch_size, profile=profile,
+                                   merges=one_merge))
+            full.append(ohlcv_build(lake, work / f"profile-{profile}-full", args.batch_size, profile=profile, full=True,
+                                    merges=full_merge))
         one_s, full_s = statistics.median(one), statistics.median(full)
         print(f"--profile {profile}, {args.profiles} symbols, {rows:,} rows: every feature {full_s:.2f} s "
               f"({rows / full_s:,.0f} rows/s) against one feature {one_s:.2f} s ({rows / one_s:,.0f} rows/s) -> "
               f"{full_s / one_s:.2f}x (runs: every feature {', '.join(f'{t:.2f}' for t in full)}; "
               f"one {', '.join(f'{t:.2f}' for t in one)})")
+        print(f"  merge step (median): every feature {statistics.median(full_merge):.2f} s, "
+              f"one feature {statistics.median(one_merge):.2f} s")
         bars_seen, costs = feature_costs(lake, work / f"profile-{profile}-costs", profile, args.batch_size)
         print(f"  cost per feature ({profile}; alone, one thread, ms of CPU per 1M bars over {bars_seen:,} bars):")
         for name, cost in sorted(costs, key=lambda c: -c[1]):
             print(f"    {name:20s} {cost:7.0f}")
-        results[f"profile_{profile}"] = {"rows": rows, "full_s": full, "one_s": one, "costs_ms_per_1m": dict(costs)}
+        results[f"profile_{profile}"] = {"rows": rows, "full_s": full, "one_s": one, "full_merge_s": full_merge,
+                                         "one_merge_s": one_merge, "costs_ms_per_1m": dict(costs)}
     small = make_lake(work / "rss-full-1", args.rss, args.bars)
     large = make_lake(work / "rss-full-10", args.rss * 10, args.bars)
     (rss1, anon1), (rss10, anon10) = (peak_rss_of_build(lake, work / f"{lake.name}-out", args.batch_size, full=True)

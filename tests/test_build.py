@@ -280,6 +280,7 @@ def test_shards_merge_into_the_same_dataset(tmp_path):
     merged = merge_shards(parts, tmp_path / "merged")
     assert merged["content_hash"] == full.manifest["content_hash"]
     assert merged["series"] == full.manifest["series"]
+    assert _loaded_rows(tmp_path / "merged") == _loaded_rows(full.out)
     with pytest.raises(Exception, match="incomplete"):
         merge_shards(parts[:2], tmp_path / "partial")
 
@@ -407,3 +408,83 @@ def test_a_dataset_from_another_datasets_major_version_is_rebuilt_or_refused_cle
         load_hf(first.out, again.manifest)
     report = check_dataset(first.out, _cfg(lake.root, first.out))
     assert not report.ok and any("cannot load this dataset" in p for p in report.problems)
+
+
+def _loaded_rows(path: Path) -> tuple[list, object]:
+    """Every row of a built dataset as ``load_from_disk`` reads it (numpy format), and its features."""
+    import datasets
+
+    hf = datasets.load_from_disk(str(path / "hf"))
+    rows = [(str(r["item_id"]), r["start"], str(r["freq"]), np.stack(r["target"]).tobytes())
+            for r in hf.with_format("numpy")]
+    return rows, hf.features
+
+
+@pytest.mark.parametrize("joined", [False, True])
+@pytest.mark.parametrize("scope", ["symbol", "asset_class"])
+def test_batch_files_become_the_datasets_files_without_changing_what_loads(tmp_path, monkeypatch, scope, joined):
+    import ohlcv.dataset.write as write
+
+    if not joined:
+        monkeypatch.setattr(write, "_OWN_FILE", 1)  # every batch file large enough to be placed as it is
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=3, asset_classes=["crypto", "fx"], bars=700, seed=12)
+    extra = ("data.normalization.scaler=standard", f"data.normalization.scope={scope}")
+    one_file = _build(lake.root, tmp_path / "one", "data.batch_size=100", *extra)
+    per_batch = _build(lake.root, tmp_path / "many", "data.batch_size=2", *extra)
+    # fx has 700 < min_length bars: quarantined, so of the batches [CRY000, CRY001], [CRY002, FX000] and
+    # [FX001, FX002] the last is empty and contributes no file; one file per other batch, in datasets' names,
+    # or (small files) the two joined in one
+    files = 1 if joined else 2
+    assert sorted(p.name for p in (per_batch.out / "hf").glob("*.arrow")) == [
+        f"data-{i:05d}-of-{files:05d}.arrow" for i in range(files)]
+    assert per_batch.manifest["content_hash"] == one_file.manifest["content_hash"]
+    rows, features = _loaded_rows(per_batch.out)
+    reference_rows, reference_features = _loaded_rows(one_file.out)
+    assert rows == reference_rows and features == reference_features
+    assert [r[0] for r in rows] == ["crypto/CRY000", "crypto/CRY001", "crypto/CRY002"]
+    if scope == "symbol" and not joined:  # uni2ts's loaders and transforms read a dataset of several files
+        from ohlcv.builder.check import check_dataset
+
+        report = check_dataset(per_batch.out, _cfg(lake.root, per_batch.out, "data.batch_size=2", *extra))
+        assert report.ok and report.series == 3, report.problems
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the work folder is gone
+
+
+def test_a_shard_that_owns_no_symbol_is_an_empty_loadable_dataset(tmp_path):
+    from ohlcv.builder.plan import Shard as PlanShard
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["fx"], bars=700)
+    (symbol,) = lake.symbols
+    empty = next(PlanShard(k, 7) for k in range(1, 8) if not PlanShard(k, 7).owns(symbol))
+    result = _build(lake.root, tmp_path / "empty", shard=empty)
+    rows, features = _loaded_rows(result.out)
+    assert rows == [] and result.manifest["series"] == 0
+    assert set(features) == {"item_id", "start", "freq", "target"}
+
+
+def test_a_merge_killed_half_way_resumes_to_the_same_dataset(tmp_path, monkeypatch):
+    import ohlcv.dataset.write as write
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=6, asset_classes=["crypto"], bars=900, seed=13)
+    reference = _build(lake.root, tmp_path / "reference", "data.batch_size=2")
+    monkeypatch.setattr(write, "_OWN_FILE", 1)  # each batch file placed as it is (hard-linked)
+    link, placed = os.link, []
+
+    class Killed(BaseException):
+        """The process dying (nothing in the build catches it)."""
+
+    def dies_after_two(source, target):  # the process dies between the merge's second and third file
+        if len(placed) == 2:
+            raise Killed
+        link(source, target)
+        placed.append(target)
+
+    monkeypatch.setattr(write.os, "link", dies_after_two)
+    with pytest.raises(Killed):
+        _build(lake.root, tmp_path / "out", "data.batch_size=2")
+    assert not (tmp_path / "out").exists() and len(placed) == 2
+    monkeypatch.setattr(write.os, "link", link)
+    resumed = _build(lake.root, tmp_path / "out", "data.batch_size=2")
+    assert resumed.resumed_batches == 3
+    assert resumed.manifest["content_hash"] == reference.manifest["content_hash"]
+    assert _loaded_rows(resumed.out) == _loaded_rows(reference.out)

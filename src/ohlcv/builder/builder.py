@@ -7,9 +7,14 @@ One symbol at a time, ``data.batch_size`` symbols per batch:
    normalization statistics on the training span; write the batch to
    ``<out parent>/.<out name>.building/batches/`` (Arrow IPC, then a small
    JSON that marks it done);
-3. merge: stream the batches one by one into a Hugging Face dataset, written
-   beside the output and renamed into place at the end, so the output folder
-   is either the old dataset or the complete new one, never half of either.
+3. merge: the batch files, already in the dataset's final form, become the
+   Hugging Face dataset's data files by hard link (runs of small ones are
+   joined first; batches normalized per asset class are normalized and
+   written here first), in a
+   staging folder beside the output renamed into place at the end, so the
+   output folder is either the old dataset or the complete new one, never half
+   of either; the batch files stay until then, so a merge killed half-way is
+   simply redone.
 
 An interrupted build (even ``kill -9``) resumes after its last finished
 batch and produces the same dataset, byte for byte in content, as an
@@ -49,10 +54,9 @@ from ohlcv.dataset.read import datasets_version, same_datasets_major
 from ohlcv.dataset.write import (
     atomic_json,
     content_hash_of,
-    save_dataset,
+    place_dataset,
     series_rows,
     swap_into_place,
-    write_hf_dataset,
     write_rows,
     write_timestamps,
 )
@@ -696,19 +700,25 @@ class IterativeFinancialDatasetBuilder:
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
         with_data = [(m, meta) for m, meta in zip(markers, batch_meta) if meta.get("has_data")]
-        if self.streams:
+        if self.streams:  # the batch files are the dataset's data files: hard-linked, not rewritten
             digests = [d for _, meta in with_data for d in meta["digests"]]
-            save_dataset([m.with_suffix(".arrow") for m, _ in with_data], staging / HF_SUBDIR, self.variates,
-                         cache_dir=work / "cache")
             content_hash = content_hash_of(digests)
-        else:
+            place_dataset([m.with_suffix(".arrow") for m, _ in with_data], staging / HF_SUBDIR, self.variates,
+                          fingerprint=content_hash[:16], scratch=work / "cache", keep=True)
+        else:  # normalized now, one data file per batch, renamed into the dataset
             by_id = {e["item_id"]: e for e in items}
-            chunks = (
-                series_rows(pl.read_ipc(m.with_suffix(".arrow"), columns=self.variates.names).to_numpy(), meta["rows"],
-                             by_id, norm, self.variates, self.freq.canonical)
-                for m, meta in with_data
-            )
-            content_hash = write_hf_dataset(staging / HF_SUBDIR, chunks, variates=self.variates, cache_dir=work / "cache")
+            cache = work / "cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            cache.mkdir(parents=True)
+            digests, parts = [], []
+            for marker, meta in with_data:
+                values = pl.read_ipc(marker.with_suffix(".arrow"), columns=self.variates.names).to_numpy()
+                parts.append(cache / marker.with_suffix(".arrow").name)
+                digests += write_rows(parts[-1], [series_rows(values, meta["rows"], by_id, norm, self.variates,
+                                                              self.freq.canonical)], self.variates)
+            content_hash = content_hash_of(digests)
+            place_dataset(parts, staging / HF_SUBDIR, self.variates, fingerprint=content_hash[:16],
+                          scratch=cache / "meta", keep=False)
         write_timestamps([m.with_suffix(".ts.parquet") for m, _ in with_data], staging / TIMESTAMPS_FILE)
         report = build_report(reports, skipped, started, resumed, batch_count)
         report["notes"] = list(self.notes) + off_session_notes(reports, self.calendars)

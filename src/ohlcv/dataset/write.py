@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 from ohlcv.config.loader import atomic_write_text, json_text
 from ohlcv.dataset import normalize
 from ohlcv.dataset.format import Variates, hf_schema
+from ohlcv.errors import OhlcvError
 
 
 def atomic_json(path: Path, data: Any, *, scratch: bool = False) -> None:
@@ -130,34 +132,118 @@ def write_rows(path: Path, chunks, variates: Variates) -> list[str]:
     return digests
 
 
-def save_dataset(arrow_files: list[Path], path: Path, variates: Variates, *, cache_dir: Path) -> None:
-    """Save Arrow stream files of dataset rows, in order, as one ``datasets`` dataset at ``path``."""
+def data_file_name(index: int, count: int) -> str:
+    """The name ``datasets`` gives a saved dataset's data file ``index`` of ``count`` (``save_to_disk``'s pattern)."""
+    return f"data-{index:05d}-of-{count:05d}.arrow"
+
+
+# Each data file costs ``load_from_disk`` ~0.3 ms and a full read ~0.1 ms (measured: 10,000 one-row files
+# load in 2.9 s against 0.2 s for one file, and read 57% slower): files under _OWN_FILE bytes are joined,
+# in order, into files of at least _SHARD_BYTES; a file of _OWN_FILE bytes or more (read in >10 ms) is
+# placed as it is.
+_OWN_FILE = 8 << 20
+_SHARD_BYTES = 64 << 20
+
+
+def _file_groups(files: list[Path]) -> list[list[Path]]:
+    """Consecutive files grouped into the dataset's data files: a large file alone, runs of small ones together."""
+    groups: list[list[Path]] = []
+    run: list[Path] = []
+    run_bytes = 0
+    for file in files:
+        size = file.stat().st_size
+        if size >= _OWN_FILE:
+            groups.extend([run, [file]] if run else [[file]])
+            run, run_bytes = [], 0
+            continue
+        run.append(file)
+        run_bytes += size
+        if run_bytes >= _SHARD_BYTES:
+            groups.append(run)
+            run, run_bytes = [], 0
+    return groups + [run] if run else groups
+
+
+def _concatenate(files: list[Path], target: Path) -> None:
+    """Arrow IPC stream files, in order, as one: their record batches copied as they are (nothing decoded)."""
+    import pyarrow as pa
+
+    with pa.OSFile(str(target), "wb") as sink:
+        writer = None
+        for file in files:
+            with pa.memory_map(str(file)) as source:
+                reader = pa.ipc.open_stream(source)
+                writer = writer or pa.ipc.new_stream(sink, reader.schema)
+                for batch in reader:
+                    writer.write_batch(batch)
+        writer.close()
+
+
+def place_dataset(arrow_files: list[Path], path: Path, variates: Variates, *, fingerprint: str, scratch: Path,
+                  keep: bool) -> None:
+    """Make ``path`` a ``datasets`` dataset whose rows are those of ``arrow_files`` (Arrow IPC stream
+    files in the dataset's schema, as :func:`write_rows` writes them), in order, without decoding them.
+
+    The data files are hard-linked (``keep``: their originals stay, so an interrupted merge can be
+    redone from them) or renamed into ``path`` under ``datasets``' own names; runs of small files are
+    first joined into larger ones (see ``_OWN_FILE``), the originals left as they are. The small metadata
+    files come from ``datasets`` itself: it saves an empty dataset of the same features into
+    ``scratch``, and its state's list of data files is pointed at the placed files. ``load_from_disk``
+    then reads what ``save_to_disk`` of their concatenation would have written (the same rows,
+    order, features and values; the files are only split differently). A ``datasets`` version
+    whose saved state has no such list is refused with one clear line, not guessed at.
+    """
     import datasets
+    from datasets.table import InMemoryTable
 
     datasets.disable_progress_bars()
-    if not arrow_files:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        empty = cache_dir / "empty.arrow"
-        write_rows(empty, [], variates)
-        arrow_files = [empty]
-    parts = [datasets.Dataset.from_file(str(f)) for f in arrow_files]
-    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    dataset.save_to_disk(str(path))
-    del dataset, parts
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    empty = datasets.Dataset(InMemoryTable(hf_schema(variates).empty_table()), fingerprint=fingerprint)
+    empty.save_to_disk(str(scratch / "meta"), num_shards=1)  # one (empty) data file, even with no rows
+    state_name = datasets.config.DATASET_STATE_JSON_FILENAME
+    state = json.loads((scratch / "meta" / state_name).read_text())
+    saved = state.get("_data_files")
+    if not (isinstance(saved, list) and len(saved) == 1 and isinstance(saved[0], dict) and "filename" in saved[0]):
+        raise OhlcvError(f"datasets {datasets.__version__} saves a dataset's state ({state_name}) in a layout this "
+                         "version of ohlcv does not know (no list of data files); install the datasets version "
+                         "of requirements/modern.txt or upgrade ohlcv")
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in (scratch / "meta").iterdir():  # every metadata file datasets wrote, as it wrote it
+        if entry.name not in (state_name, saved[0]["filename"]):
+            os.replace(entry, path / entry.name)
+    if not arrow_files:  # a dataset without rows: datasets' own empty data file
+        arrow_files, keep = [scratch / "meta" / saved[0]["filename"]], False
+    groups = _file_groups(arrow_files)
+    names = [data_file_name(i, len(groups)) for i in range(len(groups))]
+    for group, name in zip(groups, names):
+        if len(group) > 1:
+            _concatenate(group, path / name)
+        elif not keep:
+            os.replace(group[0], path / name)
+        else:
+            try:
+                os.link(group[0], path / name)
+            except OSError:  # a file system without hard links: a copy keeps the original as well
+                shutil.copyfile(group[0], path / name)
+    state["_data_files"] = [{**saved[0], "filename": name} for name in names]
+    (path / state_name).write_text(json.dumps(state, indent=2, sort_keys=True))  # as save_to_disk writes it
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_hf_dataset(path: Path, chunks: Iterator[list[dict]], *, variates: Variates, cache_dir: Path) -> str:
     """Write chunks of rows as a ``datasets`` dataset in uni2ts's schema; return the content hash.
 
     Each chunk is streamed into an Arrow file as one table, so memory stays at
-    one chunk; ``datasets`` then memory-maps the file and saves it.
+    one chunk; the file is then renamed into the dataset (see :func:`place_dataset`).
     """
     shutil.rmtree(cache_dir, ignore_errors=True)
     cache_dir.mkdir(parents=True)
     arrow_file = cache_dir / "rows.arrow"
     digests = write_rows(arrow_file, chunks, variates)
-    save_dataset([arrow_file], path, variates, cache_dir=cache_dir)
-    return content_hash_of(digests)
+    content_hash = content_hash_of(digests)
+    place_dataset([arrow_file], path, variates, fingerprint=content_hash[:16], scratch=cache_dir / "meta", keep=False)
+    return content_hash
 
 
 def write_timestamps(parts: list[Path], path: Path) -> None:
@@ -167,7 +253,10 @@ def write_timestamps(parts: list[Path], path: Path) -> None:
     import pyarrow.parquet as pq
 
     schema = pa.schema([("item_id", pa.string()), ("ts", pa.list_(pa.timestamp("us", tz="UTC")))])
-    with pq.ParquetWriter(str(path), schema) as writer:
+    # regular time stamps delta-encode to almost nothing: measured on the full hourly lake (1.44M stamps),
+    # 0.1 MiB written in 16 ms and read in 12 ms, against 2.7 MiB, 49 ms and 101 ms with the defaults
+    encoding = {"use_dictionary": False, "column_encoding": {"ts.list.element": "DELTA_BINARY_PACKED"}}
+    with pq.ParquetWriter(str(path), schema, **encoding) as writer:
         for part in parts:
             writer.write_table(pq.read_table(str(part)).cast(schema))
 
