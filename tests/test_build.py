@@ -333,6 +333,39 @@ def test_one_symbol_failing_inside_a_plugin_is_quarantined_not_fatal(tmp_path):
     assert result.manifest["series"] == 1
 
 
+def test_non_finite_feature_values_are_written_as_missing(tmp_path):
+    import types
+
+    import polars as pl
+
+    from ohlcv.features import Feature
+    from ohlcv.hookspecs import hookimpl
+    from ohlcv.plugins import load_plugins
+
+    module = types.ModuleType("dividing")
+
+    @hookimpl
+    def ohlcv_register_features(register):
+        # +inf on every 10th bar, NaN on every 7th, the close elsewhere
+        value = (pl.when(pl.int_range(pl.len()) % 10 == 0).then(float("inf"))
+                 .when(pl.int_range(pl.len()) % 7 == 0).then(float("nan")).otherwise(pl.col("close")))
+        register(Feature(name="ragged", family="indicator", inputs=("close",), outputs=["ragged"], warmup=0,
+                         exprs=lambda p: [value.alias("ragged")]))
+
+    module.ohlcv_register_features = ohlcv_register_features
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["crypto"], bars=800)
+    cfg = _cfg(lake.root, tmp_path / "ds", "features.enabled=[ragged]")
+    result = IterativeFinancialDatasetBuilder(cfg, plugins=load_plugins(extra=[("dividing", module)])).run()
+    import datasets
+
+    row = datasets.load_from_disk(str(result.out / "hf")).with_format("numpy")[0]
+    ragged, close = row["target"][result.manifest["variates"].index("ragged")], row["target"][3]
+    position = np.arange(len(ragged))
+    odd = (position % 10 == 0) | (position % 7 == 0)
+    assert np.isnan(ragged[odd]).all() and np.isfinite(ragged[~odd]).all()
+    np.testing.assert_array_equal(ragged[~odd], close[~odd])
+
+
 def test_build_cli_prints_the_report_and_writes_the_profile(tmp_path, cli):
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=3, bars=800, dirt=["duplicates", "too_short"])
     result = cli("build", "--lake", str(lake.root), "--out", str(tmp_path / "ds"), "data.batch_size=2")

@@ -17,6 +17,26 @@ if TYPE_CHECKING:
     import polars as pl
 
 
+_KEYED: list = []  # [(reference, its keyed form)]: the latest reference only
+
+
+def _keyed_reference(reference: "pl.DataFrame"):
+    """({asset class: integer key}, the reference with ``_class_key`` and ``ref_``-prefixed columns).
+
+    A build joins the same reference onto every batch: it is keyed once (the frame is kept with its
+    keyed form, so the identity check cannot match a different frame at a reused address)."""
+    import polars as pl
+
+    cached = _KEYED[0] if _KEYED else None
+    if cached is not None and cached[0] is reference:
+        return cached[1]
+    code = {c: i for i, c in enumerate(reference["asset_class"].unique().sort().to_list())}
+    keyed = reference.select(pl.col("asset_class").replace_strict(code, return_dtype=pl.Int64).alias("_class_key"),
+                             "ts", pl.exclude("asset_class", "ts").name.prefix("ref_"))
+    _KEYED[:] = [(reference, (code, keyed))]
+    return code, keyed
+
+
 @dataclass
 class FeaturePipeline:
     specs: list[tuple[Feature, dict[str, Any]]]  # (feature, resolved params), in profile order
@@ -142,12 +162,9 @@ class FeaturePipeline:
         if self.needs_reference and reference is not None:
             # joined on an integer class key: the class of each run of an item's rows, not of every row
             # (splitting a million id strings cost more than the join itself)
+            code, ref = _keyed_reference(reference)
             classes = runs.struct.field("value").str.split("/").list.first().to_list()
-            code = {c: i for i, c in enumerate(sorted(set(classes)))}
-            key = np.repeat(np.array([code[c] for c in classes], dtype=np.int64), runs.struct.field("len").to_numpy())
-            ref = (reference.filter(pl.col("asset_class").is_in(list(code)))
-                   .select(pl.col("asset_class").replace_strict(code, return_dtype=pl.Int64).alias("_class_key"),
-                           "ts", pl.exclude("asset_class", "ts").name.prefix("ref_")))
+            key = np.repeat(np.array([code.get(c, -1) for c in classes], dtype=np.int64), runs.struct.field("len").to_numpy())
             work = (work.with_columns(pl.Series("_class_key", key))
                     .join(ref, on=["_class_key", "ts"], how="left", maintain_order="left").drop("_class_key"))
         if self.needs_reference:
@@ -215,8 +232,14 @@ class FeaturePipeline:
                         end = (train_end or {}).get(item_id, part.height)
                         call["fitted"] = feature.fit(inputs.head(end), params)
                     outputs.append(feature.compute(inputs, call))
-                parts.append(pl.concat([part, *outputs], how="horizontal"))
-            query = (pl.concat(parts, how="vertical") if parts else work).lazy()
+                # numbered: only the outputs are stacked, then set beside the batch's columns (which are
+                # not copied); grouped: each group's rows with its outputs, in the groups' order
+                parts.append(pl.concat(outputs if numbered else [part, *outputs], how="horizontal"))
+            if numbered:
+                work = work.hstack(pl.concat(parts, how="vertical"))
+            elif parts:
+                work = pl.concat(parts, how="vertical")
+            query = work.lazy()
         # the warm-up contract: a feature's outputs are missing (never zeros) before its warm-up
         if not numbered:
             query = query.with_columns((pl.int_range(pl.len()) if single else pl.int_range(pl.len()).over("_series")).alias("_pos"))
