@@ -81,7 +81,7 @@ def ohlcv_build(lake: Path, out: Path, batch_size: int = 10, *extra: str, profil
                 full: bool = False, merges: list[float] | None = None) -> float:
     """Seconds for one build; one feature (``log_return``) unless ``full`` (every feature of the profile).
     ``merges`` receives the seconds of its merge step (from the builder's merge signal to the end)."""
-    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder, _Progress
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
     from ohlcv.config import load_profile
 
     # one feature measures the builder (reading, cleaning, batching, writing); `full` the profile as users build it
@@ -91,7 +91,12 @@ def ohlcv_build(lake: Path, out: Path, batch_size: int = 10, *extra: str, profil
          *([] if full else ONE_FEATURE), *extra],
     ).cfg
     merge_started = []
-    progress = _Progress(on_merge=lambda: merge_started.append(time.perf_counter()))
+    class Progress:  # the builder's progress callbacks: only the merge's start is recorded
+        on_start = staticmethod(lambda total: None)
+        on_symbol = staticmethod(lambda item_id, rows: None)
+        on_merge = staticmethod(lambda: merge_started.append(time.perf_counter()))
+
+    progress = Progress()
     start = time.perf_counter()
     IterativeFinancialDatasetBuilder(cfg, progress=progress).run(force=True)
     end = time.perf_counter()

@@ -110,3 +110,34 @@ def test_a_datasets_version_with_another_state_layout_is_refused_in_one_line(tmp
     files = _batch_files(tmp_path / "batches", [1])
     with pytest.raises(OhlcvError, match="no list of data files"):
         place_dataset(files, tmp_path / "placed", VARIATES, fingerprint="0" * 16, scratch=tmp_path / "s", keep=True)
+
+
+def test_a_file_system_without_hard_links_gets_copies_and_keeps_the_batch_files(tmp_path, monkeypatch):
+    import errno
+
+    import datasets
+
+    def refuse(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(write, "_OWN_FILE", 1)
+    monkeypatch.setattr(write.os, "link", refuse)
+    files = _batch_files(tmp_path / "batches", [2, 1])
+    place_dataset(files, tmp_path / "placed", VARIATES, fingerprint="0" * 16, scratch=tmp_path / "scratch", keep=True)
+    assert all(f.is_file() for f in files)  # the originals stay for a resumed merge
+    placed = sorted((tmp_path / "placed").glob("data-*.arrow"))
+    assert [p.stat().st_nlink for p in placed] == [1, 1]  # copies, not links
+    assert len(datasets.load_from_disk(str(tmp_path / "placed"))) == 3
+
+
+def test_rows_given_as_column_major_or_strided_views_are_written_and_hashed_as_contiguous_copies(tmp_path):
+    rng = np.random.default_rng(9)
+    columns = np.asfortranarray(rng.normal(size=(50, 3)).astype(np.float32))  # (time, variates), as a batch's values
+    views = [columns[5:40].T, columns[::-1][3:30].T, columns[10:45, [2, 0, 1]].T]  # F-order, reversed, fancy-indexed
+    row = lambda i, v: {"item_id": f"x/{i}", "start": np.datetime64("2024-01-01T00:00:00", "s"), "freq": "1h",
+                        "target": v[:2], "past_feat_dynamic_real": v[2:]}
+    digests_view = write_rows(tmp_path / "view.arrow", [[row(i, v) for i, v in enumerate(views)]], VARIATES)
+    copies = [np.ascontiguousarray(v) for v in views]
+    digests_copy = write_rows(tmp_path / "copy.arrow", [[row(i, v) for i, v in enumerate(copies)]], VARIATES)
+    assert digests_view == digests_copy
+    assert (tmp_path / "view.arrow").read_bytes() == (tmp_path / "copy.arrow").read_bytes()

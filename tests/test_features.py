@@ -178,6 +178,38 @@ def test_a_fitted_frame_features_intermediates_are_computed_over_the_batch_and_s
                                    rtol=1e-12, atol=1e-10)
 
 
+def test_non_finite_feature_values_become_missing_when_asked_even_with_no_lake_column_named(features):
+    frame = synthetic_class(n_assets=2, bars=200)
+    ragged = Feature(name="ragged", family="indicator", inputs=("close",), outputs=["ragged"], warmup=0,
+                     exprs=lambda p: [pl.when(pl.int_range(pl.len()) % 10 == 0).then(float("inf"))
+                                      .otherwise(pl.col("close")).alias("ragged")])
+    pipeline = FeaturePipeline([(ragged, {})])
+    masked = pipeline.apply(frame, finite=())["ragged"]  # no lake column to mask: the features still are
+    assert masked.is_infinite().sum() == 0 and masked.null_count() >= 40
+    assert pipeline.apply(frame)["ragged"].is_infinite().sum() >= 40  # not asked: values as computed
+
+
+def test_a_fitted_bounded_features_intermediates_are_per_series_so_its_fit_does_not_see_the_previous_symbol():
+    def fit(train, params):
+        return float(train["_lagged_fit_prev"].drop_nulls().drop_nans().sum())
+
+    lagged = Feature(name="lagged_fit", family="indicator", inputs=("close",), outputs=["lagged_fit"], warmup=1,
+                     bounded=True, fit=fit,
+                     intermediates=lambda p: [[pl.col("close").shift(1).alias("_lagged_fit_prev")]],
+                     exprs=lambda p: [(pl.col("close") - p["fitted"] * 0).alias("lagged_fit")])
+    frame = synthetic_class(n_assets=3, bars=300, seed=5)
+    ends = {item_id: 200 for item_id in frame["item_id"].unique()}
+    states = []
+    original = lagged.fit
+    object.__setattr__(lagged, "fit", lambda train, params: states.append(original(train, params)) or states[-1])
+    FeaturePipeline([(lagged, {})]).apply(frame, train_end=ends)
+    batch_states = list(states)
+    states.clear()
+    for item_id in frame["item_id"].unique(maintain_order=True):
+        FeaturePipeline([(lagged, {})]).apply(frame.filter(pl.col("item_id") == item_id), train_end=ends)
+    assert batch_states == states  # the second and third symbols' fits read no bar of the symbol before
+
+
 def _centered_average():
     return Feature(
         name="centered_ma",
@@ -321,7 +353,8 @@ def test_the_numpy_regime_mixture_is_what_scikit_learn_fits_from_the_same_start(
     np.testing.assert_allclose(ours[0], theirs.weights_, rtol=1e-9)
     np.testing.assert_allclose(ours[1], theirs.means_, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(ours[2], theirs.precisions_cholesky_, rtol=1e-9)
-    np.testing.assert_allclose(np.exp(_diag_log_resp(z, *ours[:3])[1]), theirs.predict_proba(z), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.exp(_diag_log_resp(z, *ours[:3], z * z)[1]).T, theirs.predict_proba(z), rtol=1e-9,
+                               atol=1e-12)
 
 
 def test_hourly_build_has_the_documented_variates_of_all_three_families(tmp_path):

@@ -33,7 +33,7 @@ def _reference(params):
 
 def _own_stage(name: str):
     """The asset's one-bar log return as column ``_<name>_r1``: computed once, read several times
-    (Polars evaluates a repeated sub-expression once per use)."""
+    (within a per-series window Polars evaluates a repeated sub-expression once per use)."""
     return [_r1().alias(f"_{name}_r1")]
 
 

@@ -111,15 +111,9 @@ def _gmm_inputs(frame, params):
 _LOG_2PI = float(np.log(2 * np.pi))
 
 
-def _diag_log_resp(z, weights, means, precisions_chol, zz=None):
-    """E-step of a diagonal Gaussian mixture: (mean log-likelihood, log responsibilities (points, components)).
-    ``zz``: ``z * z``, when the caller has it."""
-    bound, log_resp = _diag_log_resp_t(z, weights, means, precisions_chol, z * z if zz is None else zz)
-    return bound, log_resp.T
-
-
-def _diag_log_resp_t(z, weights, means, precisions_chol, zz):
-    """:func:`_diag_log_resp` with the responsibilities laid out (components, points).
+def _diag_log_resp(z, weights, means, precisions_chol, zz):
+    """E-step of a diagonal Gaussian mixture: (mean log-likelihood, log responsibilities laid out
+    (components, points)). ``zz``: ``z * z``.
 
     A mixture has a handful of components: reducing over them along the first axis is element-wise
     across a few long rows, ~5x faster than reducing short rows of a (points, components) array."""
@@ -148,7 +142,7 @@ def diag_gmm_em(z, weights, means, precisions, *, tol=1e-3, reg_covar=1e-6, max_
     bound, steps = -np.inf, 0
     for steps in range(1, max_iter + 1):
         previous = bound
-        bound, log_resp = _diag_log_resp_t(z, weights, means, precisions_chol, zz)
+        bound, log_resp = _diag_log_resp(z, weights, means, precisions_chol, zz)
         resp = np.exp(log_resp)  # (components, points)
         nk = resp.sum(axis=1) + eps
         means = (resp @ z) / nk[:, None]
@@ -217,7 +211,7 @@ def _gmm_outputs(params) -> list[str]:
 def _gmm_proba(model, z):
     """(components, points) probabilities."""
     if isinstance(model, dict):  # the numpy diagonal mixture
-        return np.exp(_diag_log_resp_t(z, model["weights"], model["means"], model["precisions_chol"], z * z)[1])
+        return np.exp(_diag_log_resp(z, model["weights"], model["means"], model["precisions_chol"], z * z)[1])
     return model.predict_proba(z).T
 
 
@@ -227,10 +221,10 @@ def _gmm_frame(frame, params):
     k = int(params["components"])
     names = [f"regime_p{i}" for i in range(k)]
     state = params.get("fitted")
-    if state is None:
+    x = _gmm_inputs(frame, params) if state is not None else None
+    ok = np.isfinite(x).all(axis=1) if x is not None else None
+    if ok is None or not ok.any():  # not fitted (too few training bars), or no bar with both inputs
         return pl.DataFrame({name: pl.Series(name, [None] * frame.height, dtype=pl.Float64) for name in names})
-    x = _gmm_inputs(frame, params)
-    ok = np.isfinite(x).all(axis=1)
     proba = _gmm_proba(state["model"], (x[ok] - state["mean"]) / state["std"])[state["order"]]
     columns = {}
     for name, values in zip(names, proba):

@@ -172,7 +172,7 @@ def _weekdays_open(grid: np.ndarray, step: int, rule: WeekdaysRule) -> np.ndarra
 @functools.lru_cache(maxsize=16)
 def exchange_calendar(name: str, first_day: str, last_day: str):
     """An `exchange_calendars` calendar covering [first_day, last_day] (cached), or a clear error."""
-    xcals = check_exchange(name)
+    xcals = exchange_module(name)
     try:
         return xcals.get_calendar(name, start=first_day, end=last_day)
     except Exception as exc:  # noqa: BLE001 - e.g. DateOutOfBounds for years the library does not cover
@@ -183,7 +183,7 @@ def exchange_calendar(name: str, first_day: str, last_day: str):
         ) from None
 
 
-def check_exchange(name: str):
+def exchange_module(name: str):
     """The `exchange_calendars` module if it knows the calendar ``name``, else a one-line error with
     names it does know (without laying out any calendar: that costs a few hundred ms each)."""
     try:

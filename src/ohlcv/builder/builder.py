@@ -43,7 +43,7 @@ import numpy as np
 
 from ohlcv import __version__, calendars
 from ohlcv.builder.clean import CleaningSettings, SymbolReport, clean_batch, read_batch
-from ohlcv.builder.pipeline import FeaturePipeline
+from ohlcv.builder.pipeline import FeaturePipeline, KeyedReference
 from ohlcv.builder.plan import Shard, iso, split_cuts, utc
 from ohlcv.builder.report import build_report, off_session_notes
 from ohlcv.builder.workers import in_order
@@ -297,6 +297,7 @@ class IterativeFinancialDatasetBuilder:
             reference = None
             if self.pipeline.needs_reference:
                 reference = self._reference_pass(batches) if self.shard is None else self._shared_reference(all_sources)
+            reference = KeyedReference.of(reference)  # keyed for the join once, not per batch
             prepared_batches = in_order(pending, lambda i, bt: self._prepare(i, bt, reference))
         for index, batch, prepared in prepared_batches:
             self._finish_batch(index, batch, prepared)
@@ -359,7 +360,7 @@ class IterativeFinancialDatasetBuilder:
         for asset_class in sorted({s.asset_class for s in sources}):
             calendar = calendars.resolve(mapping, asset_class, self._weekdays, self.data.session_alignment.value)
             if calendar.exchange:  # validates the name (one line with the known names)
-                calendars.check_exchange(calendar.name)
+                calendars.exchange_module(calendar.name)
             self.calendars[asset_class] = calendar
 
     def common_cuts(self, sources: list[SymbolSource]):
@@ -434,7 +435,7 @@ class IterativeFinancialDatasetBuilder:
             return None, reports
         try:
             # features may produce NaN/inf (e.g. a division by a zero range): missing, not numbers
-            lake_columns = set(self.variates.names) & set(cleaned.columns)
+            lake_columns = set(self.variates.names) & set(cleaned.columns)  # (may be empty: then features only)
             featured = self.pipeline.apply(cleaned, reference=reference, train_end=self._train_ends(cleaned),
                                            finite=lake_columns)
             as_float = [pl.col(c) if c not in lake_columns else pl.col(c).cast(pl.Float64) for c in self.variates.names]
@@ -639,8 +640,8 @@ class IterativeFinancialDatasetBuilder:
                 frame = frame if frame.height else None
                 spans = self._spans(frame, reports) if frame is not None else {}
         # (time, variates), column-major; float32 (the dataset's type) when nothing is fitted on it
-        names = [pl.col(n).cast(pl.Float32) for n in self.variates.names] if self.scaler == "none" else self.variates.names
-        values = frame.select(names).to_numpy(order="fortran") if frame is not None else None
+        columns = [pl.col(n).cast(pl.Float32) if self.scaler == "none" else pl.col(n) for n in self.variates.names]
+        values = frame.select(columns).to_numpy(order="fortran") if frame is not None else None
         for source, report in zip(batch, reports):
             entry: dict[str, Any] = {"report": report.to_dict()}
             span = spans.get(source.item_id)

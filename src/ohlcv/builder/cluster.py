@@ -117,7 +117,9 @@ def run_on_ray(builder, batches: list, pending: list[tuple[int, list]],
         reference = None
         if builder.pipeline.needs_reference:
             reference = _reference(ray, clean, state, builder, batches, pending, all_sources, cleaned_refs)
-        reference_ref = ray.put(reference)
+        from ohlcv.builder.pipeline import KeyedReference
+
+        reference_ref = ray.put(KeyedReference.of(reference))  # keyed for the join once, on the driver
         # a window of tasks in flight: finished batches wait in the object store only until written
         window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         queue = list(pending)

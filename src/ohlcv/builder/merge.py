@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ohlcv.dataset.format import HF_SUBDIR, TIMESTAMPS_FILE, Variates
-from ohlcv.dataset.write import atomic_json, swap_into_place, write_hf_dataset
+from ohlcv.dataset.write import atomic_json, swap_into_place, write_hf_dataset, write_timestamps
 from ohlcv.config.loader import atomic_write_text
 from ohlcv.errors import ConfigError, OhlcvError
 
@@ -148,4 +148,4 @@ def _merge_timestamps(files: list[Path], target: Path) -> None:
         return
     frames = [pl.read_parquet(f) for f in present]
     merged = pl.concat(frames) if frames else pl.DataFrame(schema={"item_id": pl.Utf8, "ts": pl.List(pl.Datetime("us", "UTC"))})
-    merged.sort("item_id").write_parquet(target)
+    write_timestamps([merged.sort("item_id").to_arrow()], target)  # the builder's encoding

@@ -7,7 +7,7 @@ so the check tests exactly what a build computes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 import numpy as np
 
@@ -17,24 +17,24 @@ if TYPE_CHECKING:
     import polars as pl
 
 
-_KEYED: list = []  # [(reference, its keyed form)]: the latest reference only
+@dataclass(frozen=True)
+class KeyedReference:
+    """A reference series ready to join: an integer key per asset class (``code``) and the series
+    with ``_class_key`` and ``ref_``-prefixed columns. A build keys its reference once, not per batch."""
 
+    code: dict[str, int]
+    frame: "pl.DataFrame"
 
-def _keyed_reference(reference: "pl.DataFrame"):
-    """({asset class: integer key}, the reference with ``_class_key`` and ``ref_``-prefixed columns).
+    @classmethod
+    def of(cls, reference: "pl.DataFrame | KeyedReference | None") -> "KeyedReference | None":
+        import polars as pl
 
-    A build joins the same reference onto every batch: it is keyed once (the frame is kept with its
-    keyed form, so the identity check cannot match a different frame at a reused address)."""
-    import polars as pl
-
-    cached = _KEYED[0] if _KEYED else None
-    if cached is not None and cached[0] is reference:
-        return cached[1]
-    code = {c: i for i, c in enumerate(reference["asset_class"].unique().sort().to_list())}
-    keyed = reference.select(pl.col("asset_class").replace_strict(code, return_dtype=pl.Int64).alias("_class_key"),
-                             "ts", pl.exclude("asset_class", "ts").name.prefix("ref_"))
-    _KEYED[:] = [(reference, (code, keyed))]
-    return code, keyed
+        if reference is None or isinstance(reference, KeyedReference):
+            return reference
+        code = {c: i for i, c in enumerate(reference["asset_class"].unique().sort().to_list())}
+        keyed = reference.select(pl.col("asset_class").replace_strict(code, return_dtype=pl.Int64).alias("_class_key"),
+                                 "ts", pl.exclude("asset_class", "ts").name.prefix("ref_"))
+        return cls(code, keyed)
 
 
 @dataclass
@@ -146,14 +146,14 @@ class FeaturePipeline:
         self,
         frame: "pl.DataFrame",
         *,
-        reference: "pl.DataFrame | None" = None,
+        reference: "pl.DataFrame | KeyedReference | None" = None,
         train_end: Mapping[str, int] | None = None,
-        finite: "frozenset[str] | set[str]" = frozenset(),
+        finite: "Collection[str] | None" = None,
     ) -> "pl.DataFrame":
         """``frame`` (item_id, ts, OHLCV; sorted by item and time) plus every feature's outputs (Float64).
 
-        ``finite``: columns of ``frame`` whose NaN and infinite values become missing; when given, the
-        features' NaN and infinite values (a division by a zero range, say) become missing too."""
+        ``finite``: when given, the features' NaN and infinite values (a division by a zero range, say)
+        become missing, and so do those of the columns of ``frame`` it names."""
         import polars as pl
 
         base_columns = list(frame.columns)
@@ -162,11 +162,12 @@ class FeaturePipeline:
         if self.needs_reference and reference is not None:
             # joined on an integer class key: the class of each run of an item's rows, not of every row
             # (splitting a million id strings cost more than the join itself)
-            code, ref = _keyed_reference(reference)
+            keyed = KeyedReference.of(reference)
             classes = runs.struct.field("value").str.split("/").list.first().to_list()
-            key = np.repeat(np.array([code.get(c, -1) for c in classes], dtype=np.int64), runs.struct.field("len").to_numpy())
+            key = np.repeat(np.array([keyed.code.get(c, -1) for c in classes], dtype=np.int64),
+                            runs.struct.field("len").to_numpy())
             work = (work.with_columns(pl.Series("_class_key", key))
-                    .join(ref, on=["_class_key", "ts"], how="left", maintain_order="left").drop("_class_key"))
+                    .join(keyed.frame, on=["_class_key", "ts"], how="left", maintain_order="left").drop("_class_key"))
         if self.needs_reference:
             for expr in self.contribution_exprs():
                 name = expr.meta.output_name()
@@ -192,8 +193,10 @@ class FeaturePipeline:
 
         def per_item(expr, feature):
             # a bounded feature is evaluated over the whole column: the warm-up mask below drops every
-            # value whose window reaches into the previous series
-            return expr if single or (feature.bounded and contiguous) else expr.over("_series")
+            # value whose window reaches into the previous series (not for a fitted one: the mask does
+            # not cover what its fit reads)
+            whole = feature.bounded and contiguous and feature.fit is None
+            return expr if single or whole else expr.over("_series")
 
         stages: list[list] = []
         exprs, per_series, temporary = [], [], []
@@ -243,8 +246,7 @@ class FeaturePipeline:
         # the warm-up contract: a feature's outputs are missing (never zeros) before its warm-up
         if not numbered:
             query = query.with_columns((pl.int_range(pl.len()) if single else pl.int_range(pl.len()).over("_series")).alias("_pos"))
-        # one boolean column per distinct warm-up, read by every output that has it (Polars evaluates a
-        # repeated sub-expression once per use)
+        # one boolean column per distinct warm-up, read by every output that has it
         warmups = {feature.warmup_bars(params) for feature, params in self.specs} - {0}
         query = query.with_columns((pl.col("_pos") >= w).alias(f"_ready_{w}") for w in sorted(warmups))
         masked = []
@@ -252,12 +254,12 @@ class FeaturePipeline:
             warmup = feature.warmup_bars(params)
             for column in feature.output_names(params):
                 value = pl.col(column).cast(pl.Float64)
-                if finite:
+                if finite is not None:
                     keep = value.is_finite() & pl.col(f"_ready_{warmup}") if warmup else value.is_finite()
                     masked.append(pl.when(keep).then(value).alias(column))
                 else:
                     masked.append(pl.when(pl.col(f"_ready_{warmup}")).then(value).alias(column) if warmup else value)
-        if finite:
+        if finite is not None:
             base = [c if c not in finite else pl.when(pl.col(c).is_finite()).then(pl.col(c)).alias(c) for c in base_columns]
         else:
             base = base_columns

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from ohlcv.config.loader import atomic_write_text, json_text
 from ohlcv.dataset import normalize
 from ohlcv.dataset.format import Variates, hf_schema
 from ohlcv.errors import OhlcvError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def atomic_json(path: Path, data: Any, *, scratch: bool = False) -> None:
@@ -246,8 +249,8 @@ def write_hf_dataset(path: Path, chunks: Iterator[list[dict]], *, variates: Vari
     return content_hash
 
 
-def write_timestamps(parts: list[Path], path: Path) -> None:
-    """Concatenate per-batch time-stamp files (one row per series: item_id, ts list) into ``path``,
+def write_timestamps(parts: "list[Path | pa.Table]", path: Path) -> None:
+    """Concatenate time-stamp parts (files or tables; one row per series: item_id, ts list) into ``path``,
     one part in memory at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -258,7 +261,8 @@ def write_timestamps(parts: list[Path], path: Path) -> None:
     encoding = {"use_dictionary": False, "column_encoding": {"ts.list.element": "DELTA_BINARY_PACKED"}}
     with pq.ParquetWriter(str(path), schema, **encoding) as writer:
         for part in parts:
-            writer.write_table(pq.read_table(str(part)).cast(schema))
+            table = part if isinstance(part, pa.Table) else pq.read_table(str(part))
+            writer.write_table(table.cast(schema))
 
 
 def swap_into_place(staging: Path, out: Path, work: Path) -> None:
