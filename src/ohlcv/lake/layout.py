@@ -69,6 +69,8 @@ def _parse_instant(text: str | None, key: str) -> datetime | None:
 
 
 def _month_overlaps(year: int, month: int, start: datetime | None, end: datetime | None) -> bool:
+    if start is None and end is None:  # (called for every month folder of the lake)
+        return True
     first = datetime(year, month, 1, tzinfo=timezone.utc)
     last_day = calendar.monthrange(year, month)[1]
     last = datetime(year, month, last_day, 23, 59, 59, 999999, tzinfo=timezone.utc)
