@@ -701,12 +701,12 @@ class IterativeFinancialDatasetBuilder:
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
         with_data = [(m, meta) for m, meta in zip(markers, batch_meta) if meta.get("has_data")]
-        if self.streams:  # the batch files are the dataset's data files: hard-linked, not rewritten
+        if self.streams:  # the batch files are the dataset's data files: hard-linked (small ones joined)
             digests = [d for _, meta in with_data for d in meta["digests"]]
             content_hash = content_hash_of(digests)
             place_dataset([m.with_suffix(".arrow") for m, _ in with_data], staging / HF_SUBDIR, self.variates,
                           fingerprint=content_hash[:16], scratch=work / "cache", keep=True)
-        else:  # normalized now, one data file per batch, renamed into the dataset
+        else:  # normalized now: each batch's rows written once more, then renamed into the dataset
             by_id = {e["item_id"]: e for e in items}
             cache = work / "cache"
             shutil.rmtree(cache, ignore_errors=True)
