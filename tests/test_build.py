@@ -16,7 +16,7 @@ import pytest
 from ohlcv.builder.builder import IterativeFinancialDatasetBuilder, Shard
 from ohlcv.builder.clean import RULES
 from ohlcv.config import load_profile
-from ohlcv.errors import ConfigError
+from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.lake.sample import DIRT_KINDS, generate_sample_lake
 
 # A bar the cleaner drops leaves a one-bar hole that the gap filler then fills.
@@ -346,9 +346,10 @@ def test_non_finite_feature_values_are_written_as_missing(tmp_path):
 
     @hookimpl
     def ohlcv_register_features(register):
-        # +inf on every 10th bar, NaN on every 7th, the close elsewhere
+        # +inf on every 10th bar, NaN on every 7th, beyond float32 (1e39) on every 11th, the close elsewhere
         value = (pl.when(pl.int_range(pl.len()) % 10 == 0).then(float("inf"))
-                 .when(pl.int_range(pl.len()) % 7 == 0).then(float("nan")).otherwise(pl.col("close")))
+                 .when(pl.int_range(pl.len()) % 7 == 0).then(float("nan"))
+                 .when(pl.int_range(pl.len()) % 11 == 0).then(-1e39).otherwise(pl.col("close")))
         register(Feature(name="ragged", family="indicator", inputs=("close",), outputs=["ragged"], warmup=0,
                          exprs=lambda p: [value.alias("ragged")]))
 
@@ -361,7 +362,7 @@ def test_non_finite_feature_values_are_written_as_missing(tmp_path):
     row = datasets.load_from_disk(str(result.out / "hf")).with_format("numpy")[0]
     ragged, close = row["target"][result.manifest["variates"].index("ragged")], row["target"][3]
     position = np.arange(len(ragged))
-    odd = (position % 10 == 0) | (position % 7 == 0)
+    odd = (position % 10 == 0) | (position % 7 == 0) | (position % 11 == 0)
     assert np.isnan(ragged[odd]).all() and np.isfinite(ragged[~odd]).all()
     np.testing.assert_array_equal(ragged[~odd], close[~odd])
 
@@ -404,6 +405,63 @@ def test_check_and_merge_commands(tmp_path, cli):
     assert too_long.exit_code == 1 and "not ready" in too_long.stdout
     bad_shard = cli("build", "--lake", str(lake.root), "--out", str(tmp_path / "x"), "--shard", "3/2")
     assert bad_shard.exit_code == 2 and "--shard" in bad_shard.stderr
+
+
+def test_merge_never_replaces_a_folder_that_is_not_a_dataset_or_holds_a_shard(tmp_path, cli):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["fx"], bars=800)
+    project = tmp_path / "project"
+    for k in (1, 2):
+        shard = cli("build", "--lake", str(lake.root), "--out", str(project / f"s{k}"), "--shard", f"{k}/2", "-q")
+        assert shard.exit_code == 0, shard.stderr
+    (project / "NOTES.md").write_text("mine")
+    shards = [str(project / "s1"), str(project / "s2")]
+    for out in (project, project / "s1"):  # holds the shards (and a user's file); is a shard
+        refused = cli("build", "merge", *shards, "--out", str(out))
+        assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "important.txt").write_text("keep")
+    refused = cli("build", "merge", *shards, "--out", str(tmp_path / "mine"))
+    assert refused.exit_code == 2 and "not an ohlcv dataset" in refused.stderr
+    assert (project / "NOTES.md").read_text() == "mine" and (tmp_path / "mine" / "important.txt").is_file()
+    assert all((project / f"s{k}" / "manifest.json").is_file() for k in (1, 2))
+    assert json.loads((project / "s1" / "manifest.json").read_text())["shard"] == "1/2"
+
+
+def test_shards_of_different_lakes_do_not_merge(tmp_path):
+    import shutil
+
+    from ohlcv.builder.merge import merge_shards
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["fx"], bars=800)
+    shutil.copytree(lake.root, tmp_path / "other")
+    first = _build(lake.root, tmp_path / "s1", shard=Shard(1, 2))
+    second = _build(tmp_path / "other", tmp_path / "s2", shard=Shard(2, 2))
+    with pytest.raises(OhlcvError, match="different lakes"):
+        merge_shards([first.out, second.out], tmp_path / "merged")
+
+
+def test_a_symlinked_output_receives_the_dataset_and_stays_a_link(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["fx"], bars=800)
+    target = tmp_path / "elsewhere" / "ds"
+    target.mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    result = _build(lake.root, link)
+    assert link.is_symlink() and (target / "manifest.json").is_file()
+    assert _build(lake.root, link).up_to_date and link.is_symlink()
+    assert result.manifest["series"] == 1
+
+
+def test_a_build_killed_after_its_swap_leaves_no_work_folder_after_the_next_run(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["fx"], bars=800)
+    out = tmp_path / "ds"
+    first = _build(lake.root, out)
+    stale = out.parent / f".{out.name}.building"  # what a kill between the swap and the clean-up leaves
+    (stale / "batches").mkdir(parents=True)
+    (stale / "batches" / "batch-00000.arrow").write_bytes(b"x" * 1000)
+    again = _build(lake.root, out)
+    assert again.up_to_date and again.manifest["content_hash"] == first.manifest["content_hash"]
+    assert not stale.exists()
 
 
 def test_split_by_date_records_the_boundaries(tmp_path):

@@ -53,6 +53,7 @@ from ohlcv.dataset.format import FORMAT, HF_SUBDIR, TIMESTAMPS_FILE, Variates, d
 from ohlcv.dataset.read import datasets_version, same_datasets_major
 from ohlcv.dataset.write import (
     atomic_json,
+    check_output_folder,
     content_hash_of,
     place_dataset,
     series_rows,
@@ -263,6 +264,9 @@ class IterativeFinancialDatasetBuilder:
                 # an object store's file that could not be read may read next time: such a build is redone
                 unread = is_remote(self.lake) and report.get("totals", {}).get("files_unreadable", 0) > 0
                 if not unread:
+                    # a build killed after its swap and before its clean-up left its work folder behind
+                    if self.scratch is None:
+                        shutil.rmtree(self.work, ignore_errors=True)
                     return BuildResult(self.out, manifest, report, up_to_date=True)
 
         batches = [sources[i : i + self.data.batch_size] for i in range(0, len(sources), self.data.batch_size)]
@@ -370,24 +374,11 @@ class IterativeFinancialDatasetBuilder:
         return cuts
 
     def _check_output_location(self) -> None:
-        out = self.out.resolve()
-        if out == Path(out.anchor) or out == Path.home().resolve():
-            raise ConfigError(f"refusing to write a dataset over {out}", key="data.dataset")
         local_lake = None if is_remote(self.lake) else self.lake.resolve()
+        out = self.out.resolve()
         if local_lake is not None and self.lake.exists() and (out == local_lake or local_lake in out.parents):
             raise ConfigError(f"{out} is inside the lake {self.lake}; choose another output folder", key="data.dataset")
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"{out} exists and is not a folder", key="data.dataset")
-        if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
-            raise ConfigError(
-                f"{out} exists, is not empty and is not an ohlcv dataset; choose another --out", key="data.dataset"
-            )
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create {out.parent}: {exc.strerror}", key="data.dataset") from None
-        if not os.access(out.parent, os.W_OK):
-            raise ConfigError(f"{out.parent} is not writable", key="data.dataset")
+        self.out = check_output_folder(self.out, "data.dataset")  # (a symlinked --out: where it points)
 
     @property
     def pipeline(self) -> FeaturePipeline:

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from ohlcv.dataset.format import HF_SUBDIR, TIMESTAMPS_FILE, Variates
-from ohlcv.dataset.write import atomic_json, swap_into_place, write_hf_dataset, write_timestamps
+from ohlcv.dataset.read import load_hf
+from ohlcv.dataset.write import (atomic_json, check_output_folder, swap_into_place, write_hf_dataset,
+                                  write_timestamps)
 from ohlcv.config.loader import atomic_write_text
 from ohlcv.errors import ConfigError, OhlcvError
 
@@ -53,6 +55,10 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
         missing = sorted(set(range(1, total + 1)) - set(present))
         duplicate = sorted({k for k in present if present.count(k) > 1})
         raise OhlcvError(f"shards incomplete: missing {missing}, duplicated {duplicate} (of {total})")
+    lakes = {m.get("lake") for m in manifests}
+    if len(lakes) > 1:
+        raise OhlcvError(f"the shards come from different lakes ({', '.join(sorted(map(str, lakes)))}): a symbol's "
+                         "cross-asset features and split would not match; build every shard from the same lake")
     norm = first["normalization"]
     if norm["scaler"] != "none" and norm["scope"] == "asset_class":
         raise OhlcvError(
@@ -60,18 +66,19 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
             "build shards with data.normalization.scope=symbol or scaler none"
         )
 
-    out = Path(out).expanduser()
+    out = check_output_folder(out, "--out")
+    for shard in shards:  # replacing --out deletes what is in it: never a shard, or a folder holding one
+        folder = Path(shard).expanduser().resolve()
+        if folder == out.resolve() or out.resolve() in folder.parents:
+            raise ConfigError(f"--out {out} is, or holds, the shard {shard}; merge into another folder", key="--out")
+    datasets.disable_progress_bars()
+    # an empty shard (no symbol hashed to it) has no data files: datasets cannot load it, nothing to take
+    loaded = [load_hf(Path(s).expanduser(), m).with_format("numpy")  # (another datasets major: one clear line)
+              for s, m in zip(shards, manifests) if m["series"] > 0]
     work = out.parent / f".{out.name}.merging"
     shutil.rmtree(work, ignore_errors=True)
     staging = work / "final"
     staging.mkdir(parents=True)
-    datasets.disable_progress_bars()
-    # an empty shard (no symbol hashed to it) has no data files: datasets cannot load it, nothing to take
-    loaded = [
-        datasets.load_from_disk(str(Path(s).expanduser() / HF_SUBDIR)).with_format("numpy")
-        for s, m in zip(shards, manifests)
-        if m["series"] > 0
-    ]
     order = sorted((str(item_id), k, i) for k, ds in enumerate(loaded) for i, item_id in enumerate(ds["item_id"]))
     has_covariates = bool(first["covariates"])
 

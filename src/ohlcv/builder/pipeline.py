@@ -17,6 +17,14 @@ if TYPE_CHECKING:
     import polars as pl
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _storable(value: "pl.Expr") -> "pl.Expr":
+    """Finite, and finite as float32 too (the dataset's type): a volume of 1e39 would be written as inf."""
+    return value.is_finite() & (value.abs() <= _FLOAT32_MAX)
+
+
 @dataclass(frozen=True)
 class KeyedReference:
     """A reference series ready to join: an integer key per asset class (``code``) and the series
@@ -153,7 +161,8 @@ class FeaturePipeline:
         """``frame`` (item_id, ts, OHLCV; sorted by item and time) plus every feature's outputs (Float64).
 
         ``finite``: when given, the features' NaN and infinite values (a division by a zero range, say)
-        become missing, and so do those of the columns of ``frame`` it names."""
+        and values beyond float32's range become missing, and so do those of the columns of ``frame``
+        it names."""
         import polars as pl
 
         base_columns = list(frame.columns)
@@ -255,12 +264,12 @@ class FeaturePipeline:
             for column in feature.output_names(params):
                 value = pl.col(column).cast(pl.Float64)
                 if finite is not None:
-                    keep = value.is_finite() & pl.col(f"_ready_{warmup}") if warmup else value.is_finite()
+                    keep = _storable(value) & pl.col(f"_ready_{warmup}") if warmup else _storable(value)
                     masked.append(pl.when(keep).then(value).alias(column))
                 else:
                     masked.append(pl.when(pl.col(f"_ready_{warmup}")).then(value).alias(column) if warmup else value)
         if finite is not None:
-            base = [c if c not in finite else pl.when(pl.col(c).is_finite()).then(pl.col(c)).alias(c) for c in base_columns]
+            base = [c if c not in finite else pl.when(_storable(pl.col(c))).then(pl.col(c)).alias(c) for c in base_columns]
         else:
             base = base_columns
         # a batch is in memory already: the in-memory engine runs these queries faster than the streaming one

@@ -14,7 +14,7 @@ import numpy as np
 from ohlcv.config.loader import atomic_write_text, json_text
 from ohlcv.dataset import normalize
 from ohlcv.dataset.format import Variates, hf_schema
-from ohlcv.errors import OhlcvError
+from ohlcv.errors import ConfigError, OhlcvError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -263,6 +263,29 @@ def write_timestamps(parts: "list[Path | pa.Table]", path: Path) -> None:
         for part in parts:
             table = part if isinstance(part, pa.Table) else pq.read_table(str(part))
             writer.write_table(table.cast(schema))
+
+
+def check_output_folder(out: Path, key: str) -> Path:
+    """``out`` made ready to receive a dataset (its parent created), or one clear line saying why not:
+    never the root or the home folder, never a file, never a non-empty folder that is not an ohlcv
+    dataset (replacing it would delete what is in it). A symlink is followed: the dataset goes where
+    it points and the link stays. Returns the folder to write."""
+    out = Path(out).expanduser()
+    out = out.resolve() if out.is_symlink() else out
+    resolved = out.resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+        raise ConfigError(f"refusing to write a dataset over {resolved}", key=key)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder", key=key)
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise ConfigError(f"{out} exists, is not empty and is not an ohlcv dataset; choose another --out", key=key)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {out.parent}: {exc.strerror}", key=key) from None
+    if not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"{out.parent} is not writable", key=key)
+    return out
 
 
 def swap_into_place(staging: Path, out: Path, work: Path) -> None:
