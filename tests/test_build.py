@@ -427,6 +427,14 @@ def test_merge_never_replaces_a_folder_that_is_not_a_dataset_or_holds_a_shard(tm
     assert json.loads((project / "s1" / "manifest.json").read_text())["shard"] == "1/2"
 
 
+def test_a_shard_normalized_per_asset_class_is_refused_before_it_is_built(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["fx"], bars=800)
+    with pytest.raises(ConfigError, match="scope=symbol"):
+        _build(lake.root, tmp_path / "s1", "data.normalization.scaler=standard", "data.normalization.scope=asset_class",
+               shard=Shard(1, 2))
+    assert not (tmp_path / "s1").exists() and not list(tmp_path.glob(".s1*"))
+
+
 def test_shards_of_different_lakes_do_not_merge(tmp_path):
     import shutil
 

@@ -232,6 +232,11 @@ class IterativeFinancialDatasetBuilder:
             return self._run(force=force)
 
     def _run(self, *, force: bool) -> BuildResult:
+        if self.shard is not None and self.scaler != "none" and self.scope == "asset_class":
+            # said now, not at `build merge` after every array job has run
+            raise ConfigError("shards normalized per asset class cannot be merged (each shard sees part of a class); "
+                              "build shards with data.normalization.scope=symbol or scaler none",
+                              key="data.normalization.scope")
         self._check_output_location()
         started = time.perf_counter()
         all_sources, skipped = self.discover()
