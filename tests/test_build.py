@@ -435,6 +435,15 @@ def test_a_shard_normalized_per_asset_class_is_refused_before_it_is_built(tmp_pa
     assert not (tmp_path / "s1").exists() and not list(tmp_path.glob(".s1*"))
 
 
+def test_a_class_of_one_symbol_beside_classes_with_peers_is_named_in_a_note(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["fx", "equity"], bars=800)
+    result = _build(lake.root, tmp_path / "ds", "features.enabled=[log_return,class_return]",
+                    "data.symbols=[EQU000,FX000,FX001]")
+    notes = [n for n in result.report["notes"] if "cross-asset" in n]
+    assert len(notes) == 1 and "asset class equity" in notes[0] and "fx" not in notes[0]
+    assert "class_return" in result.manifest["variates"]
+
+
 def test_shards_of_different_lakes_do_not_merge(tmp_path):
     import shutil
 

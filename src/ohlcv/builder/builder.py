@@ -321,10 +321,15 @@ class IterativeFinancialDatasetBuilder:
         counts: dict[str, int] = {}
         for source in sources:
             counts[source.asset_class] = counts.get(source.asset_class, 0) + 1
-        if not sources or max(counts.values()) >= 2:
-            return
         dropped = [(f, p) for f, p in self.variates.feature_specs if f.reference is not None]
-        if not dropped:
+        if not sources or not dropped:
+            return
+        if max(counts.values()) >= 2:
+            alone = sorted(c for c, n in counts.items() if n == 1)
+            if alone:  # the other classes have peers: the features stay, missing for these classes' symbols
+                self.notes.append(
+                    f"cross-asset features ({', '.join(f.name for f, _ in dropped)}) are missing for asset class"
+                    f"{'es' if len(alone) > 1 else ''} {', '.join(alone)}: a single symbol, no other asset to compare with")
             return
         self._drop_variates({n for f, p in dropped for n in f.output_names(p)}, lambda f: f.reference is None)
         self.notes.append(
