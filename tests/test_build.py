@@ -407,6 +407,17 @@ def test_check_and_merge_commands(tmp_path, cli):
     assert bad_shard.exit_code == 2 and "--shard" in bad_shard.stderr
 
 
+def test_check_without_a_profile_uses_the_profile_the_dataset_was_built_with(tmp_path, cli):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["fx"], bars=900)
+    built = cli("build", "--lake", str(lake.root), "--out", str(tmp_path / "ds"), "data.context_length=240", "-q")
+    assert built.exit_code == 0, built.stderr
+    own = cli("check", str(tmp_path / "ds"), "--json")
+    assert own.exit_code == 0, own.stderr
+    assert json.loads(own.stdout)["budget"]["inputs"]["context_length"] == 240
+    named = cli("check", str(tmp_path / "ds"), "--profile", "hourly", "--json")  # named: that profile, as before
+    assert json.loads(named.stdout)["budget"]["inputs"]["context_length"] == 168
+
+
 def test_merge_never_replaces_a_folder_that_is_not_a_dataset_or_holds_a_shard(tmp_path, cli):
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["fx"], bars=800)
     project = tmp_path / "project"

@@ -279,7 +279,10 @@ def _check(loaded, dataset: Path, *, as_json: bool) -> None:
 @app.command()
 def check(
     dataset: Optional[Path] = typer.Argument(None, help="A built dataset (default: the profile's data.dataset)."),
-    profile: str = ProfileOption,
+    profile: Optional[str] = typer.Option(
+        None, "--profile", "-p",
+        help="Profile name or YAML path (default: the profile the dataset was built with, else hourly).",
+    ),
     overrides: Optional[List[str]] = OverridesArgument,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     dataset_option: Optional[Path] = typer.Option(None, "--dataset", help="The built dataset (as the positional)."),
@@ -295,6 +298,9 @@ def check(
     if dataset is not None and dataset_option is not None and dataset != dataset_option:
         raise typer.BadParameter(f"two datasets: {dataset} and --dataset {dataset_option}; name one")
     dataset = dataset or dataset_option
+    if profile is None:  # the dataset's own resolved profile: a daily dataset is checked as daily
+        built = Path(dataset).expanduser() / "profile.yaml" if dataset is not None else None
+        profile = str(built) if built is not None and built.is_file() else "hourly"
     loaded = _load(profile, extra)
     _check(loaded, dataset or Path(str(loaded.cfg.data.dataset)).expanduser(), as_json=as_json)
 
