@@ -480,6 +480,17 @@ def test_a_symlinked_output_receives_the_dataset_and_stays_a_link(tmp_path):
     assert result.manifest["series"] == 1
 
 
+def test_a_rebuild_keeps_the_files_a_user_put_inside_the_dataset(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["fx"], bars=800)
+    out = tmp_path / "ds"
+    _build(lake.root, out)
+    (out / "eval").mkdir()
+    (out / "eval" / "metrics.json").write_text("{}")
+    rebuilt = IterativeFinancialDatasetBuilder(_cfg(lake.root, out, "data.cleaning.min_length=100")).run(force=True)
+    assert not rebuilt.up_to_date and rebuilt.manifest["series"] == 1
+    assert (out / "eval" / "metrics.json").read_text() == "{}"
+
+
 def test_a_build_killed_after_its_swap_leaves_no_work_folder_after_the_next_run(tmp_path):
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["fx"], bars=800)
     out = tmp_path / "ds"

@@ -289,7 +289,14 @@ def check_output_folder(out: Path, key: str) -> Path:
 
 
 def swap_into_place(staging: Path, out: Path, work: Path) -> None:
-    """Replace ``out`` by ``staging`` with renames only (same filesystem)."""
+    """Replace ``out`` by ``staging`` with renames only (same filesystem).
+
+    What a user put inside ``out`` beside the dataset's own files (an evaluation's folder, notes) is
+    moved into the new dataset first, by rename: a rebuild replaces the dataset, not the user's files."""
+    if out.is_dir():
+        for entry in out.iterdir():
+            if not (staging / entry.name).exists():
+                os.replace(entry, staging / entry.name)
     if out.exists():
         old = work / "previous"
         if old.exists():
