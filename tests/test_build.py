@@ -368,10 +368,13 @@ def test_non_finite_feature_values_are_written_as_missing(tmp_path):
 
 
 def test_build_cli_prints_the_report_and_writes_the_profile(tmp_path, cli):
-    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=3, bars=800, dirt=["duplicates", "too_short"])
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=3, bars=800,
+                                dirt=["duplicates", "too_short", "unreadable"])
     result = cli("build", "--lake", str(lake.root), "--out", str(tmp_path / "ds"), "data.batch_size=2")
     assert result.exit_code == 0, result.stderr
     assert "duplicate_ts" in result.stdout and "quarantined" in result.stdout
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("file skipped")]
+    assert len(skipped) == 1 and ".parquet" in skipped[0] and "unreadable" in skipped[0]  # which file, not a count
     assert (tmp_path / "ds" / "profile.yaml").is_file()
     missing = cli("build", "--lake", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
     assert missing.exit_code == 1 and "lake folder not found" in missing.stderr

@@ -383,6 +383,11 @@ def render_build(console: "Console", result, *, quiet: bool = False) -> None:
         console.print("cleaning: nothing to repair")
     for entry in report["quarantined"]:
         console.print(f"[yellow]quarantined[/] {escape(entry['item_id'])}: {escape(entry['reason'])}")
+    problems = [p for r in report.get("per_symbol", {}).values() for p in r.get("file_problems", [])]
+    for problem in problems[:10]:  # which file: a count in the table says only how many
+        console.print(f"[yellow]file skipped[/] {escape(problem)}")
+    if len(problems) > 10:
+        console.print(f"[yellow]file skipped[/] ... and {len(problems) - 10} more (report.json: per_symbol.*.file_problems)")
     for path in report["skipped_paths"][:10]:
         console.print(f"[dim]skipped {escape(path)}[/]")
     for note in report.get("notes", []):
