@@ -148,20 +148,30 @@ def finetune_fit(variates: int, context: int, horizon: int, patch: int, max_seq_
             "max_seq_len": max_seq_len, "fits": tokens <= max_seq_len}
 
 
-def start_fit(inputs: BudgetInputs) -> dict[str, Any]:
-    """What ``ohlcv finetune`` checks of its starting model (:func:`ohlcv.train.finetune.check_fit`): its patch
-    size and :func:`finetune_fit` against its max_seq_len, with ``why`` when it does not fit."""
-    start = inputs.start or {"family": "moirai", "patch_sizes": None, "max_seq_len": inputs.max_seq_len}
-    family, sizes, seq = start["family"], start["patch_sizes"], int(start["max_seq_len"])
-    patch = int(sizes[0]) if family == "moirai2" else int(inputs.finetune_patch)
-    fit = finetune_fit(inputs.variates, inputs.context, inputs.horizon, patch, seq, family)
-    fit.update(start_model=start.get("spec"), family=family)
+def starting_fit(family: str, sizes: list[int] | None, max_seq_len: int, variates: int, context: int, horizon: int,
+                 patch: int) -> dict[str, Any]:
+    """What ``ohlcv finetune`` checks of its starting model, before and after loading it: the patch it
+    trains at (``patch``, or the one a Moirai 2.0 reads), that the model has that patch size (``sizes``;
+    None: not known, not checked) and :func:`finetune_fit` against its max_seq_len; ``why`` when it does
+    not fit."""
+    patch = int(sizes[0]) if family == "moirai2" else int(patch)
+    fit = finetune_fit(variates, context, horizon, patch, max_seq_len, family)
     if sizes is not None and patch not in sizes:
-        fit.update(fits=False, why=f"the starting model's patch sizes are {list(sizes)}; finetune.patch_size={patch} "
-                                   "is not one of them")
+        fit.update(fits=False, why=f"the starting model's patch sizes are {list(sizes)}; {patch} is not one of them "
+                                   "(finetune.patch_size)")
     elif not fit["fits"]:
-        fit["why"] = (f"at finetune.patch_size={patch}: {fit['what']} = {fit['tokens']} tokens exceed max_seq_len {seq}: "
+        fit["why"] = (f"{fit['what']} = {fit['tokens']} tokens exceed the checkpoint's max_seq_len {max_seq_len}: "
                       "use a larger finetune.patch_size, fewer variates or a shorter context")
+    return fit
+
+
+def start_fit(inputs: BudgetInputs) -> dict[str, Any]:
+    """:func:`starting_fit` of the profile's fine-tune: from ``--from``'s model when given, else a Moirai 1.x of
+    the profile's model section."""
+    start = inputs.start or {"family": "moirai", "patch_sizes": None, "max_seq_len": inputs.max_seq_len}
+    fit = starting_fit(start["family"], start["patch_sizes"], int(start["max_seq_len"]), inputs.variates,
+                       inputs.context, inputs.horizon, int(inputs.finetune_patch))
+    fit.update(start_model=start.get("spec"), family=start["family"])
     return fit
 
 
@@ -348,5 +358,5 @@ def inputs_from_profile(cfg, *, dataset: Path | None = None, variates: int | Non
         finetune_patch=int(cfg.finetune.patch_size),
         start=None if start is None else {
             "spec": start.spec, "family": start.family.key, "max_seq_len": int(start.config["max_seq_len"]),
-            "patch_sizes": [int(p) for p in (start.config.get("patch_sizes") or [start.config.get("patch_size")])]},
+            "patch_sizes": start.patch_sizes},
     )

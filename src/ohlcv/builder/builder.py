@@ -44,7 +44,7 @@ import numpy as np
 from ohlcv import __version__, calendars
 from ohlcv.builder.clean import CleaningSettings, SymbolReport, clean_batch, read_batch
 from ohlcv.builder.pipeline import FeaturePipeline, KeyedReference
-from ohlcv.builder.plan import Shard, iso, split_cuts, utc
+from ohlcv.builder.plan import Shard, iso, refuse_per_class_shards, split_cuts, utc
 from ohlcv.builder.report import build_report, off_session_notes
 from ohlcv.builder.workers import in_order
 from ohlcv.config.loader import atomic_write_text, to_yaml
@@ -232,11 +232,8 @@ class IterativeFinancialDatasetBuilder:
             return self._run(force=force)
 
     def _run(self, *, force: bool) -> BuildResult:
-        if self.shard is not None and self.scaler != "none" and self.scope == "asset_class":
-            # said now, not at `build merge` after every array job has run
-            raise ConfigError("shards normalized per asset class cannot be merged (each shard sees part of a class); "
-                              "build shards with data.normalization.scope=symbol or scaler none",
-                              key="data.normalization.scope")
+        if self.shard is not None:  # said now, not at `build merge` after every array job has run
+            refuse_per_class_shards(self.scaler, self.scope)
         self._check_output_location()
         started = time.perf_counter()
         all_sources, skipped = self.discover()

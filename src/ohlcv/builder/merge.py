@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ohlcv.builder.plan import refuse_per_class_shards
 from ohlcv.dataset.format import HF_SUBDIR, TIMESTAMPS_FILE, Variates
 from ohlcv.dataset.read import load_hf
 from ohlcv.dataset.write import (atomic_json, check_output_folder, swap_into_place, write_hf_dataset,
@@ -28,8 +29,6 @@ _SAME = ("format", "freq", "layout", "variates", "targets", "covariates", "profi
 
 
 def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
-    import datasets
-
     if not shards:
         raise ConfigError("name the shard folders to merge", key="ohlcv build merge")
     manifests = []
@@ -60,18 +59,13 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
         raise OhlcvError(f"the shards come from different lakes ({', '.join(sorted(map(str, lakes)))}): a symbol's "
                          "cross-asset features and split would not match; build every shard from the same lake")
     norm = first["normalization"]
-    if norm["scaler"] != "none" and norm["scope"] == "asset_class":
-        raise OhlcvError(
-            "shards normalized per asset class cannot be merged (each shard saw part of a class); "
-            "build shards with data.normalization.scope=symbol or scaler none"
-        )
+    refuse_per_class_shards(norm["scaler"], norm["scope"])
 
     out = check_output_folder(out, "--out")
     for shard in shards:  # replacing --out deletes what is in it: never a shard, or a folder holding one
         folder = Path(shard).expanduser().resolve()
         if folder == out.resolve() or out.resolve() in folder.parents:
             raise ConfigError(f"--out {out} is, or holds, the shard {shard}; merge into another folder", key="--out")
-    datasets.disable_progress_bars()
     # an empty shard (no symbol hashed to it) has no data files: datasets cannot load it, nothing to take
     loaded = [load_hf(Path(s).expanduser(), m).with_format("numpy")  # (another datasets major: one clear line)
               for s, m in zip(shards, manifests) if m["series"] > 0]

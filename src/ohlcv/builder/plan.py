@@ -33,6 +33,15 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
+def refuse_per_class_shards(scaler: str, scope: str) -> None:
+    """Shards normalized per asset class cannot be merged: each shard fits its class statistics on part of
+    the class. Said by ``build --shard`` before any work and by ``build merge`` (shards built before)."""
+    if scaler != "none" and scope == "asset_class":
+        raise ConfigError("shards normalized per asset class cannot be merged (each shard sees part of a class); "
+                          "build shards with data.normalization.scope=symbol or scaler none",
+                          key="data.normalization.scope")
+
+
 def split_cuts(sources, *, start, end, shares: tuple[float, float], freq: Frequency):
     """((train cut, validation cut), span info): the split's instants, common to every series.
 

@@ -11,6 +11,8 @@ from typing import Any
 FORMAT = "ohlcv-dataset/1"
 HF_SUBDIR = "hf"
 TIMESTAMPS_FILE = "timestamps.parquet"  # every bar's real time stamp, per series (the manifest names it)
+# what a build or a merge writes into a dataset folder; anything else there is the user's
+DATASET_ENTRIES = frozenset({HF_SUBDIR, TIMESTAMPS_FILE, "manifest.json", "report.json", "profile.yaml"})
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 
 from ohlcv.config.loader import atomic_write_text, json_text
 from ohlcv.dataset import normalize
-from ohlcv.dataset.format import Variates, hf_schema
+from ohlcv.dataset.format import DATASET_ENTRIES, Variates, hf_schema
 from ohlcv.errors import ConfigError, OhlcvError
 
 if TYPE_CHECKING:
@@ -294,8 +294,8 @@ def swap_into_place(staging: Path, out: Path, work: Path) -> None:
     What a user put inside ``out`` beside the dataset's own files (an evaluation's folder, notes) is
     moved into the new dataset first, by rename: a rebuild replaces the dataset, not the user's files."""
     if out.is_dir():
-        for entry in out.iterdir():
-            if not (staging / entry.name).exists():
+        for entry in out.iterdir():  # (the old dataset's own files go, even those the new one lacks)
+            if entry.name not in DATASET_ENTRIES and not (staging / entry.name).exists():
                 os.replace(entry, staging / entry.name)
     if out.exists():
         old = work / "previous"

@@ -139,6 +139,11 @@ class ModelSource:
     def size(self) -> str | None:
         return size_name(self.family, self.config)
 
+    @property
+    def patch_sizes(self) -> list[int]:
+        """The patch sizes the model reads (a Moirai 2.0 has one, ``patch_size``)."""
+        return [int(p) for p in (self.config.get("patch_sizes") or [self.config.get("patch_size")])]
+
     def describe(self) -> dict[str, Any]:
         """What reports and run.json record about the model (the parameter count is added by the loader)."""
         where = {"hub": f"hub {self.repo_id}" + (f"@{self.revision}" if self.revision else "")

@@ -64,9 +64,7 @@ def check_start(module, cfg, variates: int) -> int:
 
 def check_source(source, cfg, variates: int) -> int:
     """:func:`check_start` from a resolved ``--from``'s configuration alone: before any dataset work."""
-    config = source.config
-    sizes = config.get("patch_sizes") or [config.get("patch_size")]
-    return check_fit(source.family.key, [int(p) for p in sizes], int(config["max_seq_len"]), cfg, variates)
+    return check_fit(source.family.key, source.patch_sizes, int(source.config["max_seq_len"]), cfg, variates)
 
 
 def check_before_dataset(cfg, source, dataset: Path, rebuild: bool) -> None:
@@ -84,23 +82,15 @@ def check_before_dataset(cfg, source, dataset: Path, rebuild: bool) -> None:
 
 
 def check_fit(family: str, sizes: list[int], max_seq_len: int, cfg, variates: int) -> int:
-    from ohlcv.budget import finetune_fit
+    """The patch fine-tuning trains at, or one line saying why the starting model cannot (as ``ohlcv budget``
+    judges it: :func:`ohlcv.budget.starting_fit`)."""
+    from ohlcv.budget import starting_fit
 
-    patch = int(cfg.finetune.patch_size)
-    if family == "moirai2":
-        patch = sizes[0]  # the only one it reads
-    elif patch not in sizes:
-        raise ConfigError(f"the checkpoint's patch sizes are {sizes}; {patch} is not one of them",
-                          key="finetune.patch_size")
-    fit = finetune_fit(variates, int(cfg.data.context_length), int(cfg.data.prediction_length), patch,
-                       max_seq_len, family)
+    fit = starting_fit(family, sizes, max_seq_len, variates, int(cfg.data.context_length),
+                       int(cfg.data.prediction_length), int(cfg.finetune.patch_size))
     if not fit["fits"]:
-        raise ConfigError(
-            f"{fit['what']} = {fit['tokens']} tokens exceed the checkpoint's max_seq_len {fit['max_seq_len']}: "
-            "use fewer variates, a larger patch or a shorter context",
-            key="finetune.patch_size",
-        )
-    return patch
+        raise ConfigError(fit["why"], key="finetune.patch_size")
+    return fit["patch_size"]
 
 
 def adapt(cfg, module, family: str):
