@@ -4,7 +4,7 @@ The shape of Qlib's published data benchmark (README, "Data Server performance")
 of daily bars. Qlib's figures for it: 147 s without caches, 7.4 s with its expression and dataset caches
 warm, 4.2 s with caches on 64 CPUs. This script measures, on this machine and in one run:
 
-* **ohlcv**: ``IterativeFinancialDatasetBuilder`` with the ``daily`` profile (every feature of the profile,
+* **ohlcv**: ``IterativeFinancialDatasetBuilder`` with the ``daily`` profile, from each layout (below), (every feature of the profile,
   the learned regime included) from the Parquet lake to the finished Hugging Face dataset.
 * **Qlib**: what a Qlib user runs to get the same features from the same bars: Qlib's own CSV-to-binary
   converter (``scripts/dump_bin.py`` ``DumpDataAll``, all CPU cores, from one CSV per symbol written from
@@ -28,7 +28,11 @@ starts Qlib's side with ``--qlib-python``::
     git clone --branch v0.9.7 --depth 1 https://github.com/microsoft/qlib ~/qlib   # dump_bin.py is not in the wheel
 
 Usage: python benchmarks/vs_qlib.py --qlib-python ~/venv-qlib/bin/python --dump-bin ~/qlib/scripts/dump_bin.py
-       [--symbols 800] [--years 14] [--workdir DIR]
+       [--symbols 800] [--years 14] [--workdir DIR] [--layouts year,month]
+
+The same bars are built from two lakes: one file per symbol and year (``year=YYYY/part.parquet``, what
+``ohlcv lake ingest`` writes for daily bars) and one per symbol and month (``year=YYYY/month=MM/``, the
+intraday layout: ~21 daily bars a file). Both builds must give the same content hash.
 """
 
 from __future__ import annotations
@@ -78,12 +82,14 @@ QLIB_FIELDS = {
 LAKE_SEED = 7
 
 
-def make_lake(root: Path, symbols: int, years: int) -> Path:
+def make_lake(root: Path, symbols: int, years: int, partition: str) -> Path:
+    """The same bars by month (``year=YYYY/month=MM/part.parquet``) or by year (``year=YYYY/part.parquet``,
+    what ``ohlcv lake ingest`` writes for daily bars)."""
     from ohlcv.lake.sample import generate_sample_lake
 
     if not root.exists():  # equities on the NYSE calendar: about 252 sessions a year
         generate_sample_lake(root, symbols_per_class=symbols, asset_classes=["equity"], freq="1D", bars=252 * years,
-                             start="2010-01-04", seed=LAKE_SEED)
+                             start="2010-01-04", seed=LAKE_SEED, partition=partition)
     return root
 
 
@@ -111,7 +117,8 @@ def run_ohlcv(lake: Path, out: Path) -> dict:
     cfg = load_profile("daily", [f"data.lake={lake}", f"data.dataset={out}"]).cfg
     result = IterativeFinancialDatasetBuilder(cfg).run(force=True)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "variates": len(result.manifest["variates"])}
+    return {"seconds": seconds, "variates": len(result.manifest["variates"]),
+            "content_hash": result.manifest["content_hash"]}
 
 
 def run_qlib(csv_dir: Path, qlib_dir: Path, dump_bin: Path) -> dict:
@@ -174,15 +181,18 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=800)
     parser.add_argument("--years", type=int, default=14)
     parser.add_argument("--workdir", type=Path, default=None, help="keeps the generated lake between runs")
-    parser.add_argument("--side", choices=["ohlcv", "qlib"], help=argparse.SUPPRESS)  # one side, in a child process
+    parser.add_argument("--layouts", default="year,month",
+                        help="the daily lake's layouts to build from: year files, month files or both (default)")
+    parser.add_argument("--side", choices=["year", "month", "qlib"], help=argparse.SUPPRESS)  # one side, in a child process
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ohlcv-vs-qlib-"))
     # kept between runs under --workdir: keyed by what it holds, so another shape never reuses it
     key = f"{args.symbols}x{args.years}y-seed{LAKE_SEED}"
-    lake, csvs = work / f"lake-{key}", work / f"csv-{key}"
-    if args.side == "ohlcv":
-        print(json.dumps(run_ohlcv(lake, args.out)))
+    lakes = {"year": work / f"lake-{key}-year", "month": work / f"lake-{key}"}
+    csvs = work / f"csv-{key}"
+    if args.side in lakes:
+        print(json.dumps(run_ohlcv(lakes[args.side], args.out)))
         return
     if args.side == "qlib":
         print(json.dumps(run_qlib(csvs, args.out, args.dump_bin)))
@@ -190,36 +200,47 @@ def main() -> None:
 
     import polars as pl
 
-    make_lake(lake, args.symbols, args.years)
+    layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
+    if not layouts or set(layouts) - set(lakes):
+        raise SystemExit(f"--layouts: a comma-separated list of {', '.join(lakes)}")
+    for layout in layouts:
+        make_lake(lakes[layout], args.symbols, args.years, layout)
     if not csvs.exists():
-        write_csvs(lake, csvs)
-    rows = int(pl.scan_parquet(str(lake / "**" / "*.parquet"), hive_partitioning=False).select(pl.len()).collect().item())
+        write_csvs(lakes[layouts[0]], csvs)
+    rows = int(pl.scan_parquet(str(lakes[layouts[0]] / "**" / "*.parquet"), hive_partitioning=False)
+               .select(pl.len()).collect().item())
+    files = {layout: sum(1 for _ in lakes[layout].rglob("*.parquet")) for layout in layouts}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"lake: {args.symbols} symbols x {args.years} years of NYSE sessions, {rows:,} daily bars")
+          f"lake: {args.symbols} symbols x {args.years} years of NYSE sessions, {rows:,} daily bars; "
+          + ", ".join(f"{files[layout]:,} {layout} files" for layout in layouts))
 
     def side(name: str) -> dict:  # each side from cold, in a fresh process
         out = work / f"out-{name}"
         shutil.rmtree(out, ignore_errors=True)
         python = args.qlib_python if name == "qlib" else sys.executable
         done = subprocess.run([python, __file__, "--side", name, "--out", str(out), "--workdir", str(work),
-                               "--dump-bin", str(args.dump_bin)], capture_output=True, text=True)
+                               "--dump-bin", str(args.dump_bin), "--symbols", str(args.symbols),
+                               "--years", str(args.years)], capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    ours = side("ohlcv")
+    ours = {layout: side(layout) for layout in layouts}
     theirs = side("qlib")
-    print(f"ohlcv build --profile daily: {ours['seconds']:.1f} s ({rows / ours['seconds']:,.0f} rows/s, "
-          f"{ours['variates']} variates)")
     print(f"Qlib: {theirs['seconds']:.1f} s (dump_bin {theirs['dump_s']:.1f} s + D.features and the cross-section "
           f"{theirs['features_s']:.1f} s; {theirs['columns']} columns)")
-    print(f"-> from cold, Qlib's CSV-to-binary conversion included: ohlcv is {theirs['seconds'] / ours['seconds']:.2f}x "
-          f"as fast as Qlib (target >= 5x)")
-    print(f"-> features only (Qlib on its converted binary data, ohlcv's whole build from Parquet): ohlcv is "
-          f"{theirs['features_s'] / ours['seconds']:.2f}x as fast as Qlib (below 1: slower)")
+    for layout, result in ours.items():
+        print(f"ohlcv build --profile daily, {files[layout]:,} {layout} files: {result['seconds']:.1f} s "
+              f"({rows / result['seconds']:,.0f} rows/s, {result['variates']} variates)")
+        print(f"  -> from cold, Qlib's CSV-to-binary conversion included: ohlcv is "
+              f"{theirs['seconds'] / result['seconds']:.2f}x as fast as Qlib (target >= 5x)")
+        print(f"  -> features only (Qlib on its converted binary data, ohlcv's whole build from Parquet): ohlcv is "
+              f"{theirs['features_s'] / result['seconds']:.2f}x as fast as Qlib (below 1: slower)")
+    hashes = {result["content_hash"] for result in ours.values()}
+    print(f"content hash of the ohlcv builds: {'identical' if len(hashes) == 1 else 'DIFFERENT'} ({', '.join(sorted(hashes))})")
     print("Qlib's published figures for 800 stocks x 14 years (conversion not included): 147 s without caches, "
           "7.4 s with caches, 4.2 s with caches on 64 CPUs")
-    print(json.dumps({"rows": rows, "ohlcv": ours, "qlib": theirs}))
+    print(json.dumps({"rows": rows, "files": files, "ohlcv": ours, "qlib": theirs}))
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 

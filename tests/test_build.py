@@ -621,3 +621,20 @@ def test_a_merge_killed_half_way_resumes_to_the_same_dataset(tmp_path, monkeypat
     assert resumed.resumed_batches == 3
     assert resumed.manifest["content_hash"] == reference.manifest["content_hash"]
     assert _loaded_rows(resumed.out) == _loaded_rows(reference.out)
+
+
+def test_every_defect_is_counted_in_a_daily_lake_of_year_files(tmp_path):
+    """Dirt injected file by file works the same when a file holds a year of daily bars."""
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=5, bars=1500, dirt=DIRT_KINDS, seed=3,
+                                freq="1D", start="2015-01-02", partition="year")
+    assert {p.parent.name[:5] for p in lake.root.rglob("*.parquet")} == {"year="}
+    cfg = load_profile("daily", [f"data.lake={lake.root}", f"data.dataset={tmp_path / 'ds'}",
+                                 "features.enabled=[log_return]", "data.cleaning.max_ffill_gap=3"]).cfg
+    per_symbol = IterativeFinancialDatasetBuilder(cfg).run().report["per_symbol"]
+    for item_id, injected in lake.injected.items():
+        expected = {rule: n for rule, n in injected.items() if not rule.startswith("_") and rule != "quarantined"}
+        for rule, n in injected.items():
+            if DROPPED_RULES.get(rule):
+                expected["gap_bars_filled"] = expected.get("gap_bars_filled", 0) + n
+        counts = {rule: n for rule, n in per_symbol[item_id]["counts"].items() if rule != "closed_market_bars"}
+        assert counts == expected, item_id

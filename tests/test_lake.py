@@ -146,3 +146,73 @@ def test_lake_commands(cli, tmp_path):
     assert bad.exit_code == 2 and "volcanoes" in bad.stderr
     short = cli("lake", "sample", str(tmp_path / "y"), "--bars", "60", "--dirt", "all")
     assert short.exit_code == 2 and "400 bars" in short.stderr
+
+
+def test_daily_bars_by_year_files_are_discovered_in_time_order_and_pruned_by_year(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["equity"], freq="1D",
+                                bars=600, start="2021-03-01", partition="auto").root
+    found = discover(lake, freq="1D")
+    files = found.sources[0].files
+    assert [f.relative_to(files[0].parents[2]).as_posix() for f in files] == [
+        "symbol=EQU000/year=2021/part.parquet", "symbol=EQU000/year=2022/part.parquet",
+        "symbol=EQU000/year=2023/part.parquet"]
+    pruned = discover(lake, freq="1D", start="2022-06-30", end="2022-07-01").sources[0].files
+    assert [f.parent.name for f in pruned] == ["year=2022"]
+    # a symbol may mix both: a year's own file comes before that year's month folders
+    month = lake / "asset_class=equity/freq=1D/symbol=EQU000/year=2023/month=12"
+    month.mkdir()
+    pl.read_parquet(files[-1]).tail(3).write_parquet(month / "part.parquet")
+    mixed = discover(lake, freq="1D").sources[0].files
+    assert [f.parent.name for f in mixed][-2:] == ["year=2023", "month=12"]
+    assert found.skipped == []
+
+
+def test_a_daily_lake_by_year_builds_the_same_dataset_as_by_month(tmp_path):
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.config import load_profile
+
+    built = {}
+    for partition in ("month", "year"):
+        lake = generate_sample_lake(tmp_path / partition, symbols_per_class=2, asset_classes=["equity", "fx"],
+                                    freq="1D", bars=700, seed=5, partition=partition).root
+        cfg = load_profile("daily", [f"data.lake={lake}", f"data.dataset={tmp_path / ('ds-' + partition)}",
+                                     "features.enabled=[log_return,class_return]"]).cfg
+        built[partition] = IterativeFinancialDatasetBuilder(cfg).run()
+    files = {p: sum(r["files"] for r in b.report["per_symbol"].values()) for p, b in built.items()}
+    assert files["year"] * 6 < files["month"]
+    assert built["year"].manifest["content_hash"] == built["month"].manifest["content_hash"]
+    assert built["year"].report["rows_read"] == built["month"].report["rows_read"] > 4 * 700
+
+
+def test_ingest_writes_year_files_for_daily_bars_and_keeps_a_symbols_layout(tmp_path):
+    ts = pl.datetime_range(pl.datetime(2022, 12, 20), pl.datetime(2023, 1, 10), "1d", eager=True)
+    bars = pl.DataFrame({"date": ts, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 3.0})
+    bars.write_csv(tmp_path / "SPY.csv")
+    lake = tmp_path / "lake"
+    first = ingest(tmp_path / "SPY.csv", lake, asset_class="equity", freq="1D")
+    spy = lake / "asset_class=equity/freq=1D/symbol=SPY"
+    assert sorted(p.relative_to(spy).as_posix() for p in spy.rglob("*.parquet")) == [
+        "year=2022/part.parquet", "year=2023/part.parquet"]
+    assert first.symbols["equity/SPY"]["files"] == 2
+    # more bars, overlapping: appended into the year files, the newer bar wins
+    later = bars.tail(5).with_columns(pl.col("close") * 2)
+    later.write_csv(tmp_path / "SPY.csv")
+    second = ingest(tmp_path / "SPY.csv", lake, asset_class="equity", freq="1D")
+    assert second.symbols["equity/SPY"]["replaced"] == 5 and second.symbols["equity/SPY"]["added"] == 0
+    stored = pl.read_parquet(spy / "year=2023" / "part.parquet")
+    assert stored["ts"].is_unique().all() and stored["close"].to_list()[-5:] == [3.0] * 5
+    # asked for month files, a symbol stored by year is left alone and named
+    refused = ingest(tmp_path / "SPY.csv", lake, asset_class="equity", freq="1D", partition="month")
+    assert refused.symbols == {} and "stored by year" in refused.problems[0] and "--partition year" in refused.problems[0]
+    # a symbol already stored by month keeps month files
+    month_lake = tmp_path / "months"
+    ingest(tmp_path / "SPY.csv", month_lake, asset_class="equity", freq="1D", partition="month")
+    bars.write_csv(tmp_path / "SPY.csv")
+    ingest(tmp_path / "SPY.csv", month_lake, asset_class="equity", freq="1D")
+    assert {p.parent.name for p in month_lake.rglob("*.parquet")} == {"month=12", "month=01"}
+    with pytest.raises(ConfigError):
+        ingest(tmp_path / "SPY.csv", lake, asset_class="equity", freq="1D", partition="week")
+    # intraday bars keep month files
+    hourly = ingest(tmp_path / "SPY.csv", tmp_path / "h", asset_class="equity", freq="1h")
+    assert hourly.symbols["equity/SPY"]["files"] == 2
+    assert {p.parent.name for p in (tmp_path / "h").rglob("*.parquet")} == {"month=12", "month=01"}

@@ -156,6 +156,36 @@ def test_symbol_and_date_selection_read_only_their_partitions(aws_env, uploaded,
     assert any("asset_class=crypto/freq=1h/symbol=CRY001" in r for r in listings), listings
 
 
+def test_a_daily_lake_of_year_files_on_s3_builds_as_locally_and_prunes_by_year(aws_env, tmp_path):
+    from obstore.store import S3Store
+    import obstore
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["equity", "fx"], freq="1D",
+                                bars=600, start="2020-01-02", seed=8, partition="year").root
+    store = S3Store("lake-bucket", prefix="lakes/daily", endpoint=aws_env, region="us-east-1", access_key_id="x",
+                    secret_access_key="x", client_options={"allow_http": True})
+    urllib.request.urlopen(urllib.request.Request(f"{aws_env}/lake-bucket", method="PUT"))
+    for path in sorted(lake.rglob("*.parquet")):
+        obstore.put(store, path.relative_to(lake).as_posix(), path.read_bytes())
+    url = "s3://lake-bucket/lakes/daily"
+
+    def build(where, out, *extra):
+        cfg = load_profile("daily", [f"data.lake={where}", f"data.dataset={out}", *BUILD, *extra]).cfg
+        return IterativeFinancialDatasetBuilder(cfg).run()
+
+    local, remote = build(lake, tmp_path / "local"), build(url, tmp_path / "remote")
+    assert remote.manifest["content_hash"] == local.manifest["content_hash"] and remote.manifest["series"] == 4
+    _record(aws_env, "reset-recording")
+    _record(aws_env, "start-recording")
+    try:
+        build(url, tmp_path / "one", "data.symbols=[EQU001]", "data.asset_classes=[equity]", "data.start=2021-06-01")
+    finally:
+        _record(aws_env, "stop-recording")
+    objects = [r for r in _recorded_gets(aws_env) if not r.startswith("/lake-bucket?")]
+    assert objects and all("/symbol=EQU001/" in r for r in objects), objects
+    assert not any("/year=2020/" in r for r in objects), "a year before data.start was read"
+
+
 def test_an_unknown_bucket_is_one_line_naming_it_and_the_credentials(aws_env, uploaded, tmp_path, cli):
     result = cli("build", "--lake", "s3://no-such-bucket/lake", "--out", str(tmp_path / "ds"), "-q", *BUILD)
     assert result.exit_code == 1

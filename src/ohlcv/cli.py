@@ -542,6 +542,10 @@ def lake_sample(
     dirt: Optional[str] = typer.Option(
         None, "--dirt", help="Inject defects, one kind per symbol: 'all' or a comma-separated list."
     ),
+    partition: str = typer.Option(
+        "auto", "--partition",
+        help="month: year=YYYY/month=MM/part.parquet; year: year=YYYY/part.parquet; auto: year files for "
+             "daily and slower bars, month files for intraday bars."),
 ) -> None:
     """Write a realistic synthetic lake (GBM, stochastic volatility, regimes, correlated classes)."""
     from ohlcv.lake.sample import DIRT_KINDS, generate_sample_lake
@@ -556,6 +560,7 @@ def lake_sample(
         start=start,
         seed=seed,
         dirt=kinds,
+        partition=partition,
     )
     from ohlcv.render import render_sample_lake
 
@@ -569,12 +574,16 @@ def lake_ingest(
     asset_class: str = typer.Option(..., "--asset-class", help="Asset class of these symbols."),
     freq: str = typer.Option(..., "--freq", help="Bar frequency of these files."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol of a single file (default: file name)."),
+    partition: str = typer.Option(
+        "auto", "--partition",
+        help="month: year=YYYY/month=MM/part.parquet; year: year=YYYY/part.parquet; auto: the symbol's layout "
+             "in the lake, else year files for daily and slower bars and month files for intraday bars."),
 ) -> None:
     """Convert vendor exports into the lake layout, appending without duplicating bars."""
     from ohlcv.lake.ingest import ingest
     from ohlcv.render import render_ingest
 
-    result = ingest(source, lake, asset_class=asset_class, freq=freq, symbol=symbol)
+    result = ingest(source, lake, asset_class=asset_class, freq=freq, symbol=symbol, partition=partition)
     render_ingest(_console(), result, problems_to=_console(stderr=True))
     if not result.symbols:
         raise typer.Exit(1)

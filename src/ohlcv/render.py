@@ -115,7 +115,7 @@ def render_sample_lake(console: "Console", lake, *, bars: int, freq: str, direct
 def render_ingest(console: "Console", result, *, problems_to: "Console") -> None:
     for item_id, stats in result.symbols.items():
         console.print(f"{escape(item_id)}: {stats['rows']} rows, {stats['added']} added, "
-                      f"{stats['replaced']} replaced, {stats['files']} month files")
+                      f"{stats['replaced']} replaced, {stats['files']} files written")
     for problem in result.problems:
         problems_to.print(f"[yellow]skipped:[/] {escape(problem)}")
 

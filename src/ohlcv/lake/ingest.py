@@ -3,9 +3,11 @@
 Each file holds one symbol (named after the file, unless ``symbol`` is
 given): a timestamp column plus OHLCV, names matched case-insensitively
 (``Date``/``Timestamp``/``time``…, ``Open``…, ``Vol``…). Rows are normalised
-to UTC and written into ``asset_class=X/freq=Y/symbol=Z/year=YYYY/month=MM/part.parquet``.
-Ingesting again appends without duplicating bars: where a timestamp is
-already stored, the incoming bar replaces it. Every month file is written
+to UTC and written into ``asset_class=X/freq=Y/symbol=Z/year=YYYY/month=MM/part.parquet``
+(intraday bars) or ``.../year=YYYY/part.parquet`` (daily and slower bars: a month of daily bars is ~21
+rows, and a file per month makes a lake of many years mostly file overhead). A symbol already in the
+lake keeps its layout. Ingesting again appends without duplicating bars: where a timestamp is
+already stored, the incoming bar replaces it. Every file is written
 atomically. Symbol names are percent-encoded the way hive partitions are, so
 no name (``..``, ``a/b``) can place a file outside the lake.
 """
@@ -31,6 +33,7 @@ _ALIASES = {
     "volume": ("volume", "v", "vol", "base_volume", "qty"),
 }
 SUFFIXES = (".csv", ".parquet", ".pq", ".csv.gz")
+PARTITIONS = ("auto", "month", "year")
 
 
 @dataclass
@@ -88,8 +91,31 @@ def _symbol_of(path: Path) -> str:
     return path.stem
 
 
-def ingest(source: Path, lake: Path, *, asset_class: str, freq: str, symbol: str | None = None) -> IngestResult:
+def stored_partition(sym_dir: Path) -> str | None:
+    """How a symbol already in the lake is partitioned: "month", "year", "mixed", or None (not there)."""
+    kinds = set()
+    for year_dir in (sym_dir.glob("year=*") if sym_dir.is_dir() else ()):
+        for entry in year_dir.iterdir():
+            if entry.is_dir() and entry.name.startswith("month="):
+                kinds.add("month")
+            elif entry.is_file() and entry.name.endswith(".parquet"):
+                kinds.add("year")
+    return None if not kinds else kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def default_partition(freq) -> str:
+    """Year files for daily and slower bars, month files for intraday bars."""
+    return "month" if freq.seconds is not None and freq.seconds < 86400 else "year"
+
+
+def ingest(source: Path, lake: Path, *, asset_class: str, freq: str, symbol: str | None = None,
+           partition: str = "auto") -> IngestResult:
+    """Ingest vendor files; ``partition`` is "month", "year" or "auto" (the symbol's layout in the lake,
+    else :func:`default_partition`)."""
     import polars as pl
+
+    if partition not in PARTITIONS:
+        raise ConfigError(f"'{partition}' is not a partition; use one of {', '.join(PARTITIONS)}", key="--partition")
 
     source, lake = Path(source).expanduser(), Path(lake).expanduser()
     if source.is_dir():
@@ -102,7 +128,8 @@ def ingest(source: Path, lake: Path, *, asset_class: str, freq: str, symbol: str
         raise OhlcvError(f"{source}: no .csv or .parquet files here")
     if symbol is not None and len(files) > 1:
         raise ConfigError("--symbol names a single file's symbol; point SOURCE at one file", key="--symbol")
-    canonical = parse_freq(freq, key="--freq").canonical
+    parsed = parse_freq(freq, key="--freq")
+    canonical = parsed.canonical
     class_dir = lake / f"asset_class={partition_value(asset_class, key='--asset-class')}" / f"freq={canonical}"
     result = IngestResult()
     for path in files:
@@ -121,13 +148,23 @@ def ingest(source: Path, lake: Path, *, asset_class: str, freq: str, symbol: str
         if not sym_dir.resolve().is_relative_to(lake.resolve()):
             result.problems.append(f"{path}: symbol '{name}' would leave the lake; skipped")
             continue
+        stored = stored_partition(sym_dir)
+        if stored == "mixed" or (stored is not None and partition != "auto" and partition != stored):
+            what = ("both in month=MM folders and in year files; keep one layout (move the other's bars) and ingest again"
+                    if stored == "mixed" else
+                    f"by {stored}; pass --partition {stored} (or leave it out), or repartition the symbol first")
+            result.problems.append(f"{path}: {sym_dir} is stored {what}")
+            continue
+        by = stored or (default_partition(parsed) if partition == "auto" else partition)
         stats = {"rows": frame.height, "added": 0, "replaced": 0, "files": 0}
-        months = frame.with_columns(
+        keys = ["_y", "_m"] if by == "month" else ["_y"]
+        pieces = frame.with_columns(
             pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m")
-        ).partition_by(["_y", "_m"], as_dict=True)
-        for (year, month), part in sorted(months.items()):
+        ).partition_by(keys, as_dict=True)
+        for parts, part in sorted(pieces.items()):
             part = part.drop("_y", "_m").unique(subset="ts", keep="last").sort("ts")
-            target = sym_dir / f"year={year:04d}" / f"month={month:02d}" / "part.parquet"
+            folder = sym_dir / f"year={parts[0]:04d}"
+            target = (folder / f"month={parts[1]:02d}" if by == "month" else folder) / "part.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_file():
                 existing = pl.read_parquet(target)

@@ -1,6 +1,8 @@
 """Discover symbols in a hive-partitioned lake without reading any data.
 
-Layout: ``asset_class=X/freq=Y/symbol=Z/year=YYYY/month=MM/part.parquet``.
+Layout: ``asset_class=X/freq=Y/symbol=Z/year=YYYY/month=MM/part.parquet``, or, for daily and slower
+bars, one file per year: ``.../symbol=Z/year=YYYY/part.parquet`` (a symbol may mix both; the build's
+duplicate rule settles a bar stored twice).
 Selection (asset classes, frequency, symbols, date range) prunes partitions
 by their names alone. Folders that do not follow the layout are reported,
 never fatal.
@@ -81,6 +83,12 @@ def _month_overlaps(year: int, month: int, start: datetime | None, end: datetime
     return True
 
 
+def _year_overlaps(year: int, start: datetime | None, end: datetime | None) -> bool:
+    if start is not None and year < start.year:
+        return False
+    return end is None or year <= end.year
+
+
 def _matches(values: Sequence[str], *candidates: str) -> bool:
     return not values or any(c in values for c in candidates)
 
@@ -144,12 +152,23 @@ def discover(
                     if year_text is None or not year_text.isdigit():
                         discovery.skipped.append(f"{year_entry.path}: not a year=YYYY folder")
                         continue
-                    for month_entry in _subdirs(year_entry.path):
+                    year = int(year_text)
+                    # a year's bars in files directly under year=YYYY (a year file: the layout for daily and
+                    # slower bars), in month=MM folders, or both
+                    year_files, month_dirs = [], []
+                    for entry in sorted(os.scandir(year_entry.path), key=lambda e: e.name):
+                        if entry.name.endswith(".parquet") and entry.is_file():
+                            year_files.append(entry.path)
+                        elif entry.is_dir(follow_symlinks=False):
+                            month_dirs.append(entry)
+                    if year_files and _year_overlaps(year, t0, t1):
+                        files.extend(Path(p) for p in year_files)
+                    for month_entry in month_dirs:
                         month_text = _partition(month_entry.name, "month")
                         if month_text is None or not month_text.isdigit() or not 1 <= int(month_text) <= 12:
                             discovery.skipped.append(f"{month_entry.path}: not a month=MM folder")
                             continue
-                        if not _month_overlaps(int(year_text), int(month_text), t0, t1):
+                        if not _month_overlaps(year, int(month_text), t0, t1):
                             continue
                         names = sorted(
                             e.name for e in os.scandir(month_entry.path) if e.name.endswith(".parquet") and e.is_file()
@@ -232,20 +251,30 @@ def discover_remote(
                     listed = [meta for chunk in list_objects(store, prefix + "/") for meta in chunk]
                 except Exception as exc:  # noqa: BLE001
                     raise listing_error(url, exc) from None
-                for meta in sorted(listed, key=lambda m: m["path"]):
+                for meta in sorted(listed, key=_remote_order(prefix)):
                     key = meta["path"]
                     parts = key[len(prefix) + 1 :].split("/")
-                    if len(parts) != 3 or not parts[2].endswith(".parquet"):
-                        discovery.skipped.append(f"{url}/{key}: not year=YYYY/month=MM/*.parquet")
+                    year_text = _partition(parts[0], "year") if len(parts) in (2, 3) else None
+                    month_text = _partition(parts[1], "month") if len(parts) == 3 else "1"
+                    if (year_text is None or not year_text.isdigit() or not parts[-1].endswith(".parquet")
+                            or month_text is None or not month_text.isdigit() or not 1 <= int(month_text) <= 12):
+                        discovery.skipped.append(f"{url}/{key}: not year=YYYY/[month=MM/]*.parquet")
                         continue
-                    year_text, month_text = _partition(parts[0], "year"), _partition(parts[1], "month")
-                    if (year_text is None or not year_text.isdigit() or month_text is None or not month_text.isdigit()
-                            or not 1 <= int(month_text) <= 12):
-                        discovery.skipped.append(f"{url}/{key}: not year=YYYY/month=MM/*.parquet")
-                        continue
-                    if _month_overlaps(int(year_text), int(month_text), t0, t1):
+                    year = int(year_text)
+                    wanted = (_year_overlaps(year, t0, t1) if len(parts) == 2
+                              else _month_overlaps(year, int(month_text), t0, t1))
+                    if wanted:
                         version = str(meta.get("e_tag") or meta["last_modified"])
                         files.append(RemoteFile(f"{url}/{key}", int(meta["size"]), version))
     for (asset_class, symbol), files in sorted(found.items(), key=lambda kv: f"{kv[0][0]}/{kv[0][1]}"):
         discovery.sources.append(SymbolSource(asset_class, freqs[(asset_class, symbol)], symbol, tuple(files)))
     return discovery
+
+
+def _remote_order(prefix: str):
+    """Sort key of a symbol's listed objects: by year, a year's own files before its month folders
+    (the order :func:`discover` gives a local lake)."""
+    def key(meta) -> tuple:
+        parts = meta["path"][len(prefix) + 1 :].split("/")
+        return (parts[0], len(parts), parts[1:])
+    return key

@@ -109,18 +109,24 @@ def ohlc_bars(rng, log_returns: np.ndarray, start_price: float, base_volume: flo
     return open_, high, low, close, volume
 
 
-def _write_months(frame, symbol_dir: Path, *, transform=None) -> None:
+def _label_format(partition: str) -> str:
+    """strftime of a file's label: ``YYYY-MM`` for month files, ``YYYY`` for year files."""
+    return "%Y-%m" if partition == "month" else "%Y"
+
+
+def _write_files(frame, symbol_dir: Path, partition: str, *, transform=None) -> None:
+    """One ``part.parquet`` per month (``year=YYYY/month=MM/``) or per year (``year=YYYY/``);
+    ``transform(part, label)`` may change a file (its label as :func:`_label_format` writes it)."""
     import polars as pl
 
-    months = frame.with_columns(
-        pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m")
-    ).partition_by(["_y", "_m"], as_dict=True, maintain_order=True)
-    for (year, month), part in months.items():
-        folder = symbol_dir / f"year={year:04d}" / f"month={month:02d}"
+    pieces = frame.with_columns(pl.col("ts").dt.strftime(_label_format(partition)).alias("_label"))
+    for (label,), part in pieces.partition_by(["_label"], as_dict=True, maintain_order=True).items():
+        year, _, month = label.partition("-")
+        folder = symbol_dir / f"year={year}" / (f"month={month}" if month else "")
         folder.mkdir(parents=True, exist_ok=True)
-        part = part.drop("_y", "_m")
+        part = part.drop("_label")
         if transform is not None:
-            part = transform(part, year, month)
+            part = transform(part, label)
         if isinstance(part, bytes):  # a deliberately corrupt file
             (folder / "part.parquet").write_bytes(part)
         else:
@@ -138,8 +144,12 @@ def generate_sample_lake(
     seed: int = 0,
     dirt: Iterable[str] = (),
     calendars: dict[str, str] | None = None,
+    partition: str = "month",
 ) -> SampleLake:
-    """Write a synthetic lake under ``root`` and say exactly what was injected."""
+    """Write a synthetic lake under ``root`` and say exactly what was injected.
+
+    ``partition``: "month" (``year=YYYY/month=MM/part.parquet``), "year" (``year=YYYY/part.parquet``)
+    or "auto" (year files for daily and slower bars, as ``ohlcv lake ingest`` writes them)."""
     import polars as pl
 
     root = Path(root).expanduser()
@@ -154,6 +164,13 @@ def generate_sample_lake(
     frequency = parse_freq(freq)
     if frequency.seconds is None:
         raise ConfigError(f"sample lakes use fixed-length bars (s, min, h, D), not '{freq}'", key="--freq")
+    if partition not in ("auto", "month", "year"):
+        raise ConfigError(f"'{partition}' is not a partition; use auto, month or year", key="--partition")
+    if partition == "auto":
+        from ohlcv.lake.ingest import default_partition
+
+        partition = default_partition(frequency)
+    label = _label_format(partition)
     rng = np.random.default_rng(seed)
     t0 = datetime.fromisoformat(start).replace(tzinfo=timezone.utc)
     lake = SampleLake(root=root, symbols=[], bars=bars)
@@ -179,8 +196,8 @@ def generate_sample_lake(
             ).with_columns(pl.col("ts").dt.cast_time_unit("us").dt.replace_time_zone("UTC"))
             symbol_dir = root / f"asset_class={asset_class}" / f"freq={frequency.canonical}" / f"symbol={symbol}"
             kind = dirt_queue.pop(0) if dirt_queue else None
-            frame, counts, transform = _inject(kind, frame, rng) if kind else (frame, {}, None)
-            _write_months(frame, symbol_dir, transform=transform)
+            frame, counts, transform = _inject(kind, frame, rng, label) if kind else (frame, {}, None)
+            _write_files(frame, symbol_dir, partition, transform=transform)
             lake.symbols.append(item_id)
             if counts:
                 lake.injected[item_id] = counts
@@ -235,8 +252,9 @@ def _spaced_rows(rng, height: int, count: int, margin: int = 300) -> list[int]:
     return sorted(int(s) + int(rng.integers(-5, 5)) for s in slots)
 
 
-def _inject(kind: str, frame, rng):
-    """Apply one kind of dirt; return (frame, {report rule: expected count}, month-file transform)."""
+def _inject(kind: str, frame, rng, label: str = "%Y-%m"):
+    """Apply one kind of dirt; return (frame, {report rule: expected count}, per-file transform).
+    ``label``: the strftime of a file's label (:func:`_label_format`)."""
     import polars as pl
 
     n = frame.height
@@ -250,12 +268,12 @@ def _inject(kind: str, frame, rng):
         extra = frame[rows]
         return pl.concat([frame, extra]).sort("ts"), {"duplicate_ts": len(rows)}, None
     if kind == "unsorted":
-        # reverse every month file: each reversed file has height-1 descending steps
-        def reverse(part, year, month):
+        # reverse every file: each reversed file has height-1 descending steps
+        def reverse(part, _label):
             return part.reverse()
 
-        months = frame.group_by(pl.col("ts").dt.strftime("%Y-%m")).len()
-        expected = int((months["len"] - 1).sum())
+        files = frame.group_by(pl.col("ts").dt.strftime(label)).len()
+        expected = int((files["len"] - 1).sum())
         return frame, {"rows_unsorted": expected}, reverse
     if kind == "non_finite":
         frame = set_rows(frame, "close", pl.lit(float("nan")))
@@ -295,37 +313,40 @@ def _inject(kind: str, frame, rng):
         frame = frame.filter(~pl.int_range(0, pl.len()).is_in(drop))
         return frame, {"gap_bars_filled": 2 * 3, "gap_bars_missing": len(drop) - 2 * 3}, None
     if kind == "timezones":
-        # odd months: naive timestamps (meant as UTC); even months: New York local time
-        def retime(part, year, month):
-            if month % 2:
+        # odd months (years): naive timestamps (meant as UTC); even ones: New York local time
+        def odd(file_label: str) -> bool:
+            return bool(int(file_label.rsplit("-", 1)[-1]) % 2)
+
+        def retime(part, file_label):
+            if odd(file_label):
                 return part.with_columns(pl.col("ts").dt.replace_time_zone(None))
             return part.with_columns(pl.col("ts").dt.convert_time_zone("America/New_York"))
 
-        years_months = frame.select(pl.col("ts").dt.strftime("%Y-%m").unique()).to_series().to_list()
-        naive = sum(1 for ym in years_months if int(ym[5:]) % 2)
-        return frame, {"files_tz_naive": naive, "files_tz_converted": len(years_months) - naive}, retime
+        labels = frame.select(pl.col("ts").dt.strftime(label).unique()).to_series().to_list()
+        naive = sum(1 for file_label in labels if odd(file_label))
+        return frame, {"files_tz_naive": naive, "files_tz_converted": len(labels) - naive}, retime
     if kind == "dtypes":
-        def stringly(part, year, month):
+        def stringly(part, _label):
             return part.with_columns(
                 pl.col("close").cast(pl.Utf8), pl.col("volume").round(0).cast(pl.Int64), pl.col("open").cast(pl.Float32)
             )
 
-        files = frame.select(pl.col("ts").dt.strftime("%Y-%m").n_unique()).item()
+        files = frame.select(pl.col("ts").dt.strftime(label).n_unique()).item()
         return frame, {"files_dtype_repaired": files}, stringly
     if kind == "missing_columns":
-        first = frame["ts"].dt.strftime("%Y-%m")[0]
-        dropped_rows = frame.filter(pl.col("ts").dt.strftime("%Y-%m") == first).height
+        first = frame["ts"].dt.strftime(label)[0]
+        dropped_rows = frame.filter(pl.col("ts").dt.strftime(label) == first).height
 
-        def drop_close(part, year, month):  # (a file without only its volume is kept: files_no_volume)
-            return part.drop("close") if f"{year:04d}-{month:02d}" == first else part
+        def drop_close(part, file_label):  # (a file without only its volume is kept: files_no_volume)
+            return part.drop("close") if file_label == first else part
 
         return frame, {"files_missing_columns": 1, "_rows_lost": dropped_rows}, drop_close
     if kind == "unreadable":
-        last = frame["ts"].dt.strftime("%Y-%m")[-1]
-        lost = frame.filter(pl.col("ts").dt.strftime("%Y-%m") == last).height
+        last = frame["ts"].dt.strftime(label)[-1]
+        lost = frame.filter(pl.col("ts").dt.strftime(label) == last).height
 
-        def corrupt(part, year, month):
-            if f"{year:04d}-{month:02d}" == last:
+        def corrupt(part, file_label):
+            if file_label == last:
                 return b"PAR1 this is not a parquet file \x00\x01\x02"
             return part
 
