@@ -147,6 +147,32 @@ def test_check_fails_when_series_are_too_short_for_the_windows(dirty):
     assert any("every series has a training span shorter than context + horizon" in p for p in report.problems)
 
 
+def test_check_names_a_variate_with_infinite_values(dirty, tmp_path):
+    """A build never writes inf, but a dataset written or edited elsewhere may hold it: check says so."""
+    import shutil
+
+    import datasets
+
+    from ohlcv.builder.check import check_dataset
+
+    _, result = dirty
+    copy = tmp_path / "edited"
+    shutil.copytree(result.out, copy)
+    hf = datasets.load_from_disk(str(result.out / "hf"))
+
+    def poison(row, index):
+        if index == 0:
+            row["target"][5][10] = float("inf")  # log_return_1 of the first series
+        return row
+
+    shutil.rmtree(copy / "hf")
+    hf.map(poison, with_indices=True).save_to_disk(str(copy / "hf"))
+    report = check_dataset(copy, _cfg(Path("unused"), copy))
+    assert report.infinite == {"log_return_1": 1}
+    assert not report.ok and any("'log_return_1' has 1 infinite values" in p for p in report.problems)
+    assert check_dataset(result.out, _cfg(Path("unused"), result.out)).infinite == {}
+
+
 def test_rebuild_is_up_to_date_and_identical(dirty, tmp_path):
     lake, result = dirty
     again = _build(lake.root, result.out)

@@ -26,6 +26,7 @@ class CheckReport:
     covariates: list[str] = field(default_factory=list)
     lengths: dict[str, float] = field(default_factory=dict)
     missing_share: dict[str, float] = field(default_factory=dict)
+    infinite: dict[str, int] = field(default_factory=dict)  # variate -> values that are +-inf (never written by a build)
     too_short: list[str] = field(default_factory=list)
     patch_sizes_drawn: dict[int, int] = field(default_factory=dict)
     max_tokens: int = 0
@@ -79,6 +80,7 @@ def check_dataset(dataset: Path, cfg, *, max_series: int | None = None, seed: in
     need = int(cfg.data.context_length) + int(cfg.data.prediction_length)
     items = {item["item_id"]: item for item in manifest.get("items", [])}
     lengths, missing, observed_total = [], np.zeros(len(report.variates)), 0
+    infinite = np.zeros(len(report.variates), dtype=np.int64)
     count = report.series if max_series is None else min(report.series, max_series)
     for index in range(count):
         raw = indexer[index]
@@ -89,6 +91,7 @@ def check_dataset(dataset: Path, cfg, *, max_series: int | None = None, seed: in
         values = np.concatenate(parts)
         lengths.append(values.shape[1])
         missing += np.isnan(values).sum(axis=1)
+        infinite += np.isinf(values).sum(axis=1)
         observed_total += values.shape[1]
         train_end = items.get(item_id, {}).get("train_end", values.shape[1])
         if train_end < need:
@@ -106,6 +109,10 @@ def check_dataset(dataset: Path, cfg, *, max_series: int | None = None, seed: in
         arr = np.array(lengths)
         report.lengths = {"min": int(arr.min()), "median": float(np.median(arr)), "max": int(arr.max()), "total": int(arr.sum())}
         report.missing_share = {name: round(float(m) / observed_total, 4) for name, m in zip(report.variates, missing)}
+    report.infinite = {name: int(n) for name, n in zip(report.variates, infinite) if n}
+    for name, n in report.infinite.items():
+        report.problems.append(f"variate '{name}' has {n} infinite values: losses and scaling turn them into NaN; "
+                               "rebuild the dataset with `ohlcv build --force` (a build writes them as missing)")
     causes = _likely_causes(cfg, manifest, report.lengths.get("median", 0))
     for name, share in report.missing_share.items():
         if share > 0.5:
