@@ -121,6 +121,7 @@ def test_missing_ray_is_one_line_with_the_install_command(cli, lake, tmp_path, m
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'ohlcv[ray]'" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # said before a work folder is made
 
 
 @needs_ray

@@ -235,6 +235,10 @@ class IterativeFinancialDatasetBuilder:
         if self.shard is not None:  # said now, not at `build merge` after every array job has run
             refuse_per_class_shards(self.scaler, self.scope)
         self._check_output_location()
+        if self.executor == "ray":  # a missing Ray is said before anything is read or written
+            from ohlcv.builder.cluster import import_ray
+
+            import_ray()
         started = time.perf_counter()
         all_sources, skipped = self.discover()
         sources = [s for s in all_sources if self.shard is None or self.shard.owns(s.item_id)]
