@@ -47,12 +47,15 @@ def make_lake(root: Path, symbols: int, bars: int, *, classes=CLASSES, calendars
     """A sample lake; each class on its venue's calendar (``calendars=None``) or as given ({}: all 24/7).
 
     Bars after today are not built (the future), so a long daily lake must start early enough."""
+    from ohlcv.freq import parse_freq
+    from ohlcv.lake.layout import default_partition
     from ohlcv.lake.sample import generate_sample_lake
 
     # a --workdir is kept between runs: the folder is named by every argument, so a lake is reused only
     # for the same arguments
     venues = "venues" if calendars is None else "-".join(f"{k}={v}" for k, v in sorted(calendars.items())) or "247"
-    root = root.parent / f"{root.name}-{symbols}s-{bars}b-{freq}-{start}-{'-'.join(classes)}-{venues}-seed1"
+    by = default_partition(parse_freq(freq))  # daily bars in year files, as `ohlcv lake sample` writes them
+    root = root.parent / f"{root.name}-{symbols}s-{bars}b-{freq}-{start}-{'-'.join(classes)}-{venues}-by{by}-seed1"
     if root.exists():
         return root
     per_class = -(-symbols // len(classes))

@@ -4,8 +4,9 @@ The shape of Qlib's published data benchmark (README, "Data Server performance")
 of daily bars. Qlib's figures for it: 147 s without caches, 7.4 s with its expression and dataset caches
 warm, 4.2 s with caches on 64 CPUs. This script measures, on this machine and in one run:
 
-* **ohlcv**: ``IterativeFinancialDatasetBuilder`` with the ``daily`` profile, from each layout (below), (every feature of the profile,
-  the learned regime included) from the Parquet lake to the finished Hugging Face dataset.
+* **ohlcv**: ``IterativeFinancialDatasetBuilder`` with the ``daily`` profile (every feature of the profile,
+  the learned regime included) from the Parquet lake to the finished Hugging Face dataset, from each
+  lake layout (below), twice: the layouts in turn, Qlib, then the layouts in the reverse order.
 * **Qlib**: what a Qlib user runs to get the same features from the same bars: Qlib's own CSV-to-binary
   converter (``scripts/dump_bin.py`` ``DumpDataAll``, all CPU cores, from one CSV per symbol written from
   the lake beforehand and not timed), then ``qlib.init`` on the converted folder with the expression and
@@ -32,7 +33,8 @@ Usage: python benchmarks/vs_qlib.py --qlib-python ~/venv-qlib/bin/python --dump-
 
 The same bars are built from two lakes: one file per symbol and year (``year=YYYY/part.parquet``, what
 ``ohlcv lake ingest`` writes for daily bars) and one per symbol and month (``year=YYYY/month=MM/``, the
-intraday layout: ~21 daily bars a file). Both builds must give the same content hash.
+intraday layout: ~21 daily bars a file). Every build must give the same content hash and split (else the
+script stops with an error).
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def run_ohlcv(lake: Path, out: Path) -> dict:
     result = IterativeFinancialDatasetBuilder(cfg).run(force=True)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "variates": len(result.manifest["variates"]),
-            "content_hash": result.manifest["content_hash"]}
+            "content_hash": result.manifest["content_hash"], "split": result.manifest["split"]}
 
 
 def run_qlib(csv_dir: Path, qlib_dir: Path, dump_bin: Path) -> dict:
@@ -225,22 +227,34 @@ def main() -> None:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    ours = {layout: side(layout) for layout in layouts}
+    # the layouts in turn, Qlib between, then the layouts in the reverse order: a machine getting busier or
+    # quieter during the run favours neither layout; each layout's time is the mean of its two builds
+    runs = {layout: [side(layout)] for layout in layouts}
     theirs = side("qlib")
+    for layout in reversed(layouts):
+        runs[layout].append(side(layout))
+    ours = {layout: dict(results[0], seconds=sum(r["seconds"] for r in results) / len(results),
+                         builds=[round(r["seconds"], 2) for r in results]) for layout, results in runs.items()}
     print(f"Qlib: {theirs['seconds']:.1f} s (dump_bin {theirs['dump_s']:.1f} s + D.features and the cross-section "
           f"{theirs['features_s']:.1f} s; {theirs['columns']} columns)")
     for layout, result in ours.items():
         print(f"ohlcv build --profile daily, {files[layout]:,} {layout} files: {result['seconds']:.1f} s "
-              f"({rows / result['seconds']:,.0f} rows/s, {result['variates']} variates)")
+              f"({rows / result['seconds']:,.0f} rows/s, {result['variates']} variates; builds "
+              f"{', '.join(f'{b:.1f}' for b in result['builds'])} s)")
         print(f"  -> from cold, Qlib's CSV-to-binary conversion included: ohlcv is "
               f"{theirs['seconds'] / result['seconds']:.2f}x as fast as Qlib (target >= 5x)")
         print(f"  -> features only (Qlib on its converted binary data, ohlcv's whole build from Parquet): ohlcv is "
               f"{theirs['features_s'] / result['seconds']:.2f}x as fast as Qlib (below 1: slower)")
-    hashes = {result["content_hash"] for result in ours.values()}
-    print(f"content hash of the ohlcv builds: {'identical' if len(hashes) == 1 else 'DIFFERENT'} ({', '.join(sorted(hashes))})")
+    if len(layouts) > 1:
+        print(f"-> year files against month files: {ours['month']['seconds'] / ours['year']['seconds']:.2f}x as fast")
+    built = {(r["content_hash"], json.dumps(r["split"], sort_keys=True)) for results in runs.values() for r in results}
+    if len(built) != 1:
+        raise SystemExit(f"the ohlcv builds differ (content hash, split): {sorted(built)}")
+    print(f"every ohlcv build: the same content hash ({next(iter(built))[0]}) and split")
     print("Qlib's published figures for 800 stocks x 14 years (conversion not included): 147 s without caches, "
           "7.4 s with caches, 4.2 s with caches on 64 CPUs")
-    print(json.dumps({"rows": rows, "files": files, "ohlcv": ours, "qlib": theirs}))
+    print(json.dumps({"rows": rows, "files": files, "ohlcv": {k: {**v, "split": None} for k, v in ours.items()},
+                      "qlib": theirs}))
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 

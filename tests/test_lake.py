@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -93,7 +94,8 @@ def test_ingest_vendor_files_then_append_without_duplicates(tmp_path):
     lake = tmp_path / "lake"
     first = ingest(exports, lake, asset_class="equity", freq="H")
     assert first.problems == []
-    assert first.symbols["equity/AAPL"] == {"rows": len(ts), "added": len(ts), "replaced": 0, "files": 2}
+    assert first.symbols["equity/AAPL"] == {"rows": len(ts), "added": len(ts), "replaced": 0, "files": 2,
+                                            "by": "month"}
     assert (lake / "asset_class=equity" / "freq=1h" / "symbol=MSFT" / "year=2024" / "month=02" / "part.parquet").is_file()
     # a later export overlapping the first one by a day
     later_ts = pl.datetime_range(pl.datetime(2024, 2, 1), pl.datetime(2024, 2, 3), "1h", eager=True)
@@ -148,9 +150,9 @@ def test_lake_commands(cli, tmp_path):
     assert short.exit_code == 2 and "400 bars" in short.stderr
 
 
-def test_daily_bars_by_year_files_are_discovered_in_time_order_and_pruned_by_year(tmp_path):
+def test_daily_bars_by_year_files_are_discovered_by_year_and_pruned_by_year(tmp_path):
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["equity"], freq="1D",
-                                bars=600, start="2021-03-01", partition="auto").root
+                                bars=600, start="2021-03-01").root
     found = discover(lake, freq="1D")
     files = found.sources[0].files
     assert [f.relative_to(files[0].parents[2]).as_posix() for f in files] == [
@@ -158,13 +160,63 @@ def test_daily_bars_by_year_files_are_discovered_in_time_order_and_pruned_by_yea
         "symbol=EQU000/year=2023/part.parquet"]
     pruned = discover(lake, freq="1D", start="2022-06-30", end="2022-07-01").sources[0].files
     assert [f.parent.name for f in pruned] == ["year=2022"]
+    # an offset counts: 2022-12-31T23:00-05:00 is 2023-01-01T04:00 UTC, in the 2023 file
+    shifted = discover(lake, freq="1D", start="2022-12-31T23:00-05:00", end="2023-01-01T09:00+05:00").sources[0]
+    assert [f.parent.name for f in shifted.files] == ["year=2023"]
+    assert discover(lake, freq="1D", end="2021-12-31T23:00-05:00").sources[0].files[-1].parent.name == "year=2022"
     # a symbol may mix both: a year's own file comes before that year's month folders
     month = lake / "asset_class=equity/freq=1D/symbol=EQU000/year=2023/month=12"
     month.mkdir()
     pl.read_parquet(files[-1]).tail(3).write_parquet(month / "part.parquet")
-    mixed = discover(lake, freq="1D").sources[0].files
-    assert [f.parent.name for f in mixed][-2:] == ["year=2023", "month=12"]
-    assert found.skipped == []
+    mixed = discover(lake, freq="1D")
+    assert [f.parent.name for f in mixed.sources[0].files][-2:] == ["year=2023", "month=12"]
+    assert mixed.skipped == []
+
+
+def test_a_symbol_mixing_year_and_month_files_has_the_same_split_and_dataset(tmp_path):
+    """The split's edge probes read both kinds of file of an edge year: a month folder that ends before
+    the year file (a copy of March), or a year file that starts after a month folder, moves nothing."""
+    import shutil
+
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.config import load_profile
+
+    pure = generate_sample_lake(tmp_path / "pure", symbols_per_class=2, asset_classes=["crypto"], freq="1D",
+                                bars=900, start="2021-03-01", seed=2).root
+    mixed = tmp_path / "mixed"
+    shutil.copytree(pure, mixed)
+    symbol = mixed / "asset_class=crypto/freq=1D/symbol=CRY000"
+    last = pl.read_parquet(symbol / "year=2023/part.parquet")
+    march = last.filter(pl.col("ts").dt.month() == 3)
+    (symbol / "year=2023/month=03").mkdir()
+    march.write_parquet(symbol / "year=2023/month=03/part.parquet")  # the same bars, stored twice
+    first = pl.read_parquet(symbol / "year=2021/part.parquet")
+    (symbol / "year=2021/month=03").mkdir()
+    first.filter(pl.col("ts").dt.month() == 3).write_parquet(symbol / "year=2021/month=03/part.parquet")
+    first.filter(pl.col("ts").dt.month() > 3).write_parquet(symbol / "year=2021/part.parquet")  # moved, not copied
+    built = {}
+    for name, lake in (("pure", pure), ("mixed", mixed)):
+        cfg = load_profile("daily", [f"data.lake={lake}", f"data.dataset={tmp_path / ('ds-' + name)}",
+                                     "features.enabled=[log_return]"]).cfg
+        built[name] = IterativeFinancialDatasetBuilder(cfg).run()
+    assert built["mixed"].manifest["split"] == built["pure"].manifest["split"]
+    assert built["mixed"].manifest["content_hash"] == built["pure"].manifest["content_hash"]
+    counts = built["mixed"].report["per_symbol"]["crypto/CRY000"]["counts"]
+    assert counts["duplicate_ts"] == march.height
+
+
+def test_an_offset_in_data_start_builds_as_its_utc_instant(tmp_path):
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.config import load_profile
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto"], freq="1D",
+                                bars=1000, start="2021-06-01", seed=3).root
+    hashes = []
+    for start in ("2022-01-01T04:00:00+05:00", "2021-12-31T23:00:00Z"):
+        cfg = load_profile("daily", [f"data.lake={lake}", f"data.dataset={tmp_path / str(len(hashes))}",
+                                     f"data.start='{start}'", "features.enabled=[log_return]"]).cfg
+        hashes.append(IterativeFinancialDatasetBuilder(cfg).run().manifest["content_hash"])
+    assert hashes[0] == hashes[1]
 
 
 def test_a_daily_lake_by_year_builds_the_same_dataset_as_by_month(tmp_path):
@@ -181,6 +233,7 @@ def test_a_daily_lake_by_year_builds_the_same_dataset_as_by_month(tmp_path):
     files = {p: sum(r["files"] for r in b.report["per_symbol"].values()) for p, b in built.items()}
     assert files["year"] * 6 < files["month"]
     assert built["year"].manifest["content_hash"] == built["month"].manifest["content_hash"]
+    assert built["year"].manifest["split"] == built["month"].manifest["split"]
     assert built["year"].report["rows_read"] == built["month"].report["rows_read"] > 4 * 700
 
 
@@ -203,16 +256,117 @@ def test_ingest_writes_year_files_for_daily_bars_and_keeps_a_symbols_layout(tmp_
     assert stored["ts"].is_unique().all() and stored["close"].to_list()[-5:] == [3.0] * 5
     # asked for month files, a symbol stored by year is left alone and named
     refused = ingest(tmp_path / "SPY.csv", lake, asset_class="equity", freq="1D", partition="month")
-    assert refused.symbols == {} and "stored by year" in refused.problems[0] and "--partition year" in refused.problems[0]
+    assert refused.symbols == {} and "year=2023 is stored by year" in refused.problems[0]
+    assert "--partition year" in refused.problems[0] and "ohlcv lake repartition" in refused.problems[0]
     # a symbol already stored by month keeps month files
     month_lake = tmp_path / "months"
     ingest(tmp_path / "SPY.csv", month_lake, asset_class="equity", freq="1D", partition="month")
     bars.write_csv(tmp_path / "SPY.csv")
     ingest(tmp_path / "SPY.csv", month_lake, asset_class="equity", freq="1D")
     assert {p.parent.name for p in month_lake.rglob("*.parquet")} == {"month=12", "month=01"}
+    # a symbol mixing both: each year is written as it is stored, a new year as asked
+    spy_months = month_lake / "asset_class=equity/freq=1D/symbol=SPY"
+    later_years = bars.with_columns(pl.col("date").dt.offset_by("2y"))
+    later_years.write_csv(tmp_path / "SPY.csv")
+    mixed = ingest(tmp_path / "SPY.csv", month_lake, asset_class="equity", freq="1D", partition="year")
+    assert mixed.problems == [] and mixed.symbols["equity/SPY"]["by"] == "year"
+    assert sorted(p.relative_to(spy_months).as_posix() for p in spy_months.rglob("*.parquet")) == [
+        "year=2022/month=12/part.parquet", "year=2023/month=01/part.parquet", "year=2024/part.parquet",
+        "year=2025/part.parquet"]
+    again = ingest(tmp_path / "SPY.csv", month_lake, asset_class="equity", freq="1D")  # auto: as stored
+    assert again.symbols["equity/SPY"]["replaced"] == len(later_years) and again.symbols["equity/SPY"]["by"] == "year"
+    # a year stored both ways is refused: a bar written to one kind could be hidden by the other
+    (spy_months / "year=2024/month=12").mkdir()
+    pl.read_parquet(spy_months / "year=2024/part.parquet").tail(2).write_parquet(spy_months / "year=2024/month=12/part.parquet")
+    both = ingest(tmp_path / "SPY.csv", month_lake, asset_class="equity", freq="1D")
+    assert both.symbols == {} and "year=2024 holds both a year file and month=MM folders" in both.problems[0]
+    # stray entries the build ignores do not count: a file named like a year, an empty or invalid month folder
+    (lake / "asset_class=equity/freq=1D/symbol=SPY/year=2019").write_text("")
+    (lake / "asset_class=equity/freq=1D/symbol=SPY/year=2023/month=13").mkdir()
+    (lake / "asset_class=equity/freq=1D/symbol=SPY/year=2023/month=02").mkdir()
+    assert ingest(tmp_path / "SPY.csv", lake, asset_class="equity", freq="1D").problems == []
     with pytest.raises(ConfigError):
         ingest(tmp_path / "SPY.csv", lake, asset_class="equity", freq="1D", partition="week")
     # intraday bars keep month files
     hourly = ingest(tmp_path / "SPY.csv", tmp_path / "h", asset_class="equity", freq="1h")
     assert hourly.symbols["equity/SPY"]["files"] == 2
     assert {p.parent.name for p in (tmp_path / "h").rglob("*.parquet")} == {"month=12", "month=01"}
+
+
+def test_a_corrupt_lake_file_is_named_and_the_rest_ingested(tmp_path):
+    ts = pl.datetime_range(pl.datetime(2022, 12, 1), pl.datetime(2023, 1, 31), "1d", eager=True)
+    pl.DataFrame({"date": ts, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 3.0}).write_csv(tmp_path / "SPY.csv")
+    lake = tmp_path / "lake"
+    ingest(tmp_path / "SPY.csv", lake, asset_class="equity", freq="1D")
+    broken = lake / "asset_class=equity/freq=1D/symbol=SPY/year=2022/part.parquet"
+    broken.write_bytes(b"PAR1 not parquet")
+    result = ingest(tmp_path / "SPY.csv", lake, asset_class="equity", freq="1D")
+    assert result.symbols["equity/SPY"]["files"] == 1 and len(result.problems) == 1
+    assert str(broken) in result.problems[0] and "left as it is" in result.problems[0]
+    assert broken.read_bytes() == b"PAR1 not parquet"
+
+
+def test_repartition_rewrites_a_lake_and_the_build_gives_the_same_dataset(tmp_path, cli):
+    from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
+    from ohlcv.config import load_profile
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["equity", "crypto"],
+                                freq="1D", bars=500, start="2021-03-01", seed=4, partition="month").root
+    hourly = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["fx"], bars=600, seed=4).root
+    assert hourly == lake
+
+    def build(out):
+        cfg = load_profile("daily", [f"data.lake={lake}", f"data.dataset={tmp_path / out}",
+                                     "features.enabled=[log_return,class_return]"]).cfg
+        return IterativeFinancialDatasetBuilder(cfg).run()
+
+    before = build("before")
+    months = sorted(p.relative_to(lake).as_posix() for p in lake.rglob("*.parquet") if "freq=1D" in p.as_posix())
+    result = cli("lake", "repartition", str(lake), "--partition", "auto")
+    assert result.exit_code == 0, result.stderr
+    assert "4 symbols rewritten, 1 already laid out so" in result.stdout
+    daily = sorted(p.relative_to(lake).as_posix() for p in lake.rglob("*.parquet") if "freq=1D" in p.as_posix())
+    assert len(daily) < len(months) / 6 and all(p.endswith("/part.parquet") and "month=" not in p for p in daily)
+    assert not any(p.name.startswith("month=") for p in lake.rglob("*") if "freq=1D" in p.as_posix())
+    assert all("month=" in p.as_posix() for p in lake.rglob("*.parquet") if "freq=1h" in p.as_posix())
+    after = build("after")
+    assert after.manifest["content_hash"] == before.manifest["content_hash"]
+    assert after.manifest["split"] == before.manifest["split"]
+    # and back: month files again, the same dataset
+    assert cli("lake", "repartition", str(lake), "--partition", "month", "--freq", "1D").exit_code == 0
+    assert sorted(p.relative_to(lake).as_posix() for p in lake.rglob("*.parquet") if "freq=1D" in p.as_posix()) == months
+    assert build("back").manifest["content_hash"] == before.manifest["content_hash"]
+
+
+def test_a_symbol_with_an_unreadable_file_is_left_as_it_is(tmp_path):
+    from ohlcv.lake.ingest import repartition
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["equity"], freq="1D",
+                                bars=300, start="2022-01-03", partition="month").root
+    bad = sorted((lake / "asset_class=equity/freq=1D/symbol=EQU001").rglob("*.parquet"))[3]
+    bad.write_bytes(b"PAR1 not parquet")
+    before = sorted((lake / "asset_class=equity/freq=1D/symbol=EQU001").rglob("*"))
+    result = repartition(lake, partition="year")
+    assert list(result.symbols) == ["equity/EQU000"]
+    assert len(result.problems) == 1 and "equity/EQU001" in result.problems[0] and str(bad) in result.problems[0]
+    assert sorted((lake / "asset_class=equity/freq=1D/symbol=EQU001").rglob("*")) == before
+
+
+@pytest.mark.parametrize("command", [["lake", "ingest", "SRC"], ["lake", "sample"], ["lake", "repartition"]])
+def test_lake_writers_refuse_an_object_store_url_in_one_line(cli, tmp_path, command):
+    (tmp_path / "SRC").write_text("date,open,high,low,close\n2024-01-02,1,1,1,1\n")
+    args = [str(tmp_path / a) if a == "SRC" else a for a in command] + ["s3://bucket/lake"]
+    args += {"ingest": ["--asset-class", "equity", "--freq", "1D"], "repartition": ["--partition", "year"]}.get(command[1], [])
+    result = cli(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and "s3://bucket/lake" in lines[0] and "aws s3 sync" in lines[0]
+    assert not any(tmp_path.glob("s3*")) and not (Path.cwd() / "s3:").exists()
+
+
+def test_a_sample_lake_over_another_layout_is_refused(tmp_path):
+    generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["equity"], freq="1D", bars=100,
+                         partition="month")
+    with pytest.raises(ConfigError) as refused:
+        generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["equity"], freq="1D", bars=100)
+    assert "is stored by month" in str(refused.value) and "--partition month" in str(refused.value)
+    assert all("month=" in p.as_posix() for p in (tmp_path / "lake").rglob("*.parquet"))

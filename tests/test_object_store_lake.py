@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote
 
+import polars as pl
 import pytest
 
 from ohlcv.builder.builder import IterativeFinancialDatasetBuilder
@@ -162,6 +163,11 @@ def test_a_daily_lake_of_year_files_on_s3_builds_as_locally_and_prunes_by_year(a
 
     lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["equity", "fx"], freq="1D",
                                 bars=600, start="2020-01-02", seed=8, partition="year").root
+    # one symbol mixes both kinds in its last year: listed in the same order as on disk (the year's own file,
+    # then its month folders), whatever the object keys' byte order
+    mixed = lake / "asset_class=equity/freq=1D/symbol=EQU000/year=2022"
+    (mixed / "month=03").mkdir()
+    pl.read_parquet(mixed / "part.parquet").filter(pl.col("ts").dt.month() == 3).write_parquet(mixed / "month=03/part.parquet")
     store = S3Store("lake-bucket", prefix="lakes/daily", endpoint=aws_env, region="us-east-1", access_key_id="x",
                     secret_access_key="x", client_options={"allow_http": True})
     urllib.request.urlopen(urllib.request.Request(f"{aws_env}/lake-bucket", method="PUT"))
@@ -173,8 +179,15 @@ def test_a_daily_lake_of_year_files_on_s3_builds_as_locally_and_prunes_by_year(a
         cfg = load_profile("daily", [f"data.lake={where}", f"data.dataset={out}", *BUILD, *extra]).cfg
         return IterativeFinancialDatasetBuilder(cfg).run()
 
+    from ohlcv.lake.layout import discover
+
+    on_disk = [[Path(f).relative_to(lake).as_posix() for f in s.files] for s in discover(lake).sources]
+    listed = [[f[len(url) + 1:] for f in s.files] for s in discover(url).sources]
+    assert listed == on_disk and on_disk[0][-2:] == ["asset_class=equity/freq=1D/symbol=EQU000/year=2022/part.parquet",
+                                                   "asset_class=equity/freq=1D/symbol=EQU000/year=2022/month=03/part.parquet"]
     local, remote = build(lake, tmp_path / "local"), build(url, tmp_path / "remote")
     assert remote.manifest["content_hash"] == local.manifest["content_hash"] and remote.manifest["series"] == 4
+    assert remote.manifest["split"] == local.manifest["split"]
     _record(aws_env, "reset-recording")
     _record(aws_env, "start-recording")
     try:

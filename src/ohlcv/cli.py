@@ -532,7 +532,7 @@ def plugins_list(
 
 @lake_app.command("sample")
 def lake_sample(
-    directory: Path = typer.Argument(..., help="Where to write the lake."),
+    directory: str = typer.Argument(..., help="Where to write the lake (a local folder)."),
     symbols: int = typer.Option(4, "--symbols", help="Symbols per asset class."),
     asset_classes: str = typer.Option("crypto,equity,fx", "--asset-classes", help="Comma-separated asset classes."),
     freq: str = typer.Option("1h", "--freq", help="Bar frequency (1min, 5min, 1h, 1D…)."),
@@ -570,7 +570,7 @@ def lake_sample(
 @lake_app.command("ingest")
 def lake_ingest(
     source: Path = typer.Argument(..., help="A folder of per-symbol CSV/Parquet files, or one file."),
-    lake: Path = typer.Argument(..., help="The lake to write into."),
+    lake: str = typer.Argument(..., help="The lake to write into (a local folder)."),
     asset_class: str = typer.Option(..., "--asset-class", help="Asset class of these symbols."),
     freq: str = typer.Option(..., "--freq", help="Bar frequency of these files."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol of a single file (default: file name)."),
@@ -586,6 +586,25 @@ def lake_ingest(
     result = ingest(source, lake, asset_class=asset_class, freq=freq, symbol=symbol, partition=partition)
     render_ingest(_console(), result, problems_to=_console(stderr=True))
     if not result.symbols:
+        raise typer.Exit(1)
+
+
+@lake_app.command("repartition")
+def lake_repartition(
+    lake: str = typer.Argument(..., help="The lake to rewrite (a local folder)."),
+    partition: str = typer.Option(
+        ..., "--partition", help="year: year=YYYY/part.parquet; month: year=YYYY/month=MM/part.parquet; auto: year "
+                                 "files for daily and slower bars, month files for intraday bars."),
+    freq: Optional[str] = typer.Option(None, "--freq", help="Only the symbols of this frequency."),
+    asset_classes: Optional[List[str]] = typer.Option(None, "--asset-class", help="Only these asset classes (repeatable)."),
+) -> None:
+    """Rewrite symbols as year files or month files; the bars stay the same (a build gives the same dataset)."""
+    from ohlcv.lake.ingest import repartition
+    from ohlcv.render import render_repartition
+
+    result = repartition(lake, partition=partition, freq=freq, asset_classes=tuple(asset_classes or ()))
+    render_repartition(_console(), result, problems_to=_console(stderr=True))
+    if result.problems and not result.symbols:
         raise typer.Exit(1)
 
 

@@ -115,7 +115,15 @@ def render_sample_lake(console: "Console", lake, *, bars: int, freq: str, direct
 def render_ingest(console: "Console", result, *, problems_to: "Console") -> None:
     for item_id, stats in result.symbols.items():
         console.print(f"{escape(item_id)}: {stats['rows']} rows, {stats['added']} added, "
-                      f"{stats['replaced']} replaced, {stats['files']} files written")
+                      f"{stats['replaced']} replaced, {stats['files']} files written (by {stats['by']})")
+    for problem in result.problems:
+        problems_to.print(f"[yellow]skipped:[/] {escape(problem)}")
+
+
+def render_repartition(console: "Console", result, *, problems_to: "Console") -> None:
+    for item_id, stats in result.symbols.items():
+        console.print(f"{escape(item_id)}: {stats['rows']:,} bars, {stats['files_before']} files -> {stats['files']}")
+    console.print(f"{len(result.symbols)} symbols rewritten, {result.unchanged} already laid out so")
     for problem in result.problems:
         problems_to.print(f"[yellow]skipped:[/] {escape(problem)}")
 

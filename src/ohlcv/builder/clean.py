@@ -156,23 +156,45 @@ def to_utc_timestamps(frame: "pl.DataFrame", report: SymbolReport) -> tuple["pl.
 
 def edge_timestamp(files, *, earliest: bool, start=None, end=None) -> "datetime | None":
     """The earliest (or latest) usable time stamp in a symbol's files — within [start, end] and not in
-    the future —, trying files from that end; None if none is readable. Only ``ts`` is read."""
+    the future —, trying files from that end; None if none is readable. Only ``ts`` is read.
+
+    Files are in discovery's order: by year, a year's own file before its month folders. Where a year
+    has both, the first usable file from that end does not settle the edge alone: the first usable file
+    of the other kind in the same year is read too."""
+    from ohlcv.lake.layout import file_partition
+
+    found, settled = None, None  # the edge so far; the (year, kind) of the file that gave it
+    for path in (files if earliest else reversed(files)):
+        year, by_year = file_partition(path)
+        if settled is not None and (year != settled[0] or by_year == settled[1]):
+            if year != settled[0]:
+                break
+            continue  # another file of the kind already read: nearer the middle of the year
+        stamps = _usable_stamps(path, start, end)
+        if stamps is None or not stamps.len():
+            continue
+        edge = stamps.min() if earliest else stamps.max()
+        found = edge if found is None else (min(found, edge) if earliest else max(found, edge))
+        if settled is not None:
+            break
+        settled = (year, by_year)
+    return found
+
+
+def _usable_stamps(path, start, end):
+    """A file's time stamps within [start, end] and not in the future; None if it cannot be read."""
     import polars as pl
 
     now = datetime.now(timezone.utc)
-    for path in (files if earliest else reversed(files)):
-        try:
-            frame, _ = to_utc_timestamps(pl.read_parquet(path, columns=["ts"]), SymbolReport("probe"))
-            stamps = frame["ts"].drop_nulls()
-            stamps = stamps.filter((stamps <= now) & (stamps >= (start or stamps.min())) & (stamps <= (end or now)))
-        except Exception as exc:  # noqa: BLE001 - a bad file is skipped here and reported by the build
-            fatal = read_failure(path, exc)
-            if fatal is not None:
-                raise fatal from None
-            continue
-        if stamps.len():
-            return stamps.min() if earliest else stamps.max()
-    return None
+    try:
+        frame, _ = to_utc_timestamps(pl.read_parquet(path, columns=["ts"]), SymbolReport("probe"))
+        stamps = frame["ts"].drop_nulls()
+        return stamps.filter((stamps <= now) & (stamps >= (start or stamps.min())) & (stamps <= (end or now)))
+    except Exception as exc:  # noqa: BLE001 - a bad file is skipped here and reported by the build
+        fatal = read_failure(path, exc)
+        if fatal is not None:
+            raise fatal from None
+        return None
 
 
 def _schema_is_clean(schema) -> bool:

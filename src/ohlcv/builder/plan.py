@@ -91,4 +91,5 @@ def utc(text):
     from datetime import datetime, timezone
 
     value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    # in UTC whatever the offset written: Polars compares UTC time stamps with UTC instants only
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -22,7 +22,8 @@ from urllib.parse import quote
 from ohlcv.builder.clean import SymbolReport, to_utc_timestamps
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.freq import parse_freq
-from ohlcv.lake.layout import REQUIRED_COLUMNS
+from ohlcv.lake.layout import REQUIRED_COLUMNS, part_path, resolve_partition, stored_layout
+from ohlcv.lake.store import local_target
 
 _ALIASES = {
     "ts": ("ts", "timestamp", "time", "date", "datetime", "date_time", "open_time", "time_utc", "timestamp_utc"),
@@ -33,7 +34,6 @@ _ALIASES = {
     "volume": ("volume", "v", "vol", "base_volume", "qty"),
 }
 SUFFIXES = (".csv", ".parquet", ".pq", ".csv.gz")
-PARTITIONS = ("auto", "month", "year")
 
 
 @dataclass
@@ -91,33 +91,36 @@ def _symbol_of(path: Path) -> str:
     return path.stem
 
 
-def stored_partition(sym_dir: Path) -> str | None:
-    """How a symbol already in the lake is partitioned: "month", "year", "mixed", or None (not there)."""
-    kinds = set()
-    for year_dir in (sym_dir.glob("year=*") if sym_dir.is_dir() else ()):
-        for entry in year_dir.iterdir():
-            if entry.is_dir() and entry.name.startswith("month="):
-                kinds.add("month")
-            elif entry.is_file() and entry.name.endswith(".parquet"):
-                kinds.add("year")
-    return None if not kinds else kinds.pop() if len(kinds) == 1 else "mixed"
-
-
-def default_partition(freq) -> str:
-    """Year files for daily and slower bars, month files for intraday bars."""
-    return "month" if freq.seconds is not None and freq.seconds < 86400 else "year"
+def _year_layouts(sym_dir: Path, years: list[int], partition: str, wanted: str) -> dict[int, str]:
+    """How each incoming year of a symbol is written ("year" or "month"): as the lake already stores that
+    year; a new year as the symbol's other years ("auto") or as asked. An OhlcvError when a year's files
+    would conflict: written one way while stored the other, or stored both ways (a bar written to one
+    kind could be hidden by the other at the build)."""
+    stored = stored_layout(sym_dir)
+    kinds = set().union(*stored.values()) if stored else set()
+    fresh = next(iter(kinds)) if partition == "auto" and len(kinds) == 1 else wanted
+    layouts = {}
+    for year in years:
+        held = stored.get(year, set())
+        folder = sym_dir / f"year={year:04d}"
+        if len(held) > 1:
+            raise OhlcvError(f"{folder} holds both a year file and month=MM folders; move one kind's files out of "
+                             f"the lake (ingest them again afterwards), then ingest")
+        if held and partition != "auto" and partition not in held:
+            (kind,) = held
+            raise OhlcvError(f"{folder} is stored by {kind}; leave --partition out (or pass --partition {kind}), "
+                             f"or run `ohlcv lake repartition` on the lake first")
+        layouts[year] = next(iter(held)) if held else fresh
+    return layouts
 
 
 def ingest(source: Path, lake: Path, *, asset_class: str, freq: str, symbol: str | None = None,
            partition: str = "auto") -> IngestResult:
     """Ingest vendor files; ``partition`` is "month", "year" or "auto" (the symbol's layout in the lake,
-    else :func:`default_partition`)."""
+    else :func:`~ohlcv.lake.layout.default_partition`)."""
     import polars as pl
 
-    if partition not in PARTITIONS:
-        raise ConfigError(f"'{partition}' is not a partition; use one of {', '.join(PARTITIONS)}", key="--partition")
-
-    source, lake = Path(source).expanduser(), Path(lake).expanduser()
+    source, lake = Path(source).expanduser(), local_target(lake, "ingest")
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES))
     elif source.is_file():
@@ -130,6 +133,7 @@ def ingest(source: Path, lake: Path, *, asset_class: str, freq: str, symbol: str
         raise ConfigError("--symbol names a single file's symbol; point SOURCE at one file", key="--symbol")
     parsed = parse_freq(freq, key="--freq")
     canonical = parsed.canonical
+    wanted = resolve_partition(partition, parsed)  # checked before any file is read
     class_dir = lake / f"asset_class={partition_value(asset_class, key='--asset-class')}" / f"freq={canonical}"
     result = IngestResult()
     for path in files:
@@ -148,40 +152,125 @@ def ingest(source: Path, lake: Path, *, asset_class: str, freq: str, symbol: str
         if not sym_dir.resolve().is_relative_to(lake.resolve()):
             result.problems.append(f"{path}: symbol '{name}' would leave the lake; skipped")
             continue
-        stored = stored_partition(sym_dir)
-        if stored == "mixed" or (stored is not None and partition != "auto" and partition != stored):
-            what = ("both in month=MM folders and in year files; keep one layout (move the other's bars) and ingest again"
-                    if stored == "mixed" else
-                    f"by {stored}; pass --partition {stored} (or leave it out), or repartition the symbol first")
-            result.problems.append(f"{path}: {sym_dir} is stored {what}")
+        frame = frame.with_columns(pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m"))
+        try:
+            layouts = _year_layouts(sym_dir, sorted(frame["_y"].unique().to_list()), partition, wanted)
+        except OhlcvError as exc:
+            result.problems.append(f"{path}: {exc}")
             continue
-        by = stored or (default_partition(parsed) if partition == "auto" else partition)
         stats = {"rows": frame.height, "added": 0, "replaced": 0, "files": 0}
-        keys = ["_y", "_m"] if by == "month" else ["_y"]
+        by = {"year": 0, "month": 0}
         pieces = frame.with_columns(
-            pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m")
-        ).partition_by(keys, as_dict=True)
-        for parts, part in sorted(pieces.items()):
+            pl.when(pl.col("_y").replace_strict(layouts, return_dtype=pl.String) == "month")
+            .then(pl.col("_m")).otherwise(None).alias("_m")
+        ).partition_by(["_y", "_m"], as_dict=True)
+        for (year, month), part in sorted(pieces.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
             part = part.drop("_y", "_m").unique(subset="ts", keep="last").sort("ts")
-            folder = sym_dir / f"year={parts[0]:04d}"
-            target = (folder / f"month={parts[1]:02d}" if by == "month" else folder) / "part.parquet"
+            target = part_path(sym_dir, year, month)
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_file():
-                existing = pl.read_parquet(target)
-                columns = [c for c in REQUIRED_COLUMNS if c in existing.columns and c in part.columns]
-                existing, _ = to_utc_timestamps(existing.select(columns), SymbolReport(name))
-                existing = existing.with_columns([pl.col(c).cast(pl.Float64) for c in columns[1:]])
-                part = part.select(columns)
-                overlap = existing.join(part.select("ts"), on="ts", how="semi").height
-                stats["replaced"] += overlap
-                stats["added"] += part.height - overlap
-                kept = existing.join(part.select("ts"), on="ts", how="anti")
-                part = pl.concat([kept, part.with_columns([pl.col(c).cast(pl.Float64) for c in columns[1:]])]).sort("ts")
-            else:
-                stats["added"] += part.height
+            try:
+                part = _merge_stored(target, part, stats, name)
+            except Exception as exc:  # noqa: BLE001 - a bad lake file is left as it is, and named
+                result.problems.append(f"{target}: unreadable lake file ({type(exc).__name__}); left as it is, and "
+                                       f"{part.height} bars of {path.name} for it not ingested")
+                continue
             tmp = target.with_name(f".{target.name}.tmp")
             part.write_parquet(tmp)
             os.replace(tmp, target)
             stats["files"] += 1
+            by[layouts[year]] += 1
+        stats["by"] = " and ".join(kind for kind in ("year", "month") if by[kind]) or "-"
         result.symbols[f"{asset_class}/{name}"] = stats
     return result
+
+
+def _merge_stored(target: Path, part, stats: dict, name: str):
+    """``part`` merged into the bars already stored at ``target`` (the incoming bar wins); counts added and
+    replaced bars into ``stats``."""
+    import polars as pl
+
+    if not target.is_file():
+        stats["added"] += part.height
+        return part
+    existing = pl.read_parquet(target)
+    columns = [c for c in REQUIRED_COLUMNS if c in existing.columns and c in part.columns]
+    existing, _ = to_utc_timestamps(existing.select(columns), SymbolReport(name))
+    existing = existing.with_columns([pl.col(c).cast(pl.Float64) for c in columns[1:]])
+    part = part.select(columns)
+    overlap = existing.join(part.select("ts"), on="ts", how="semi").height
+    stats["replaced"] += overlap
+    stats["added"] += part.height - overlap
+    kept = existing.join(part.select("ts"), on="ts", how="anti")
+    return pl.concat([kept, part.with_columns([pl.col(c).cast(pl.Float64) for c in columns[1:]])]).sort("ts")
+
+
+@dataclass
+class RepartitionResult:
+    symbols: dict[str, dict[str, int]] = field(default_factory=dict)  # item id -> {rows, files_before, files}
+    unchanged: int = 0  # symbols already stored as asked
+    problems: list[str] = field(default_factory=list)
+
+
+def repartition(lake: Path, *, partition: str, freq: str | None = None,
+                asset_classes: tuple[str, ...] = ()) -> RepartitionResult:
+    """Rewrite each selected symbol of a local lake as year files or month files (``partition``; "auto":
+    :func:`~ohlcv.lake.layout.default_partition` of the symbol's frequency).
+
+    A symbol's bars are read from all its files (a bar stored twice: the later file's, as the build
+    keeps it), written to the new files, and only then are the old files removed: a run interrupted
+    half-way leaves each bar stored at least once, and running it again finishes. A symbol with a file
+    that cannot be read is left as it is, and named.
+    """
+    import polars as pl
+
+    from ohlcv.lake.layout import discover
+
+    lake = local_target(lake, "repartition")
+    found = discover(lake, freq=freq, asset_classes=asset_classes)
+    result = RepartitionResult()
+    for source in found.sources:
+        by = resolve_partition(partition, source.freq)
+        sym_dir = Path(source.files[0]).parents[2 if _in_month_folder(source.files[0]) else 1] if source.files else None
+        if sym_dir is None:
+            continue
+        stored = stored_layout(sym_dir)
+        if all(kinds == {by} for kinds in stored.values()):
+            result.unchanged += 1
+            continue
+        try:
+            frames = []
+            for path in source.files:
+                frame = pl.read_parquet(path)
+                frame, _ = to_utc_timestamps(frame.select([c for c in REQUIRED_COLUMNS if c in frame.columns]),
+                                             SymbolReport(source.item_id))
+                frames.append(frame.with_columns(pl.exclude("ts").cast(pl.Float64)))
+            bars = (pl.concat(frames, how="diagonal_relaxed").filter(pl.col("ts").is_not_null())
+                    .unique(subset="ts", keep="last", maintain_order=True).sort("ts"))
+        except Exception as exc:  # noqa: BLE001 - one bad file leaves its symbol as it is
+            result.problems.append(f"{source.item_id}: left as it is: {path} cannot be read or converted "
+                                   f"({type(exc).__name__})")
+            continue
+        keys = ["_y", "_m"] if by == "month" else ["_y"]
+        pieces = bars.with_columns(pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m"))
+        written = set()
+        for parts, part in sorted(pieces.partition_by(keys, as_dict=True).items()):
+            target = part_path(sym_dir, parts[0], parts[1] if by == "month" else None)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            part.drop("_y", "_m").write_parquet(tmp)
+            os.replace(tmp, target)
+            written.add(target)
+        for path in source.files:  # the old files, once every bar is in a new one
+            if Path(path) not in written:
+                Path(path).unlink(missing_ok=True)
+                for folder in (Path(path).parent, Path(path).parent.parent):
+                    if folder != sym_dir and folder.is_dir() and not any(folder.iterdir()):
+                        folder.rmdir()
+        result.symbols[source.item_id] = {"rows": bars.height, "files_before": len(source.files),
+                                          "files": len(written)}
+    result.problems.extend(f"not in the lake's layout, left as it is: {entry}" for entry in found.skipped)
+    return result
+
+
+def _in_month_folder(path) -> bool:
+    return Path(path).parent.name.startswith("month=")

@@ -23,11 +23,13 @@ from ohlcv.freq import Frequency, parse_freq
 
 REQUIRED_COLUMNS = ("ts", "open", "high", "low", "close", "volume")
 LEVELS = ("asset_class", "freq", "symbol", "year", "month")
+PARTITIONS = ("auto", "month", "year")  # how a writer (ingest, the sample lake) lays out a symbol's files
 
 
 @dataclass(frozen=True)
 class SymbolSource:
-    """One symbol of the lake: its partition values and its (selected) month files."""
+    """One symbol of the lake: its partition values and its (selected) files, year by year (a year's own
+    file before its month folders)."""
 
     asset_class: str
     freq: Frequency
@@ -53,11 +55,16 @@ def _partition(name: str, level: str) -> str | None:
     return unquote(name[len(prefix):])
 
 
-def _subdirs(path: str | Path) -> list[os.DirEntry]:
+def _entries(path: str | Path) -> list[os.DirEntry]:
+    """A folder's entries by name; none if it cannot be listed."""
     try:
-        return sorted((e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)), key=lambda e: e.name)
+        return sorted(os.scandir(path), key=lambda e: e.name)
     except OSError:
         return []
+
+
+def _subdirs(path: str | Path) -> list[os.DirEntry]:
+    return [e for e in _entries(path) if e.is_dir(follow_symlinks=False)]
 
 
 def _parse_instant(text: str | None, key: str) -> datetime | None:
@@ -67,7 +74,8 @@ def _parse_instant(text: str | None, key: str) -> datetime | None:
         value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
         raise ConfigError(f"'{text}' is not an ISO date or timestamp (e.g. 2024-01-31)", key=key) from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    # in UTC: partitions are named by UTC year and month (an offset can move an instant into another year)
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _month_overlaps(year: int, month: int, start: datetime | None, end: datetime | None) -> bool:
@@ -87,6 +95,53 @@ def _year_overlaps(year: int, start: datetime | None, end: datetime | None) -> b
     if start is not None and year < start.year:
         return False
     return end is None or year <= end.year
+
+
+def default_partition(freq: Frequency) -> str:
+    """Year files for daily and slower bars (a month of daily bars is ~21 rows), month files for intraday bars."""
+    return "month" if freq.seconds is not None and freq.seconds < 86400 else "year"
+
+
+def resolve_partition(partition: str, freq: Frequency, *, key: str = "--partition") -> str:
+    """"month" or "year" for a writer's ``partition`` ("auto": :func:`default_partition`)."""
+    if partition not in PARTITIONS:
+        raise ConfigError(f"'{partition}' is not a partition; use one of {', '.join(PARTITIONS)}", key=key)
+    return default_partition(freq) if partition == "auto" else partition
+
+
+def stored_layout(symbol_dir: Path) -> dict[int, set[str]]:
+    """A local symbol folder's years and how each is stored: {"year"} (a year file), {"month"} (month=MM
+    folders holding files), or both; empty when the symbol has no files yet."""
+    years: dict[int, set[str]] = {}
+    for year_entry in _subdirs(symbol_dir):
+        year = _partition(year_entry.name, "year")
+        if year is None or not year.isdigit():
+            continue
+        for entry in _entries(year_entry.path):
+            month = _partition(entry.name, "month")
+            if entry.is_file() and entry.name.endswith(".parquet"):
+                years.setdefault(int(year), set()).add("year")
+            elif (entry.is_dir(follow_symlinks=False) and month is not None and month.isdigit()
+                  and 1 <= int(month) <= 12 and any(e.name.endswith(".parquet") for e in _entries(entry.path))):
+                years.setdefault(int(year), set()).add("month")
+    return years
+
+
+def part_path(symbol_dir: Path, year: int, month: int | None = None) -> Path:
+    """Where a symbol's file for a year (``month`` None) or for a month of a year goes."""
+    folder = symbol_dir / f"year={int(year):04d}"
+    return (folder if month is None else folder / f"month={int(month):02d}") / "part.parquet"
+
+
+def file_partition(path) -> tuple[str | None, bool]:
+    """(year, whether it is a year file) of a lake file — a path or an object's URL — from its partition
+    names: ``.../year=YYYY/part.parquet`` is a year file, ``.../year=YYYY/month=MM/part.parquet`` is not."""
+    parts = str(path).replace("\\", "/").split("/")
+    for index in range(len(parts) - 2, -1, -1):
+        year = _partition(parts[index], "year")
+        if year is not None:
+            return year, index == len(parts) - 2
+    return None, False
 
 
 def _matches(values: Sequence[str], *candidates: str) -> bool:
@@ -156,7 +211,7 @@ def discover(
                     # a year's bars in files directly under year=YYYY (a year file: the layout for daily and
                     # slower bars), in month=MM folders, or both
                     year_files, month_dirs = [], []
-                    for entry in sorted(os.scandir(year_entry.path), key=lambda e: e.name):
+                    for entry in _entries(year_entry.path):
                         if entry.name.endswith(".parquet") and entry.is_file():
                             year_files.append(entry.path)
                         elif entry.is_dir(follow_symlinks=False):
@@ -191,7 +246,7 @@ def discover_remote(
     """:func:`discover` for a lake on object storage: the same selection, by listing.
 
     The asset-class, frequency and symbol levels are listed one level at a time (with a delimiter), and
-    only below the selected ones; each selected symbol's month files in one recursive listing. So the
+    only below the selected ones; each selected symbol's files in one recursive listing. So the
     requests grow with the selection, not with the lake, and no object is read.
     """
     from ohlcv.lake.store import RemoteFile, listing_error, open_store
@@ -254,21 +309,33 @@ def discover_remote(
                 for meta in sorted(listed, key=_remote_order(prefix)):
                     key = meta["path"]
                     parts = key[len(prefix) + 1 :].split("/")
-                    year_text = _partition(parts[0], "year") if len(parts) in (2, 3) else None
-                    month_text = _partition(parts[1], "month") if len(parts) == 3 else "1"
-                    if (year_text is None or not year_text.isdigit() or not parts[-1].endswith(".parquet")
-                            or month_text is None or not month_text.isdigit() or not 1 <= int(month_text) <= 12):
+                    year, month = _remote_partition(parts)
+                    if year is None:
                         discovery.skipped.append(f"{url}/{key}: not year=YYYY/[month=MM/]*.parquet")
                         continue
-                    year = int(year_text)
-                    wanted = (_year_overlaps(year, t0, t1) if len(parts) == 2
-                              else _month_overlaps(year, int(month_text), t0, t1))
+                    wanted = _year_overlaps(year, t0, t1) if month is None else _month_overlaps(year, month, t0, t1)
                     if wanted:
                         version = str(meta.get("e_tag") or meta["last_modified"])
                         files.append(RemoteFile(f"{url}/{key}", int(meta["size"]), version))
     for (asset_class, symbol), files in sorted(found.items(), key=lambda kv: f"{kv[0][0]}/{kv[0][1]}"):
         discovery.sources.append(SymbolSource(asset_class, freqs[(asset_class, symbol)], symbol, tuple(files)))
     return discovery
+
+
+def _remote_partition(parts: list[str]) -> tuple[int | None, int | None]:
+    """(year, month) of an object below a symbol's prefix, split on "/": (year, None) for a year file,
+    (None, None) for anything outside the layout."""
+    if not parts[-1].endswith(".parquet") or len(parts) not in (2, 3):
+        return None, None
+    year = _partition(parts[0], "year")
+    if year is None or not year.isdigit():
+        return None, None
+    if len(parts) == 2:
+        return int(year), None
+    month = _partition(parts[1], "month")
+    if month is None or not month.isdigit() or not 1 <= int(month) <= 12:
+        return None, None
+    return int(year), int(month)
 
 
 def _remote_order(prefix: str):

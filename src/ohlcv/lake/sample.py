@@ -30,6 +30,8 @@ import numpy as np
 
 from ohlcv.errors import ConfigError
 from ohlcv.freq import parse_freq
+from ohlcv.lake.layout import part_path, resolve_partition, stored_layout
+from ohlcv.lake.store import local_target
 
 DIRT_KINDS = (
     "duplicates",
@@ -122,15 +124,15 @@ def _write_files(frame, symbol_dir: Path, partition: str, *, transform=None) -> 
     pieces = frame.with_columns(pl.col("ts").dt.strftime(_label_format(partition)).alias("_label"))
     for (label,), part in pieces.partition_by(["_label"], as_dict=True, maintain_order=True).items():
         year, _, month = label.partition("-")
-        folder = symbol_dir / f"year={year}" / (f"month={month}" if month else "")
-        folder.mkdir(parents=True, exist_ok=True)
+        target = part_path(symbol_dir, int(year), int(month) if month else None)
+        target.parent.mkdir(parents=True, exist_ok=True)
         part = part.drop("_label")
         if transform is not None:
             part = transform(part, label)
         if isinstance(part, bytes):  # a deliberately corrupt file
-            (folder / "part.parquet").write_bytes(part)
+            target.write_bytes(part)
         else:
-            part.write_parquet(folder / "part.parquet")
+            part.write_parquet(target)
 
 
 def generate_sample_lake(
@@ -144,15 +146,15 @@ def generate_sample_lake(
     seed: int = 0,
     dirt: Iterable[str] = (),
     calendars: dict[str, str] | None = None,
-    partition: str = "month",
+    partition: str = "auto",
 ) -> SampleLake:
     """Write a synthetic lake under ``root`` and say exactly what was injected.
 
     ``partition``: "month" (``year=YYYY/month=MM/part.parquet``), "year" (``year=YYYY/part.parquet``)
-    or "auto" (year files for daily and slower bars, as ``ohlcv lake ingest`` writes them)."""
+    or "auto" (:func:`~ohlcv.lake.layout.default_partition`, as ``ohlcv lake ingest`` writes them)."""
     import polars as pl
 
-    root = Path(root).expanduser()
+    root = local_target(root, "sample")
     classes = list(asset_classes)
     unknown_dirt = sorted(set(dirt) - set(DIRT_KINDS))
     if unknown_dirt:
@@ -164,13 +166,17 @@ def generate_sample_lake(
     frequency = parse_freq(freq)
     if frequency.seconds is None:
         raise ConfigError(f"sample lakes use fixed-length bars (s, min, h, D), not '{freq}'", key="--freq")
-    if partition not in ("auto", "month", "year"):
-        raise ConfigError(f"'{partition}' is not a partition; use auto, month or year", key="--partition")
-    if partition == "auto":
-        from ohlcv.lake.ingest import default_partition
-
-        partition = default_partition(frequency)
+    partition = resolve_partition(partition, frequency)
     label = _label_format(partition)
+    for asset_class in classes:  # written over an older sample lake: the same layout, or the bars would mix
+        freq_dir = root / f"asset_class={asset_class}" / f"freq={frequency.canonical}"
+        for i in range(symbols_per_class):
+            symbol_dir = freq_dir / f"symbol={_symbol_name(asset_class, i)}"
+            held = set().union(*stored_layout(symbol_dir).values()) - {partition}
+            if held:
+                kind = held.pop()
+                raise ConfigError(f"{symbol_dir} is stored by {kind}: write the sample lake to another folder, or "
+                                  f"pass --partition {kind}", key="--partition")
     rng = np.random.default_rng(seed)
     t0 = datetime.fromisoformat(start).replace(tzinfo=timezone.utc)
     lake = SampleLake(root=root, symbols=[], bars=bars)
@@ -188,7 +194,7 @@ def generate_sample_lake(
         ts, hours, seasonal = layouts[asset_class]
         returns = simulate_class(rng, symbols_per_class, len(ts), vol)
         for i in range(symbols_per_class):
-            symbol = f"{asset_class[:3].upper()}{i:03d}"
+            symbol = _symbol_name(asset_class, i)
             item_id = f"{asset_class}/{symbol}"
             o, h, l, c, v = ohlc_bars(rng, returns[i], price * rng.uniform(0.5, 2.0), volume, hours, seasonal)
             frame = pl.DataFrame(
@@ -208,6 +214,10 @@ def generate_sample_lake(
             key="--symbols",
         )
     return lake
+
+
+def _symbol_name(asset_class: str, index: int) -> str:
+    return f"{asset_class[:3].upper()}{index:03d}"
 
 
 def _session_bars(venue: str, t0: datetime, frequency, bars: int, until=None):

@@ -73,6 +73,18 @@ def is_remote(lake) -> bool:
     return isinstance(lake, str) and scheme_of(lake) in SCHEMES
 
 
+def local_target(where, command: str) -> Path:
+    """The local folder a lake writer (``ohlcv lake ingest``/``sample``) writes to; an object store's URL —
+    also as a path, where ``s3://b`` became ``s3:/b`` — is one line saying to write locally and upload."""
+    text = str(where)
+    scheme = text.split(":/", 1)[0].lower() if ":/" in text else ""
+    if scheme in SCHEMES:
+        url = text if "://" in text else text.replace(":/", "://", 1)
+        raise OhlcvError(f"{url}: `ohlcv lake {command}` writes a local folder; write the lake to a folder here "
+                         f"and copy it to object storage (e.g. `aws s3 sync DIR {url}`)")
+    return Path(text).expanduser()
+
+
 def lake_root(text: str) -> Path | str:
     """A lake named in a profile or on the command line: a URL for an object store, else a local folder
     (made absolute, so that every Ray node and every saved profile names the same one).
