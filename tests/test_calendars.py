@@ -361,3 +361,19 @@ def test_a_symbol_that_starts_after_the_training_cut_is_left_out_of_training_not
     assert items["crypto/CRY002"]["train_end"] == 0  # in the dataset, for evaluation; not trained on
     tuned = run_finetune(loaded, str(result.model_dir), dataset=tmp_path / "ds", out=tmp_path / "ft")
     assert tuned.summary["status"] == "finished" and tuned.summary["series_left_out"] == 1
+
+
+def test_weekly_bars_on_an_exchange_calendar_are_refused_before_the_build_and_build_continuous(tmp_path, cli):
+    """A week spans several sessions: no exchange calendar lays it out. Said once, up front (it used to
+    quarantine every symbol, or fail inside exchange_calendars); the sample lake writes weekly bars."""
+    made = cli("lake", "sample", str(tmp_path / "lake"), "--freq", "1W", "--asset-classes", "equity",
+               "--symbols", "2", "--bars", "300")
+    assert made.exit_code == 0, made.stderr
+    refused = cli("build", "--profile", "daily", "--lake", str(tmp_path / "lake"), "--out", str(tmp_path / "ds"),
+                  "data.freq=1W", "data.calendars={equity: XNYS}")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.exit_code == 2 and len(lines) == 1 and "data.freq" in lines[0] and "XNYS" in lines[0], refused.stderr
+    assert not (tmp_path / "ds").exists() and not any(tmp_path.glob(".ds*"))
+    built = cli("build", "--profile", "daily", "--lake", str(tmp_path / "lake"), "--out", str(tmp_path / "ds"), "-q",
+                "data.freq=1W", "data.calendars={equity: continuous}", "features.enabled=[log_return]", "data.cleaning.min_length=100")
+    assert built.exit_code == 0, built.stderr

@@ -223,11 +223,9 @@ def _exchange_grid(name: str, start_us: int, end_us: int, freq: Frequency, *, cl
     if hi < lo:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty
+    check_exchange_freq(name, freq)
     step = step_us(freq)
     if freq.unit in ("D", "B"):
-        if freq.n > 1:  # "every other session" has no anchor a lake and a calendar would agree on
-            raise ConfigError(f"an exchange calendar lays out one session per daily bar; '{freq.canonical}' bars "
-                              f"are not supported on {name} (use 1D, or the continuous calendar)", key="data.freq")
         days = _as_us(calendar.sessions_in_range(lo, hi))
         return days, days + step
     if clock:  # every clock-aligned bar that overlaps a session: from the open rounded down to the close
@@ -245,6 +243,17 @@ def _exchange_grid(name: str, start_us: int, end_us: int, freq: Frequency, *, cl
     closes = _as_us(calendar.closes.loc[lo:hi])
     session_close = closes[np.minimum(np.searchsorted(closes, labels, side="right"), len(closes) - 1)]
     return labels, np.minimum(labels + step, session_close)
+
+
+def check_exchange_freq(name: str, freq: Frequency) -> None:
+    """A ConfigError for bars an exchange calendar cannot lay out: several sessions per bar."""
+    if freq.unit in ("D", "B") and freq.n > 1:  # "every other session": no anchor a lake and a calendar agree on
+        raise ConfigError(f"an exchange calendar lays out one session per daily bar; '{freq.canonical}' bars "
+                          f"are not supported on {name} (use 1D, or the continuous calendar)", key="data.freq")
+    if freq.unit not in ("D", "B") and (freq.seconds is None or freq.seconds > US_PER_DAY // 1_000_000):
+        raise ConfigError(f"an exchange calendar lays out sessions and the bars within them; '{freq.canonical}' bars "
+                          f"are not supported on {name}: map this asset class to the continuous calendar in "
+                          f"data.calendars, or build daily bars", key="data.freq")
 
 
 def _as_us(values) -> np.ndarray:

@@ -374,8 +374,9 @@ class IterativeFinancialDatasetBuilder:
         mapping = dict(self.data.calendars)
         for asset_class in sorted({s.asset_class for s in sources}):
             calendar = calendars.resolve(mapping, asset_class, self._weekdays, self.data.session_alignment.value)
-            if calendar.exchange:  # validates the name (one line with the known names)
+            if calendar.exchange:  # validates the name (one line with the known names), and the bars it can lay out
                 calendars.exchange_module(calendar.name)
+                calendars.check_exchange_freq(calendar.name, self.freq)
             self.calendars[asset_class] = calendar
 
     def common_cuts(self, sources: list[SymbolSource]):

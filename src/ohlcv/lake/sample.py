@@ -182,6 +182,8 @@ def generate_sample_lake(
     lake = SampleLake(root=root, symbols=[], bars=bars)
     dirt_queue = [kind for kind in DIRT_KINDS if kind in set(dirt)]
     venues = dict(SAMPLE_CALENDARS if calendars is None else calendars)
+    if frequency.seconds > 86400:  # weekly bars: no venue lays out sessions that long; every class continuous
+        venues = {}
 
     # every class covers the same period: ``bars`` bars of the sparsest calendar of the lake (a venue
     # that trades more hours has more bars), so that a split at common dates fits every class
