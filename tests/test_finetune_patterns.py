@@ -496,3 +496,26 @@ def test_moirai2_guardrail_exports_the_starting_weights_when_fine_tuning_makes_i
     assert "did not improve on the starting model" in result.stdout
     exported, original = weights(root / "m2-worse" / "model"), weights(start)
     assert all(np.array_equal(exported[k], original[k]) for k in original)
+
+
+@pytest.mark.parametrize("pattern", ["head_only", pytest.param("lora", marks=needs_peft)])
+def test_a_finetune_resumes_from_its_last_checkpoint(pretrained, cli, pattern):
+    """--resume restores the trained part (LoRA: the adapters) and goes on to max_steps; the export is a plain
+    model. It used to stop at once: early stopping looked for a validation loss before any validation ran."""
+    import torch
+
+    root, start = pretrained
+    out = f"resume-{pattern}"
+    options = [f"finetune.pattern={pattern}", "finetune.lora.rank=2", "finetune.lr=1e-3", "finetune.val_every_n_steps=2"]
+    first = finetune(cli, root, start, out, *options, "finetune.max_steps=2")
+    assert first.exit_code == 0, first.stderr + first.stdout
+    before = torch.load(root / out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    resumed = cli("finetune", "--from", str(start), "--out", str(root / out), "--resume", "--profile", "hourly",
+                  "--dataset", str(root / "ds"), *TINY, *FT, *options, "finetune.max_steps=4")
+    assert resumed.exit_code == 0, resumed.stderr + resumed.stdout
+    after = torch.load(root / out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert before["global_step"] == 2 and after["global_step"] == 4
+    trained = [k for k in after["state_dict"] if ("lora_" in k if pattern == "lora" else "param_proj" in k)]
+    assert trained and any(not torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in trained)
+    assert json.loads((root / out / "run.json").read_text())["steps"] == 4
+    assert weights(root / out / "model").keys() == weights(start).keys()  # LoRA: merged, no adapter weights

@@ -295,7 +295,10 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
     best = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=val_key, mode="min", save_top_k=1, save_last=True,
     )
-    stopper = L.pytorch.callbacks.EarlyStopping(monitor=val_key, mode="min", patience=int(cfg.finetune.patience))
+    # checked when a validation ends (where the loss is logged), not when a training epoch ends: a run resumed
+    # from a checkpoint written at an epoch's end starts by ending that epoch, before any validation has run
+    stopper = L.pytorch.callbacks.EarlyStopping(monitor=val_key, mode="min", patience=int(cfg.finetune.patience),
+                                                check_on_train_epoch_end=False)
     monitor = [L.pytorch.callbacks.LearningRateMonitor("step")] if cfg.trainer.logger.value != "none" else []
     trainer = make_trainer(cfg, hardware, run_dir, max_steps=int(cfg.finetune.max_steps),
                            callbacks=[guard, best, stopper, *monitor], progress=progress, phase="fine-tuning")
