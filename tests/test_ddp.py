@@ -9,6 +9,7 @@ that one process takes on the same data and seed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -181,6 +182,30 @@ def test_a_harmful_finetune_falls_back_to_the_starting_model_in_two_processes(pr
     exported = load_file(tmp_path / "two" / "model" / "model.safetensors")
     original = load_file(start / "model.safetensors")
     assert exported.keys() == original.keys() and all(np.array_equal(exported[k], original[k]) for k in original)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None,
+                    reason='LoRA needs peft: pip install "ohlcv[lora]" (modern stack, torch >= 2.5)')
+def test_a_lora_finetune_in_two_processes_resumes_and_exports_one_merged_model(pretrained, tmp_path):
+    import torch
+
+    root, start = pretrained
+    args = ["finetune", "--from", str(start), "--out", str(tmp_path / "lora"), "--profile", "hourly",
+            f"data.dataset={root / 'ds'}", *TINY, *FT, *TWO_CPUS, "finetune.pattern=lora", "finetune.lora.rank=2",
+            "finetune.lr=1e-3"]
+    first = run_ohlcv_subprocess(*args, "finetune.max_steps=2", timeout=TIMEOUT)
+    _ok(first)
+    again = run_ohlcv_subprocess(*args, "finetune.max_steps=4", "--resume", timeout=TIMEOUT)
+    _ok(again)
+    assert again.stdout.count("saved model (Hugging Face format)") == 1 and "could not find the monitored" not in again.stderr
+    assert _checkpoint_step(tmp_path / "lora" / "checkpoints" / "last.ckpt") == 4
+    state = torch.load(tmp_path / "lora" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert any("lora_B" in k for k in state["state_dict"])
+    _only_model(tmp_path, tmp_path / "lora" / "model")
+    from safetensors.numpy import load_file
+
+    assert load_file(tmp_path / "lora" / "model" / "model.safetensors").keys() == load_file(start / "model.safetensors").keys()
 
 
 class _Trainer:

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ohlcv.errors import ConfigError
+from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.lake.ingest import ingest, partition_value
 from ohlcv.lake.layout import discover
 from ohlcv.lake.sample import generate_sample_lake
@@ -324,7 +324,7 @@ def test_repartition_rewrites_a_lake_and_the_build_gives_the_same_dataset(tmp_pa
     months = sorted(p.relative_to(lake).as_posix() for p in lake.rglob("*.parquet") if "freq=1D" in p.as_posix())
     result = cli("lake", "repartition", str(lake), "--partition", "auto")
     assert result.exit_code == 0, result.stderr
-    assert "4 symbols rewritten, 1 already laid out so" in result.stdout
+    assert "4 symbol folders rewritten, 1 already laid out so" in result.stdout
     daily = sorted(p.relative_to(lake).as_posix() for p in lake.rglob("*.parquet") if "freq=1D" in p.as_posix())
     assert len(daily) < len(months) / 6 and all(p.endswith("/part.parquet") and "month=" not in p for p in daily)
     assert not any(p.name.startswith("month=") for p in lake.rglob("*") if "freq=1D" in p.as_posix())
@@ -338,18 +338,45 @@ def test_repartition_rewrites_a_lake_and_the_build_gives_the_same_dataset(tmp_pa
     assert build("back").manifest["content_hash"] == before.manifest["content_hash"]
 
 
-def test_a_symbol_with_an_unreadable_file_is_left_as_it_is(tmp_path):
+def test_a_symbol_folder_with_a_file_the_build_skips_is_left_as_it_is(tmp_path):
     from ohlcv.lake.ingest import repartition
 
-    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["equity"], freq="1D",
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=3, asset_classes=["equity"], freq="1D",
                                 bars=300, start="2022-01-03", partition="month").root
-    bad = sorted((lake / "asset_class=equity/freq=1D/symbol=EQU001").rglob("*.parquet"))[3]
-    bad.write_bytes(b"PAR1 not parquet")
-    before = sorted((lake / "asset_class=equity/freq=1D/symbol=EQU001").rglob("*"))
+    unreadable = sorted((lake / "asset_class=equity/freq=1D/symbol=EQU001").rglob("*.parquet"))[3]
+    unreadable.write_bytes(b"PAR1 not parquet")
+    no_close = sorted((lake / "asset_class=equity/freq=1D/symbol=EQU002").rglob("*.parquet"))[2]
+    pl.read_parquet(no_close).drop("close").write_parquet(no_close)  # the build skips it: files_missing_columns
+    before = {s: sorted((lake / f"asset_class=equity/freq=1D/symbol={s}").rglob("*")) for s in ("EQU001", "EQU002")}
     result = repartition(lake, partition="year")
-    assert list(result.symbols) == ["equity/EQU000"]
-    assert len(result.problems) == 1 and "equity/EQU001" in result.problems[0] and str(bad) in result.problems[0]
-    assert sorted((lake / "asset_class=equity/freq=1D/symbol=EQU001").rglob("*")) == before
+    assert list(result.symbols) == ["equity/EQU000 (1D)"]
+    assert len(result.problems) == 2
+    assert "equity/EQU001 (1D)" in result.problems[0] and str(unreadable) in result.problems[0]
+    assert "equity/EQU002 (1D)" in result.problems[1] and "no close column" in result.problems[1]
+    assert {s: sorted((lake / f"asset_class=equity/freq=1D/symbol={s}").rglob("*")) for s in before} == before
+
+
+def test_repartition_keeps_each_frequency_of_a_symbol_in_its_own_folder(tmp_path):
+    """Without --freq, a symbol's daily and hourly folders are two series: neither is merged into the other."""
+    from ohlcv.lake.ingest import repartition
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["fx"], freq="1D", bars=400,
+                                start="2022-01-03", partition="month").root
+    generate_sample_lake(lake, symbols_per_class=1, asset_classes=["fx"], bars=2000, start="2022-01-03")
+    rows = {f: pl.read_parquet(sorted((lake / f"asset_class=fx/freq={f}").rglob("*.parquet"))).height
+            for f in ("1D", "1h")}
+    result = repartition(lake, partition="year")
+    assert set(result.symbols) == {"fx/FX000 (1D)", "fx/FX000 (1h)"}
+    for f, n in rows.items():
+        files = sorted((lake / f"asset_class=fx/freq={f}").rglob("*.parquet"))
+        assert files and all(p.parent.name.startswith("year=") for p in files)
+        assert pl.read_parquet(files).height == n
+    # a run killed between removing a folder's last file and the folder leaves it empty: the next run removes it
+    empty = lake / "asset_class=fx/freq=1D/symbol=FX000/year=2022/month=05"
+    empty.mkdir()
+    assert repartition(lake, partition="year").unchanged == 2 and not empty.exists()
+    with pytest.raises(OhlcvError, match="no symbols match"):
+        repartition(lake, partition="year", freq="5min")
 
 
 @pytest.mark.parametrize("command", [["lake", "ingest", "SRC"], ["lake", "sample"], ["lake", "repartition"]])

@@ -122,8 +122,10 @@ def render_ingest(console: "Console", result, *, problems_to: "Console") -> None
 
 def render_repartition(console: "Console", result, *, problems_to: "Console") -> None:
     for item_id, stats in result.symbols.items():
-        console.print(f"{escape(item_id)}: {stats['rows']:,} bars, {stats['files_before']} files -> {stats['files']}")
-    console.print(f"{len(result.symbols)} symbols rewritten, {result.unchanged} already laid out so")
+        dropped = f", {stats['duplicates']:,} bars stored twice kept once" if stats["duplicates"] else ""
+        console.print(f"{escape(item_id)}: {stats['rows']:,} bars, {stats['files_before']} files -> "
+                      f"{stats['files']}{dropped}")
+    console.print(f"{len(result.symbols)} symbol folders rewritten, {result.unchanged} already laid out so")
     for problem in result.problems:
         problems_to.print(f"[yellow]skipped:[/] {escape(problem)}")
 

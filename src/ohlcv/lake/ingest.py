@@ -206,71 +206,117 @@ def _merge_stored(target: Path, part, stats: dict, name: str):
 
 @dataclass
 class RepartitionResult:
-    symbols: dict[str, dict[str, int]] = field(default_factory=dict)  # item id -> {rows, files_before, files}
-    unchanged: int = 0  # symbols already stored as asked
+    # "asset class/symbol (freq)" -> {rows, files_before, files, duplicates}
+    symbols: dict[str, dict[str, int]] = field(default_factory=dict)
+    unchanged: int = 0  # symbol folders already stored as asked
     problems: list[str] = field(default_factory=list)
 
 
 def repartition(lake: Path, *, partition: str, freq: str | None = None,
                 asset_classes: tuple[str, ...] = ()) -> RepartitionResult:
-    """Rewrite each selected symbol of a local lake as year files or month files (``partition``; "auto":
-    :func:`~ohlcv.lake.layout.default_partition` of the symbol's frequency).
+    """Rewrite each selected symbol folder of a local lake as year files or month files (``partition``;
+    "auto": :func:`~ohlcv.lake.layout.default_partition` of the folder's frequency).
 
-    A symbol's bars are read from all its files (a bar stored twice: the later file's, as the build
-    keeps it), written to the new files, and only then are the old files removed: a run interrupted
-    half-way leaves each bar stored at least once, and running it again finishes. A symbol with a file
-    that cannot be read is left as it is, and named.
+    One ``asset_class=X/freq=Y/symbol=Z`` folder at a time: the same symbol under another frequency is
+    another series. Its bars are read from all its files (a bar stored twice: the later file's copy, as
+    the build keeps it), written to the new files, and only then are the old files removed: a run
+    interrupted half-way leaves each bar stored at least once, and running it again finishes. A folder
+    with a file the build would skip (unreadable, or without a price column) is left as it is, and named.
     """
-    import polars as pl
-
     from ohlcv.lake.layout import discover
 
     lake = local_target(lake, "repartition")
-    found = discover(lake, freq=freq, asset_classes=asset_classes)
+    if not lake.is_dir():
+        raise OhlcvError(f"{lake}: no such lake folder")
+    canonical = parse_freq(freq, key="--freq").canonical if freq else None
+    resolve_partition(partition, parse_freq("1D"))  # the name is checked before anything is read
+    found = discover(lake, freq=canonical, asset_classes=asset_classes)
+    if not found.sources:
+        raise OhlcvError(f"{lake}: no symbols match (freq {canonical or 'any'}, asset classes "
+                         f"{list(asset_classes) or 'all'}); nothing rewritten")
     result = RepartitionResult()
     for source in found.sources:
-        by = resolve_partition(partition, source.freq)
-        sym_dir = Path(source.files[0]).parents[2 if _in_month_folder(source.files[0]) else 1] if source.files else None
-        if sym_dir is None:
-            continue
-        stored = stored_layout(sym_dir)
-        if all(kinds == {by} for kinds in stored.values()):
-            result.unchanged += 1
-            continue
-        try:
-            frames = []
-            for path in source.files:
-                frame = pl.read_parquet(path)
-                frame, _ = to_utc_timestamps(frame.select([c for c in REQUIRED_COLUMNS if c in frame.columns]),
-                                             SymbolReport(source.item_id))
-                frames.append(frame.with_columns(pl.exclude("ts").cast(pl.Float64)))
-            bars = (pl.concat(frames, how="diagonal_relaxed").filter(pl.col("ts").is_not_null())
-                    .unique(subset="ts", keep="last", maintain_order=True).sort("ts"))
-        except Exception as exc:  # noqa: BLE001 - one bad file leaves its symbol as it is
-            result.problems.append(f"{source.item_id}: left as it is: {path} cannot be read or converted "
-                                   f"({type(exc).__name__})")
-            continue
-        keys = ["_y", "_m"] if by == "month" else ["_y"]
-        pieces = bars.with_columns(pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m"))
-        written = set()
-        for parts, part in sorted(pieces.partition_by(keys, as_dict=True).items()):
-            target = part_path(sym_dir, parts[0], parts[1] if by == "month" else None)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            part.drop("_y", "_m").write_parquet(tmp)
-            os.replace(tmp, target)
-            written.add(target)
-        for path in source.files:  # the old files, once every bar is in a new one
-            if Path(path) not in written:
-                Path(path).unlink(missing_ok=True)
-                for folder in (Path(path).parent, Path(path).parent.parent):
-                    if folder != sym_dir and folder.is_dir() and not any(folder.iterdir()):
-                        folder.rmdir()
-        result.symbols[source.item_id] = {"rows": bars.height, "files_before": len(source.files),
-                                          "files": len(written)}
+        for sym_dir, files in _by_symbol_folder(source.files).items():
+            folder_freq = parse_freq(sym_dir.parent.name.split("=", 1)[1])
+            label = f"{source.item_id} ({folder_freq.canonical})"
+            by = resolve_partition(partition, folder_freq)
+            if all(kinds == {by} for kinds in stored_layout(sym_dir).values()):
+                result.unchanged += 1
+            else:
+                try:
+                    bars, duplicates = _all_bars(files, label)
+                except OhlcvError as exc:
+                    result.problems.append(str(exc))
+                    continue
+                written = _write_layout(bars, sym_dir, by)
+                for path in map(Path, files):  # the old files, once every bar is in a new one
+                    if path not in written:
+                        path.unlink(missing_ok=True)
+                result.symbols[label] = {"rows": bars.height, "files_before": len(files), "files": len(written),
+                                         "duplicates": duplicates}
+            _remove_empty_folders(sym_dir)  # (also those a run killed between an unlink and its rmdir left)
     result.problems.extend(f"not in the lake's layout, left as it is: {entry}" for entry in found.skipped)
     return result
 
 
-def _in_month_folder(path) -> bool:
-    return Path(path).parent.name.startswith("month=")
+def _by_symbol_folder(files) -> dict[Path, list]:
+    """A source's files grouped by their ``symbol=Z`` folder, in order."""
+    groups: dict[Path, list] = {}
+    for path in files:
+        folder = next(p for p in Path(path).parents if p.name.startswith("symbol="))
+        groups.setdefault(folder, []).append(path)
+    return groups
+
+
+def _all_bars(files, label: str):
+    """(every bar of ``files``, sorted, a bar stored twice once: the later file's copy; how many copies were
+    dropped), or an OhlcvError naming the file the build would skip."""
+    import polars as pl
+
+    frames = []
+    for path in files:
+        try:
+            frame = pl.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - named, and its folder left as it is
+            raise OhlcvError(f"{label}: left as it is: {path} cannot be read ({type(exc).__name__}); "
+                             f"fix or remove it, then repartition again") from None
+        missing = [c for c in REQUIRED_COLUMNS[:5] if c not in frame.columns]
+        if missing:
+            raise OhlcvError(f"{label}: left as it is: {path} has no {', '.join(missing)} column (the build skips "
+                             f"it); fix or remove it, then repartition again")
+        try:
+            frame, _ = to_utc_timestamps(frame.select([c for c in REQUIRED_COLUMNS if c in frame.columns]),
+                                         SymbolReport(label))
+            frames.append(frame.with_columns(pl.exclude("ts").cast(pl.Float64)))
+        except Exception as exc:  # noqa: BLE001 - text prices that are not numbers, a time stamp that is not one
+            raise OhlcvError(f"{label}: left as it is: {path} cannot be converted to the lake's types "
+                             f"({type(exc).__name__}); fix it, then repartition again") from None
+    stacked = pl.concat(frames, how="diagonal_relaxed").filter(pl.col("ts").is_not_null())
+    bars = stacked.unique(subset="ts", keep="last", maintain_order=True).sort("ts")
+    return bars.select([c for c in REQUIRED_COLUMNS if c in bars.columns]), stacked.height - bars.height
+
+
+def _write_layout(bars, sym_dir: Path, by: str) -> set[Path]:
+    """``bars`` written under ``sym_dir`` by year or by month, each file atomically; the files written."""
+    import polars as pl
+
+    keys = ["_y", "_m"] if by == "month" else ["_y"]
+    pieces = bars.with_columns(pl.col("ts").dt.year().alias("_y"), pl.col("ts").dt.month().alias("_m"))
+    written = set()
+    for parts, part in sorted(pieces.partition_by(keys, as_dict=True).items()):
+        target = part_path(sym_dir, parts[0], parts[1] if by == "month" else None)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        part.drop("_y", "_m").write_parquet(tmp)
+        os.replace(tmp, target)
+        written.add(target)
+    return written
+
+
+def _remove_empty_folders(sym_dir: Path) -> None:
+    for year_dir in (p for p in sym_dir.glob("year=*") if p.is_dir()):
+        for month_dir in (p for p in year_dir.glob("month=*") if p.is_dir()):
+            if not any(month_dir.iterdir()):
+                month_dir.rmdir()
+        if not any(year_dir.iterdir()):
+            year_dir.rmdir()

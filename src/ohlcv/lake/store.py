@@ -80,8 +80,10 @@ def local_target(where, command: str) -> Path:
     scheme = text.split(":/", 1)[0].lower() if ":/" in text else ""
     if scheme in SCHEMES:
         url = text if "://" in text else text.replace(":/", "://", 1)
+        copy = {"gs": "gcloud storage rsync -r", "gcs": "gcloud storage rsync -r"}.get(
+            scheme, "aws s3 sync" if scheme.startswith("s3") else "azcopy sync")
         raise OhlcvError(f"{url}: `ohlcv lake {command}` writes a local folder; write the lake to a folder here "
-                         f"and copy it to object storage (e.g. `aws s3 sync DIR {url}`)")
+                         f"and copy it to object storage (e.g. `{copy} DIR {url}`)")
     return Path(text).expanduser()
 
 

@@ -292,11 +292,12 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
         val_note = validation_note(module, int(cfg.data.prediction_length), len(manifest["targets"]))
 
     guard = loss_guard(f"the best checkpoint so far is in {run_dir / 'checkpoints'}. Lower finetune.lr")
+    # both act when a validation ends (where the loss is logged), not when a training epoch ends: a run resumed
+    # from a checkpoint written at an epoch's end starts by ending that epoch, before any validation has run
     best = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=val_key, mode="min", save_top_k=1, save_last=True,
+        save_on_train_epoch_end=False,
     )
-    # checked when a validation ends (where the loss is logged), not when a training epoch ends: a run resumed
-    # from a checkpoint written at an epoch's end starts by ending that epoch, before any validation has run
     stopper = L.pytorch.callbacks.EarlyStopping(monitor=val_key, mode="min", patience=int(cfg.finetune.patience),
                                                 check_on_train_epoch_end=False)
     monitor = [L.pytorch.callbacks.LearningRateMonitor("step")] if cfg.trainer.logger.value != "none" else []
