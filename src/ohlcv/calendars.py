@@ -26,6 +26,7 @@ aligned to the bar that contains it.
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -95,7 +96,8 @@ class Calendar:
         # the venue's grid is laid out once per whole-year span and sliced: a build asks for the same
         # years symbol after symbol (measured: laying out NYSE hours per symbol made a build 1.8x slower)
         try:
-            labels, ends = _year_grid(self, freq, _year(start_us - US_PER_DAY), _year(end_us + US_PER_DAY))
+            with _LAYING_OUT:  # the build's worker threads wait for the first to lay a grid out, not all three
+                labels, ends = _year_grid(self, freq, _year(start_us - US_PER_DAY), _year(end_us + US_PER_DAY))
         except ConfigError as exc:  # name the span the build asked for, not the widened one
             if "cannot cover" not in str(exc):
                 raise
@@ -114,6 +116,9 @@ def _year(us: int) -> int:
     import numpy as np
 
     return int(np.datetime64(int(us), "us").astype("datetime64[Y]").astype(np.int64)) + 1970
+
+
+_LAYING_OUT = threading.Lock()
 
 
 @functools.lru_cache(maxsize=64)
