@@ -146,6 +146,21 @@ def test_intermediate_columns_are_computed_once_named_per_feature_and_dropped(fe
         FeaturePipeline([(badly_named, {})]).apply(frame)
 
 
+def test_each_output_waits_its_own_warm_up_not_the_longest(features):
+    """log_return_1 has a value from bar 1 and rv_24 from bar 24, though their features also make
+    log_return_24 and rv_168: a series' first bars are not thrown away for the longest window."""
+    frame = synthetic_class(n_assets=2, bars=400)
+    specs = [(features.get("log_return"), {"horizons": [1, 24]}), (features.get("realized_vol"), {"windows": [24, 168]})]
+    out = FeaturePipeline(specs).apply(frame).filter(pl.col("item_id") == "test/A1")
+    first = {c: int(np.argmax(out[c].is_not_null().to_numpy())) for c in ("log_return_1", "log_return_24", "rv_24", "rv_168")}
+    assert first == {"log_return_1": 1, "log_return_24": 24, "rv_24": 24, "rv_168": 168}
+    assert features.get("realized_vol").warmup_bars({"windows": [24, 168]}) == 168  # the longest, for the tables
+    wrong = Feature(name="wrong", family="indicator", inputs=("close",), outputs=["a", "b"], warmup={"a": 3},
+                    exprs=lambda p: [pl.col("close").alias("a"), pl.col("close").alias("b")])
+    with pytest.raises(PluginError, match="give every output, and only them, a warm-up"):
+        wrong.output_warmups()
+
+
 def test_a_fitted_frame_features_intermediates_are_computed_over_the_batch_and_seen_by_fit_on_training_rows():
     seen = []
 

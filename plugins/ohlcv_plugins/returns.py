@@ -29,7 +29,7 @@ def _returns_feature(name: str, formula: Callable, description: str) -> Feature:
         family="indicator",
         inputs=("close",),
         outputs=lambda p: [f"{name}_{h}" for h in _horizons(p)],
-        warmup=lambda p: max(_horizons(p)),
+        warmup=lambda p: {f"{name}_{h}": h for h in _horizons(p)},  # each horizon waits its own h bars
         exprs=exprs,
         params={"horizons": [1]},
         description=description,

@@ -71,13 +71,15 @@ class Feature:
     ``outputs`` and ``warmup`` are either fixed or functions of the feature's
     parameters (the defaults in ``params``, updated from the profile's
     ``features.params.<name>``). Exactly one of ``exprs`` and ``frame`` is set.
+    ``warmup`` is one number of bars for every output, or a mapping from each
+    output to its own (``rv_24`` waits 24 bars, ``rv_168`` 168).
     """
 
     name: str
     family: Family | str
     inputs: Sequence[str]
     outputs: Sequence[str] | Callable[[Params], Sequence[str]]
-    warmup: int | Callable[[Params], int]
+    warmup: int | Mapping[str, int] | Callable[[Params], int | Mapping[str, int]]
     exprs: ExprsFn | None = None
     frame: FrameFn | None = None
     params: Params = field(default_factory=dict)
@@ -164,9 +166,21 @@ class Feature:
             raise PluginError(f"feature '{self.name}' declares {len(kinds)} kinds for {len(names)} outputs {names}")
         return dict(zip(names, kinds))
 
-    def warmup_bars(self, overrides: Params | None = None) -> int:
+    def output_warmups(self, overrides: Params | None = None) -> dict[str, int]:
+        """Each output with the bars it is missing at the start of a series (its warm-up)."""
         params = self.resolve_params(overrides)
-        return int(self.warmup(params) if callable(self.warmup) else self.warmup)
+        value = self.warmup(params) if callable(self.warmup) else self.warmup
+        names = self.output_names(overrides)
+        if not isinstance(value, Mapping):
+            return {name: int(value) for name in names}
+        if set(value) != set(names):
+            raise PluginError(f"feature '{self.name}': warm-up for {sorted(value)} but outputs {names}; "
+                              f"give every output, and only them, a warm-up")
+        return {name: int(value[name]) for name in names}
+
+    def warmup_bars(self, overrides: Params | None = None) -> int:
+        """The longest warm-up of the feature's outputs."""
+        return max(self.output_warmups(overrides).values(), default=0)
 
     def intermediate_stages(self, params: Params) -> list[list["pl.Expr"]]:
         """The feature's intermediate columns, stage by stage, with their names checked."""

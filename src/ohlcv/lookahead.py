@@ -169,8 +169,7 @@ def check_warmup(feature: Feature, params: Mapping[str, Any] | None = None, *, b
     pipeline = FeaturePipeline([(feature, resolved)])
     frame = synthetic_class(bars=bars, seed=seed)
     out = _compute(pipeline, frame, int(bars * 0.6), "test/A1")  # the asset without gaps
-    warmup = feature.warmup_bars(resolved)
-    for column in feature.output_names(resolved):
+    for column, warmup in feature.output_warmups(resolved).items():
         series = out[column]
         head = series.head(warmup)
         if head.null_count() != head.len():

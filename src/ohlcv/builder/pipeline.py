@@ -256,12 +256,12 @@ class FeaturePipeline:
         if not numbered:
             query = query.with_columns((pl.int_range(pl.len()) if single else pl.int_range(pl.len()).over("_series")).alias("_pos"))
         # one boolean column per distinct warm-up, read by every output that has it
-        warmups = {feature.warmup_bars(params) for feature, params in self.specs} - {0}
+        output_warmups = [feature.output_warmups(params) for feature, params in self.specs]
+        warmups = {w for each in output_warmups for w in each.values()} - {0}
         query = query.with_columns((pl.col("_pos") >= w).alias(f"_ready_{w}") for w in sorted(warmups))
         masked = []
-        for feature, params in self.specs:
-            warmup = feature.warmup_bars(params)
-            for column in feature.output_names(params):
+        for each in output_warmups:
+            for column, warmup in each.items():
                 value = pl.col(column).cast(pl.Float64)
                 if finite is not None:
                     keep = _storable(value) & pl.col(f"_ready_{warmup}") if warmup else _storable(value)
