@@ -105,3 +105,15 @@ def test_a_run_shorter_than_one_validation_interval_still_validates_and_saves(pr
     summary = json.loads((root / "ft-short" / "run.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 1 and summary["val_loss_after"] > 0
     assert (root / "ft-short" / "model" / "config.json").is_file()
+
+
+def test_finetune_json_prints_the_summary_alone_on_stdout(pretrained, cli):
+    root, start = pretrained
+    result = cli("finetune", "--from", str(start), "--out", str(root / "ft-json"), "--profile", "hourly", "--json",
+                 "--dataset", str(root / "ds"), *TINY, *FT, "finetune.max_steps=2")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    summary = json.loads(result.stdout)  # nothing else on stdout: the start line and notes go to stderr
+    assert summary == {**json.loads((root / "ft-json" / "run.json").read_text()), "run_dir": str(root / "ft-json"),
+                       "model_dir": str(root / "ft-json" / "model")}
+    assert summary["steps"] == 2 and isinstance(summary["improved"], bool)
+    assert "fine-tuning" in result.stderr and "trainable parameters" in result.stderr

@@ -391,18 +391,22 @@ def finetune(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/NAME-finetune-TIME)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoints/last.ckpt."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the dataset first (from the lake its manifest records, or --lake)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (what else is said goes to stderr)."),
 ) -> None:
     """Fine-tune a MOIRAI checkpoint with early stopping on validation loss; says whether it helped."""
     from ohlcv.render import render_finetune_result, render_finetune_start, training_progress
     from ohlcv.train.finetune import run_finetune
 
     loaded = _load(profile, overrides, _data_options(lake, dataset))
-    build_first = _build_first(loaded)
-    with training_progress(_console(stderr=True)) as progress:
+    build_first = _build_first(loaded, to_stderr=as_json)
+    with _stdout_to_stderr(as_json), training_progress(_console(stderr=True)) as progress:
         result = run_finetune(loaded, start, dataset=Path(str(loaded.cfg.data.dataset)).expanduser(), out=out,
                               resume=resume, on_build=build_first, rebuild=rebuild, lake=lake, progress=progress,
-                              on_start=lambda info: render_finetune_start(_console(), info))
-    render_finetune_result(_console(), result)
+                              on_start=lambda info: render_finetune_start(_console(stderr=as_json), info))
+    if as_json:
+        _plain(_json_text(result.to_json()))
+    else:
+        render_finetune_result(_console(), result)
 
 
 @app.command()

@@ -49,6 +49,9 @@ class FinetuneResult:
     model_dir: Path
     summary: dict[str, Any]
 
+    def to_json(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "model_dir": str(self.model_dir), **self.summary}
+
 
 def check_start(module, cfg, variates: int) -> int:
     """The starting checkpoint must have the profile's patch size and room for its windows; the patch size used.
