@@ -664,3 +664,15 @@ def test_every_defect_is_counted_in_a_daily_lake_of_year_files(tmp_path):
                 expected["gap_bars_filled"] = expected.get("gap_bars_filled", 0) + n
         counts = {rule: n for rule, n in per_symbol[item_id]["counts"].items() if rule != "closed_market_bars"}
         assert counts == expected, item_id
+
+
+def test_a_variate_without_a_value_in_a_series_is_named_in_the_report_and_a_note(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto", "fx"], bars=900,
+                                seed=2)
+    # log_return_1000 needs 1,000 bars: more than the FX series have (900), fewer than crypto's (24/7: ~1,260)
+    result = _build(lake.root, tmp_path / "ds", "features.params.log_return.horizons=[1,1000]")
+    per_symbol = result.report["per_symbol"]
+    assert {k: v["missing_variates"] for k, v in per_symbol.items()} == {
+        "crypto/CRY000": [], "crypto/CRY001": [], "fx/FX000": ["log_return_1000"], "fx/FX001": ["log_return_1000"]}
+    notes = [n for n in result.report["notes"] if n.startswith("log_return_1000")]
+    assert len(notes) == 1 and "(log_return): no value at all in 2 of 4 series (fx/FX000, fx/FX001)" in notes[0]

@@ -45,7 +45,7 @@ from ohlcv import __version__, calendars
 from ohlcv.builder.clean import CleaningSettings, SymbolReport, clean_batch, read_batch
 from ohlcv.builder.pipeline import FeaturePipeline, KeyedReference
 from ohlcv.builder.plan import Shard, iso, refuse_per_class_shards, split_cuts, utc
-from ohlcv.builder.report import build_report, off_session_notes
+from ohlcv.builder.report import build_report, missing_variate_notes, off_session_notes
 from ohlcv.builder.workers import in_order
 from ohlcv.config.loader import atomic_write_text, to_yaml
 from ohlcv.dataset import normalize
@@ -149,6 +149,7 @@ class IterativeFinancialDatasetBuilder:
         self.calendars: dict[str, calendars.Calendar] = {}
         self.split_span: dict[str, str] | None = None
         self.notes: list[str] = []
+        self.peerless_classes: set[str] = set()  # asset classes of one symbol beside classes with peers
         from ohlcv.plugins import volume_free_skips
 
         without_volume = volume_free_skips(cfg)
@@ -327,6 +328,7 @@ class IterativeFinancialDatasetBuilder:
             return
         if max(counts.values()) >= 2:
             alone = sorted(c for c, n in counts.items() if n == 1)
+            self.peerless_classes = set(alone)
             if alone:  # the other classes have peers: the features stay, missing for these classes' symbols
                 self.notes.append(
                     f"cross-asset features ({', '.join(f.name for f, _ in dropped)}) are missing for asset class"
@@ -645,6 +647,12 @@ class IterativeFinancialDatasetBuilder:
         # (time, variates), column-major; float32 (the dataset's type) when nothing is fitted on it
         columns = [pl.col(n).cast(pl.Float32) if self.scaler == "none" else pl.col(n) for n in self.variates.names]
         values = frame.select(columns).to_numpy(order="fortran") if frame is not None else None
+        names = np.array(self.variates.names)
+        for report in reports:  # a variate without one value in a series (a feature with nothing to work on)
+            span = spans.get(report.item_id)
+            if span is not None:
+                block = values[span["offset"] : span["offset"] + span["length"]]
+                report.missing_variates = names[np.isnan(block).all(axis=0)].tolist()
         for source, report in zip(batch, reports):
             entry: dict[str, Any] = {"report": report.to_dict()}
             span = spans.get(source.item_id)
@@ -725,7 +733,14 @@ class IterativeFinancialDatasetBuilder:
                           scratch=cache / "meta", keep=False)
         write_timestamps([m.with_suffix(".ts.parquet") for m, _ in with_data], staging / TIMESTAMPS_FILE)
         report = build_report(reports, skipped, started, resumed, batch_count)
-        report["notes"] = list(self.notes) + off_session_notes(reports, self.calendars)
+        owners = {name: feature.name for feature, params in self.pipeline.specs for name in feature.output_names(params)}
+        cross = {name for feature, params in self.pipeline.specs if feature.reference is not None
+                 for name in feature.output_names(params)}
+        unexplained = [  # a single-symbol class's cross-asset features have their own note
+            {**r, "missing_variates": [v for v in r.get("missing_variates", []) if v not in cross]}
+            if r["item_id"].split("/", 1)[0] in self.peerless_classes else r for r in reports]
+        report["notes"] = [*self.notes, *off_session_notes(reports, self.calendars),
+                           *missing_variate_notes(unexplained, owners)]
         report["executor"] = {"name": self.executor, "ray_tasks": self.ray_tasks}
         manifest = {
             "format": FORMAT,

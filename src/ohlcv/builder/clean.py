@@ -79,6 +79,7 @@ class SymbolReport:
     counts: dict[str, int] = field(default_factory=dict)
     file_problems: list[str] = field(default_factory=list)
     quarantined: str | None = None
+    missing_variates: list[str] = field(default_factory=list)  # variates without a single value in the series
 
     def add(self, rule: str, count: int = 1) -> None:
         if count:
@@ -91,6 +92,7 @@ class SymbolReport:
             setattr(report, key, data[key])
         report.counts = dict(data["counts"])
         report.file_problems = list(data["file_problems"])
+        report.missing_variates = list(data.get("missing_variates", []))
         return report
 
     def to_dict(self) -> dict:
@@ -103,6 +105,7 @@ class SymbolReport:
             "counts": dict(sorted(self.counts.items())),
             "file_problems": self.file_problems,
             "quarantined": self.quarantined,
+            "missing_variates": self.missing_variates,
         }
 
 

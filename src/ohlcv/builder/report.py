@@ -22,6 +22,24 @@ def off_session_notes(reports: list[dict], venues: dict) -> list[str]:
     return notes
 
 
+def missing_variate_notes(reports: list[dict], owners: dict[str, str]) -> list[str]:
+    """A line for each set of variates that some built symbols have no value of at all: uni2ts sees them
+    missing throughout for those series. ``owners`` maps a feature's outputs to the feature."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for report in reports:
+        if not report["quarantined"] and report.get("missing_variates"):
+            groups.setdefault(tuple(report["missing_variates"]), []).append(report["item_id"])
+    built = sum(1 for r in reports if not r["quarantined"])
+    notes = []
+    for variates, items in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        features = sorted({owners[v] for v in variates if v in owners})
+        shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+        notes.append(f"{', '.join(variates)}{' (' + ', '.join(features) + ')' if features else ''}: no value at all in "
+                     f"{len(items)} of {built} series ({shown}): a warm-up longer than the series, a cross-asset "
+                     "feature without peers, or a fitted one with too few training bars")
+    return notes
+
+
 def build_report(reports: list[dict], skipped: list[str], started: float, resumed: int, batches: int) -> dict:
     totals: dict[str, int] = {}
     for report in reports:
