@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from ohlcv.builder.builder import IterativeFinancialDatasetBuilder, Shard
@@ -675,4 +676,23 @@ def test_a_variate_without_a_value_in_a_series_is_named_in_the_report_and_a_note
     assert {k: v["missing_variates"] for k, v in per_symbol.items()} == {
         "crypto/CRY000": [], "crypto/CRY001": [], "fx/FX000": ["log_return_1000"], "fx/FX001": ["log_return_1000"]}
     notes = [n for n in result.report["notes"] if n.startswith("log_return_1000")]
-    assert len(notes) == 1 and "(log_return): no value at all in 2 of 4 series (fx/FX000, fx/FX001)" in notes[0]
+    assert notes == ["log_return_1000: no value at all in 2 of 4 series (fx/FX000, fx/FX001); likely log_return: "
+                     "a warm-up of 1000 bars, longer than the series"]
+    # a shard merge words it over every shard's series, once
+    from ohlcv.builder.merge import merge_shards
+
+    shards = [_build(lake.root, tmp_path / f"s{k}", "features.params.log_return.horizons=[1,1000]", shard=Shard(k, 2))
+              for k in (1, 2)]
+    merge_shards([s.out for s in shards], tmp_path / "merged")
+    merged = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert [n for n in merged["notes"] if "no value at all" in n] == notes
+
+
+def test_the_note_for_a_symbol_without_volume_names_the_volume_not_a_warm_up(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto"], bars=900, seed=3)
+    for path in (lake.root / "asset_class=crypto").rglob("symbol=CRY001/**/*.parquet"):
+        pl.read_parquet(path).drop("volume").write_parquet(path)
+    result = _build(lake.root, tmp_path / "ds", "features.enabled=[log_return,volume_z]")
+    assert result.report["per_symbol"]["crypto/CRY001"]["missing_variates"] == ["volume", "volume_z"]
+    assert [n for n in result.report["notes"] if "no value at all" in n] == [
+        "volume, volume_z: no value at all in 1 of 2 series (crypto/CRY001); likely no volume in its files"]

@@ -347,12 +347,18 @@ def test_a_symbol_folder_with_a_file_the_build_skips_is_left_as_it_is(tmp_path):
     unreadable.write_bytes(b"PAR1 not parquet")
     no_close = sorted((lake / "asset_class=equity/freq=1D/symbol=EQU002").rglob("*.parquet"))[2]
     pl.read_parquet(no_close).drop("close").write_parquet(no_close)  # the build skips it: files_missing_columns
+    # what the build repairs is repaired: a capitalised column name, text prices
+    capitalised = sorted((lake / "asset_class=equity/freq=1D/symbol=EQU000").rglob("*.parquet"))[1]
+    bars = pl.read_parquet(capitalised)
+    bars.rename({"close": "Close"}).with_columns(pl.col("open").cast(pl.String)).write_parquet(capitalised)
     before = {s: sorted((lake / f"asset_class=equity/freq=1D/symbol={s}").rglob("*")) for s in ("EQU001", "EQU002")}
     result = repartition(lake, partition="year")
-    assert list(result.symbols) == ["equity/EQU000 (1D)"]
+    assert list(result.symbols) == ["equity/EQU000 (1D)"] and result.symbols["equity/EQU000 (1D)"]["rows"] == 300
+    rewritten = pl.read_parquet(sorted((lake / "asset_class=equity/freq=1D/symbol=EQU000").rglob("*.parquet")))
+    assert rewritten.filter(pl.col("ts").is_in(bars["ts"].implode()))["close"].to_list() == bars["close"].to_list()
     assert len(result.problems) == 2
     assert "equity/EQU001 (1D)" in result.problems[0] and str(unreadable) in result.problems[0]
-    assert "equity/EQU002 (1D)" in result.problems[1] and "no close column" in result.problems[1]
+    assert "equity/EQU002 (1D)" in result.problems[1] and "missing column(s) close" in result.problems[1]
     assert {s: sorted((lake / f"asset_class=equity/freq=1D/symbol={s}").rglob("*")) for s in before} == before
 
 

@@ -677,10 +677,13 @@ def _json_text(data) -> str:
 
 
 def _plain(text: str, *, end: str = "\n") -> None:
-    """Machine-readable output (JSON, YAML, the version) to stdout, untouched by Rich."""
+    """Machine-readable output (JSON, YAML, the version) to stdout, untouched by Rich; from global rank
+    zero only, as the console's prose (one document, however many processes share the run)."""
     from ohlcv.render import render_plain
+    from ohlcv.train.distributed import is_rank_zero
 
-    render_plain(text, end=end)
+    if is_rank_zero():
+        render_plain(text, end=end)
 
 
 def _error(text: str, *, plain: bool = False) -> None:

@@ -45,7 +45,7 @@ from ohlcv import __version__, calendars
 from ohlcv.builder.clean import CleaningSettings, SymbolReport, clean_batch, read_batch
 from ohlcv.builder.pipeline import FeaturePipeline, KeyedReference
 from ohlcv.builder.plan import Shard, iso, refuse_per_class_shards, split_cuts, utc
-from ohlcv.builder.report import build_report, missing_variate_notes, off_session_notes
+from ohlcv.builder.report import build_report, missing_variate_notes, off_session_notes, variate_causes
 from ohlcv.builder.workers import in_order
 from ohlcv.config.loader import atomic_write_text, to_yaml
 from ohlcv.dataset import normalize
@@ -66,7 +66,9 @@ from ohlcv.freq import parse_freq
 from ohlcv.lake.layout import SymbolSource, discover
 from ohlcv.lake.store import RemoteReadError, file_stamp, is_remote, lake_label, lake_root
 
-WORK_FORMAT = 3  # layout of the temporary batch files; a work folder of another layout is not resumed
+# layout of the temporary batch files and of what a build computes; a work folder or a dataset of another
+# one is not resumed or kept (4: each feature output has its own warm-up; reports list missing variates)
+WORK_FORMAT = 4
 
 
 @dataclass
@@ -214,9 +216,11 @@ class IterativeFinancialDatasetBuilder:
 
     def fingerprint(self, sources: list[SymbolSource], *, shard: bool = True) -> str:
         digest = hashlib.sha256()
+        # what the features write, beyond their parameters (in the profile): each output and its warm-up
+        features = [[f.name, f.output_warmups(p)] for f, p in self.variates.feature_specs]
         digest.update(json.dumps({"profile": profile_hash(self.cfg), "batch": int(self.data.batch_size),
                                   "shard": str(self.shard) if shard else None, "ohlcv": __version__, "work": WORK_FORMAT,
-                                  "plugins": self.plugins.versions()}, sort_keys=True).encode())
+                                  "plugins": self.plugins.versions(), "features": features}, sort_keys=True).encode())
         for source in sources:
             digest.update(source.item_id.encode())
             for path in source.files:
@@ -733,14 +737,10 @@ class IterativeFinancialDatasetBuilder:
                           scratch=cache / "meta", keep=False)
         write_timestamps([m.with_suffix(".ts.parquet") for m, _ in with_data], staging / TIMESTAMPS_FILE)
         report = build_report(reports, skipped, started, resumed, batch_count)
-        owners = {name: feature.name for feature, params in self.pipeline.specs for name in feature.output_names(params)}
-        cross = {name for feature, params in self.pipeline.specs if feature.reference is not None
-                 for name in feature.output_names(params)}
-        unexplained = [  # a single-symbol class's cross-asset features have their own note
-            {**r, "missing_variates": [v for v in r.get("missing_variates", []) if v not in cross]}
-            if r["item_id"].split("/", 1)[0] in self.peerless_classes else r for r in reports]
+        causes = variate_causes(self.variates.feature_specs)
+        report["variate_causes"], report["peerless_classes"] = causes, sorted(self.peerless_classes)
         report["notes"] = [*self.notes, *off_session_notes(reports, self.calendars),
-                           *missing_variate_notes(unexplained, owners)]
+                           *missing_variate_notes(reports, causes, self.peerless_classes)]
         report["executor"] = {"name": self.executor, "ray_tasks": self.ray_tasks}
         manifest = {
             "format": FORMAT,

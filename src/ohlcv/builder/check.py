@@ -149,16 +149,17 @@ def _likely_causes(cfg, manifest: dict[str, Any], median_length: float) -> dict[
     except Exception:  # noqa: BLE001 - the check reports what it can
         return causes
     for feature, params, outputs in resolved:
-        warmup = feature.warmup_bars(params)
-        if median_length and warmup > median_length / 2:
-            why = f"its warm-up of {warmup} bars is more than half the median series ({median_length:,.0f} bars)"
-        elif feature.reference is not None:
-            why = ("a cross-asset feature: it needs other symbols of the same asset class with bars at the same "
-                   "times (one symbol per class, or classes on different calendars)")
-        elif "volume" in feature.inputs:
-            why = "it reads volume, which is missing for these symbols"
-        else:
-            why = _GAPS
+        warmups = feature.output_warmups(params)
         for name in outputs:
+            warmup = warmups.get(name, 0)
+            if median_length and warmup > median_length / 2:
+                why = f"its warm-up of {warmup} bars is more than half the median series ({median_length:,.0f} bars)"
+            elif feature.reference is not None:
+                why = ("a cross-asset feature: it needs other symbols of the same asset class with bars at the same "
+                       "times (one symbol per class, or classes on different calendars)")
+            elif "volume" in feature.inputs:
+                why = "it reads volume, which is missing for these symbols"
+            else:
+                why = _GAPS
             causes[name] = f"feature '{feature.name}': {why}"
     return causes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ohlcv.builder.clean import RULES
 
@@ -22,22 +23,59 @@ def off_session_notes(reports: list[dict], venues: dict) -> list[str]:
     return notes
 
 
-def missing_variate_notes(reports: list[dict], owners: dict[str, str]) -> list[str]:
-    """A line for each set of variates that some built symbols have no value of at all: uni2ts sees them
-    missing throughout for those series. ``owners`` maps a feature's outputs to the feature."""
+def variate_causes(feature_specs) -> dict[str, dict[str, Any]]:
+    """Why each variate could have no value at all in a series: the lake's volume, or the feature that
+    makes it (a cross-asset one needs peers, a fitted one training bars, any its own warm-up). Kept in
+    the report, so that ``build merge`` words its notes as a build does."""
+    causes: dict[str, dict[str, Any]] = {"volume": {"feature": None, "cause": "no volume in its files"}}
+    for feature, params in feature_specs:
+        for name, warmup in feature.output_warmups(params).items():
+            if feature.reference is not None:
+                cause = "no other symbol of its asset class at its bars"
+            elif feature.fit is not None:
+                cause = "too few training bars to fit it"
+            else:
+                cause = f"a warm-up of {warmup} bars, longer than the series"
+            causes[name] = {"feature": feature.name, "cause": cause, "cross_asset": feature.reference is not None,
+                            "inputs": list(feature.inputs)}
+    return causes
+
+
+def missing_variate_notes(reports: list[dict], causes: dict[str, dict[str, Any]],
+                          peerless_classes: set[str] = frozenset()) -> list[str]:
+    """A line for each set of variates that some built symbols have no value of at all (uni2ts sees them
+    missing throughout for those series), with the features and likely causes. The cross-asset features
+    of a class of one symbol are left out: their own note says so."""
     groups: dict[tuple[str, ...], list[str]] = {}
+    built = 0
     for report in reports:
-        if not report["quarantined"] and report.get("missing_variates"):
-            groups.setdefault(tuple(report["missing_variates"]), []).append(report["item_id"])
-    built = sum(1 for r in reports if not r["quarantined"])
+        if report["quarantined"]:
+            continue
+        built += 1
+        alone = report["item_id"].split("/", 1)[0] in peerless_classes
+        missing = tuple(v for v in report.get("missing_variates", [])
+                        if not (alone and causes.get(v, {}).get("cross_asset")))
+        if missing:
+            groups.setdefault(missing, []).append(report["item_id"])
     notes = []
     for variates, items in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        features = sorted({owners[v] for v in variates if v in owners})
+        why = []
+        for variate in variates:
+            known = causes.get(variate)
+            if "volume" in variates and "volume" in (known or {}).get("inputs", []):
+                continue  # a feature of volume, in a series without volume: said once, for volume
+            if known is not None:
+                text = f"{known['feature']}: {known['cause']}" if known["feature"] else known["cause"]
+                if text not in why:
+                    why.append(text)
         shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
-        notes.append(f"{', '.join(variates)}{' (' + ', '.join(features) + ')' if features else ''}: no value at all in "
-                     f"{len(items)} of {built} series ({shown}): a warm-up longer than the series, a cross-asset "
-                     "feature without peers, or a fitted one with too few training bars")
+        notes.append(f"{', '.join(variates)}: no value at all in {len(items)} of {built} series ({shown})"
+                     + (f"; likely {'; '.join(why)}" if why else ""))
     return notes
+
+
+def is_missing_variate_note(note: str) -> bool:
+    return ": no value at all in " in note
 
 
 def build_report(reports: list[dict], skipped: list[str], started: float, resumed: int, batches: int) -> dict:

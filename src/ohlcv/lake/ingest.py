@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from ohlcv.builder.clean import SymbolReport, to_utc_timestamps
+from ohlcv.builder.clean import SymbolReport, read_symbol_files, to_utc_timestamps
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.freq import parse_freq
 from ohlcv.lake.layout import REQUIRED_COLUMNS, part_path, resolve_partition, stored_layout
@@ -269,31 +269,20 @@ def _by_symbol_folder(files) -> dict[Path, list]:
 
 
 def _all_bars(files, label: str):
-    """(every bar of ``files``, sorted, a bar stored twice once: the later file's copy; how many copies were
-    dropped), or an OhlcvError naming the file the build would skip."""
+    """(every bar of ``files`` as the build reads them, sorted, a bar stored twice once: the later file's
+    copy; how many copies were dropped), or an OhlcvError naming a file the build would skip."""
     import polars as pl
 
-    frames = []
-    for path in files:
-        try:
-            frame = pl.read_parquet(path)
-        except Exception as exc:  # noqa: BLE001 - named, and its folder left as it is
-            raise OhlcvError(f"{label}: left as it is: {path} cannot be read ({type(exc).__name__}); "
-                             f"fix or remove it, then repartition again") from None
-        missing = [c for c in REQUIRED_COLUMNS[:5] if c not in frame.columns]
-        if missing:
-            raise OhlcvError(f"{label}: left as it is: {path} has no {', '.join(missing)} column (the build skips "
-                             f"it); fix or remove it, then repartition again")
-        try:
-            frame, _ = to_utc_timestamps(frame.select([c for c in REQUIRED_COLUMNS if c in frame.columns]),
-                                         SymbolReport(label))
-            frames.append(frame.with_columns(pl.exclude("ts").cast(pl.Float64)))
-        except Exception as exc:  # noqa: BLE001 - text prices that are not numbers, a time stamp that is not one
-            raise OhlcvError(f"{label}: left as it is: {path} cannot be converted to the lake's types "
-                             f"({type(exc).__name__}); fix it, then repartition again") from None
-    stacked = pl.concat(frames, how="diagonal_relaxed").filter(pl.col("ts").is_not_null())
+    report = SymbolReport(label)
+    frame = read_symbol_files(files, report)  # the build's own reader: names, types and time zones repaired
+    if report.file_problems:
+        raise OhlcvError(f"{label}: left as it is: {report.file_problems[0]} (the build skips it); fix or remove "
+                         f"it, then repartition again")
+    stacked = frame.filter(pl.col("ts").is_not_null())
     bars = stacked.unique(subset="ts", keep="last", maintain_order=True).sort("ts")
-    return bars.select([c for c in REQUIRED_COLUMNS if c in bars.columns]), stacked.height - bars.height
+    if report.counts.get("files_no_volume", 0) == report.files:  # a lake without volume stays without
+        bars = bars.drop("volume")
+    return bars, stacked.height - bars.height
 
 
 def _write_layout(bars, sym_dir: Path, by: str) -> set[Path]:
