@@ -696,3 +696,22 @@ def test_the_note_for_a_symbol_without_volume_names_the_volume_not_a_warm_up(tmp
     assert result.report["per_symbol"]["crypto/CRY001"]["missing_variates"] == ["volume", "volume_z"]
     assert [n for n in result.report["notes"] if "no value at all" in n] == [
         "volume, volume_z: no value at all in 1 of 2 series (crypto/CRY001); likely no volume in its files"]
+
+
+def test_a_dataset_whose_features_would_now_be_computed_differently_is_rebuilt(tmp_path, monkeypatch):
+    """The fingerprint covers what the features write (each output's warm-up), not only their parameters:
+    a dataset built by a feature definition of another version is not kept as up to date."""
+    from ohlcv.features import Feature
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["crypto"], bars=800, seed=1)
+    first = _build(lake.root, tmp_path / "ds", "features.params.log_return.horizons=[1,24]")
+    assert _build(lake.root, tmp_path / "ds", "features.params.log_return.horizons=[1,24]").up_to_date
+    longest = Feature.output_warmups
+
+    def as_before(self, overrides=None):  # every output waiting for the longest, as before this version
+        warmups = longest(self, overrides)
+        return dict.fromkeys(warmups, max(warmups.values(), default=0))
+
+    monkeypatch.setattr(Feature, "output_warmups", as_before)
+    again = _build(lake.root, tmp_path / "ds", "features.params.log_return.horizons=[1,24]")
+    assert not again.up_to_date and again.manifest["content_hash"] != first.manifest["content_hash"]

@@ -155,10 +155,22 @@ def test_each_output_waits_its_own_warm_up_not_the_longest(features):
     first = {c: int(np.argmax(out[c].is_not_null().to_numpy())) for c in ("log_return_1", "log_return_24", "rv_24", "rv_168")}
     assert first == {"log_return_1": 1, "log_return_24": 24, "rv_24": 24, "rv_168": 168}
     assert features.get("realized_vol").warmup_bars({"windows": [24, 168]}) == 168  # the longest, for the tables
-    wrong = Feature(name="wrong", family="indicator", inputs=("close",), outputs=["a", "b"], warmup={"a": 3},
-                    exprs=lambda p: [pl.col("close").alias("a"), pl.col("close").alias("b")])
+    wrong = Feature(name="wrong", family="indicator", inputs=("close",), outputs=lambda p: ["a", "b"],
+                    warmup=lambda p: {"a": 3}, exprs=lambda p: [pl.col("close").alias("a"), pl.col("close").alias("b")])
     with pytest.raises(PluginError, match="give every output, and only them, a warm-up"):
-        wrong.output_warmups()
+        wrong.output_warmups()  # (computed from the parameters: checked when asked, at the build's start)
+
+
+def test_a_warm_up_declared_shorter_than_the_output_needs_fails_the_warm_up_check():
+    def mean_50(p):
+        return [pl.col("close").rolling_mean(window_size=50).alias("mean_50")]
+
+    short = Feature(name="short_warmup", family="indicator", inputs=("close",), outputs=["mean_50"], warmup=1,
+                    exprs=mean_50)
+    problem = check_warmup(short)
+    assert problem is not None and "first value at bar 49" in problem and "declared warm-up of 1" in problem
+    assert check_warmup(Feature(name="right_warmup", family="indicator", inputs=("close",), outputs=["mean_50"],
+                                warmup=49, exprs=mean_50)) is None
 
 
 def test_a_fitted_frame_features_intermediates_are_computed_over_the_batch_and_seen_by_fit_on_training_rows():
@@ -504,3 +516,10 @@ def test_the_full_hourly_dataset_is_the_same_for_any_batch_size_worker_count_or_
     merged = merge_shards(shards, tmp_path / "merged")
     assert one_by_one.manifest["content_hash"] == whole.manifest["content_hash"]
     assert merged["content_hash"] == whole.manifest["content_hash"]
+
+
+@pytest.mark.parametrize("warmup", [-1, 2.5, {"a": 3}, {"a": 3, "b": 1, "c": 0}, True])
+def test_a_fixed_warm_up_that_is_not_whole_bars_for_every_output_is_refused_at_registration(warmup):
+    with pytest.raises(PluginError, match="feature 'bad'"):
+        Feature(name="bad", family="indicator", inputs=("close",), outputs=["a", "b"], warmup=warmup,
+                exprs=lambda p: [pl.col("close").alias("a"), pl.col("close").alias("b")])

@@ -510,8 +510,15 @@ def test_a_finetune_resumes_from_its_last_checkpoint(pretrained, cli, pattern):
     first = finetune(cli, root, start, out, *options, "finetune.max_steps=2")
     assert first.exit_code == 0, first.stderr + first.stdout
     before = torch.load(root / out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    resumed = cli("finetune", "--from", str(start), "--out", str(root / out), "--resume", "--profile", "hourly",
-                  "--dataset", str(root / "ds"), *TINY, *FT, *options, "finetune.max_steps=4")
+    again = ["finetune", "--from", str(start), "--out", str(root / out), "--resume", "--profile", "hourly",
+             "--dataset", str(root / "ds"), *TINY, *FT, *options]
+    # resumed at its own max_steps: nothing left to train (a restart would train two more steps)
+    done = cli(*again, "finetune.max_steps=2")
+    assert done.exit_code == 0, done.stderr + done.stdout
+    same = torch.load(root / out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert same["global_step"] == 2
+    assert all(torch.equal(before["state_dict"][k], v) for k, v in same["state_dict"].items())
+    resumed = cli(*again, "finetune.max_steps=4")
     assert resumed.exit_code == 0, resumed.stderr + resumed.stdout
     after = torch.load(root / out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert before["global_step"] == 2 and after["global_step"] == 4

@@ -12,6 +12,7 @@ bars at or before t only. Values inside the warm-up are null, never zeros.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -125,6 +126,8 @@ class Feature:
         if self.exprs is None and self.bounded:
             raise PluginError(f"feature '{self.name}': bounded= applies to exprs= features only")
         object.__setattr__(self, "inputs", tuple(self.inputs))
+        if not callable(self.warmup) and not callable(self.outputs):  # fixed: checked now, not at the first build
+            self.output_warmups()
         if not callable(self.kinds):
             object.__setattr__(self, "kinds", self._checked_kinds(self.kinds))
 
@@ -172,10 +175,14 @@ class Feature:
         value = self.warmup(params) if callable(self.warmup) else self.warmup
         names = self.output_names(overrides)
         if not isinstance(value, Mapping):
-            return {name: int(value) for name in names}
-        if set(value) != set(names):
+            value = dict.fromkeys(names, value)
+        elif set(value) != set(names):
             raise PluginError(f"feature '{self.name}': warm-up for {sorted(value)} but outputs {names}; "
                               f"give every output, and only them, a warm-up")
+        bad = {name: bars for name, bars in value.items()
+               if isinstance(bars, bool) or not isinstance(bars, numbers.Integral) or bars < 0}
+        if bad:
+            raise PluginError(f"feature '{self.name}': warm-up {bad} is not a whole number of bars (0 or more)")
         return {name: int(value[name]) for name in names}
 
     def warmup_bars(self, overrides: Params | None = None) -> int:

@@ -134,8 +134,9 @@ def check_feature(
             cuts = [train_end, train_end + (bars - train_end) // 2, bars - 40]
         else:
             # inside the gap, right after a weekend's reopening, and spread over the series
-            cuts = sorted({feature.warmup_bars(resolved) + 3, REOPEN_BAR, (GAP_BARS[0] + GAP_BARS[1]) // 2, bars // 4,
-                           bars // 2, train_end + 7, bars - 40})
+            warmups = {w + 3 for w in feature.output_warmups(resolved).values()}  # just after each output's warm-up
+            cuts = sorted(warmups | {REOPEN_BAR, (GAP_BARS[0] + GAP_BARS[1]) // 2, bars // 4, bars // 2,
+                                     train_end + 7, bars - 40})
         rng = np.random.default_rng(seed + 1)
     except Exception as exc:  # noqa: BLE001 - report, don't crash the checker
         return LookaheadResult(feature.name, False, detail=f"could not compute: {type(exc).__name__}: {exc}")
@@ -164,19 +165,29 @@ def check_feature(
 
 
 def check_warmup(feature: Feature, params: Mapping[str, Any] | None = None, *, bars: int = 900, seed: int = 0) -> str | None:
-    """None if every output is missing (not zero) inside the declared warm-up; else what is wrong."""
+    """None if each output's declared warm-up is long enough; else what is wrong.
+
+    The builder blanks every output inside its declared warm-up, so what matters is that the warm-up is
+    not declared shorter than the output needs: computed without that mask, on a series without gaps,
+    an output must have a value at the bar its warm-up ends (else the bars after it would be missing, or,
+    for a recursive indicator, unsettled values would reach the dataset), and a value somewhere."""
+    import polars as pl
+
     resolved = feature.resolve_params(params)
     pipeline = FeaturePipeline([(feature, resolved)])
     frame = synthetic_class(bars=bars, seed=seed)
-    out = _compute(pipeline, frame, int(bars * 0.6), "test/A1")  # the asset without gaps
+    ends = {item: int(bars * 0.6) for item in frame["item_id"].unique().to_list()}
+    reference = pipeline.contributions(frame) if pipeline.needs_reference else None
+    out = pipeline.apply(frame, reference=reference, train_end=ends, warmup_mask=False)
+    out = out.filter(pl.col("item_id") == "test/A1")  # the asset without gaps
     for column, warmup in feature.output_warmups(resolved).items():
         series = out[column]
-        head = series.head(warmup)
-        if head.null_count() != head.len():
-            first = int(np.argmax(head.is_not_null().to_numpy()))
-            return f"'{column}' has a value at bar {first}, inside its declared warm-up of {warmup} bars"
         if series.null_count() == series.len():
             return f"'{column}' is missing everywhere"
+        first = int(np.argmax(series.is_not_null().to_numpy()))
+        if first > warmup:
+            return (f"'{column}' has its first value at bar {first}, after its declared warm-up of {warmup} bars: "
+                    f"declare a warm-up of at least {first}")
     return None
 
 
@@ -224,10 +235,16 @@ class PipelineResult:
     detail: str = ""
 
 
+TAIL_KEPT = 5  # bars at the end of each lake file that the perturbation never removes
+
+
 def _perturbed_lake(lake, target, cut_us: int, rng: np.random.Generator, *, hole: int = 20) -> None:
     """Copy ``lake`` to ``target`` with every bar after ``cut_us`` changed (all symbols): prices moved by a
     random walk, volumes redrawn, and the ``hole`` bars right after the cut removed (a gap that starts
-    before t turns longer). The last bar of every symbol is kept, so the lake's span is unchanged."""
+    before t turns longer). The last ``TAIL_KEPT`` bars of every file are kept, so each symbol goes on
+    after the gap and the lake's span is unchanged: with one file per symbol and year, a single kept bar
+    after the jump could be dropped as an outlier, ending the series before t (which the series' end,
+    not a feature, decides)."""
     import shutil
 
     import polars as pl
@@ -241,7 +258,7 @@ def _perturbed_lake(lake, target, cut_us: int, rng: np.random.Generator, *, hole
             continue
         n = int(after.sum())
         factor = np.ones(frame.height)
-        factor[after] = np.exp(np.cumsum(rng.normal(0.0, 0.02, n))) * rng.uniform(0.5, 2.0)
+        factor[after] = np.exp(np.cumsum(rng.normal(0.0, 0.02, n))) * rng.uniform(0.8, 1.25)
         columns = {c: frame[c].to_numpy() * factor for c in ("open", "high", "low", "close")}
         if "volume" in frame.columns:  # (instruments without volume have none to change)
             volume = frame["volume"].to_numpy().copy()
@@ -249,7 +266,7 @@ def _perturbed_lake(lake, target, cut_us: int, rng: np.random.Generator, *, hole
             columns["volume"] = volume
         keep = np.ones(frame.height, dtype=bool)
         first_after = np.flatnonzero(after)[:hole]
-        keep[first_after[first_after < frame.height - 1]] = False
+        keep[first_after[first_after < frame.height - TAIL_KEPT]] = False
         changed = frame.with_columns(*[pl.Series(c, v) for c, v in columns.items()])
         changed.filter(pl.Series(keep)).write_parquet(path)
 

@@ -157,12 +157,14 @@ class FeaturePipeline:
         reference: "pl.DataFrame | KeyedReference | None" = None,
         train_end: Mapping[str, int] | None = None,
         finite: "Collection[str] | None" = None,
+        warmup_mask: bool = True,
     ) -> "pl.DataFrame":
         """``frame`` (item_id, ts, OHLCV; sorted by item and time) plus every feature's outputs (Float64).
 
         ``finite``: when given, the features' NaN and infinite values (a division by a zero range, say)
         and values beyond float32's range become missing, and so do those of the columns of ``frame``
-        it names."""
+        it names. ``warmup_mask=False`` leaves each output's warm-up as the feature computed it (for the
+        warm-up check; a build always masks)."""
         import polars as pl
 
         base_columns = list(frame.columns)
@@ -257,6 +259,8 @@ class FeaturePipeline:
             query = query.with_columns((pl.int_range(pl.len()) if single else pl.int_range(pl.len()).over("_series")).alias("_pos"))
         # one boolean column per distinct warm-up, read by every output that has it
         output_warmups = [feature.output_warmups(params) for feature, params in self.specs]
+        if not warmup_mask:
+            output_warmups = [dict.fromkeys(each, 0) for each in output_warmups]
         warmups = {w for each in output_warmups for w in each.values()} - {0}
         query = query.with_columns((pl.col("_pos") >= w).alias(f"_ready_{w}") for w in sorted(warmups))
         masked = []

@@ -182,7 +182,10 @@ def generate_sample_lake(
     lake = SampleLake(root=root, symbols=[], bars=bars)
     dirt_queue = [kind for kind in DIRT_KINDS if kind in set(dirt)]
     venues = dict(SAMPLE_CALENDARS if calendars is None else calendars)
-    if frequency.seconds > 86400:  # weekly bars: no venue lays out sessions that long; every class continuous
+    if frequency.seconds > 86400:  # weekly bars: no venue lays out sessions that long
+        if calendars:
+            raise ConfigError(f"'{frequency.canonical}' sample bars are laid out on the continuous calendar; "
+                              "pass no calendars", key="calendars")
         venues = {}
 
     # every class covers the same period: ``bars`` bars of the sparsest calendar of the lake (a venue

@@ -80,10 +80,11 @@ def local_target(where, command: str) -> Path:
     scheme = text.split(":/", 1)[0].lower() if ":/" in text else ""
     if scheme in SCHEMES:
         url = text if "://" in text else text.replace(":/", "://", 1)
-        copy = {"gs": "gcloud storage rsync -r", "gcs": "gcloud storage rsync -r"}.get(
-            scheme, "aws s3 sync" if scheme.startswith("s3") else "azcopy sync")
+        bucket = url.split("://", 1)[1]
+        copy = {"s3": f"aws s3 sync DIR s3://{bucket}", "gs": f"gcloud storage rsync -r DIR gs://{bucket}"}.get(
+            {"s3a": "s3", "gcs": "gs"}.get(scheme, scheme), "azcopy sync DIR https://ACCOUNT.blob.core.windows.net/...")
         raise OhlcvError(f"{url}: `ohlcv lake {command}` writes a local folder; write the lake to a folder here "
-                         f"and copy it to object storage (e.g. `{copy} DIR {url}`)")
+                         f"and copy it to object storage (e.g. `{copy}`)")
     return Path(text).expanduser()
 
 
