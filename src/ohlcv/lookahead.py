@@ -62,10 +62,6 @@ def synthetic_class(n_assets: int = 4, bars: int = 900, seed: int = 0):
     return data.with_columns([pl.when(gap).then(None).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close", "volume")])
 
 
-def _compute(pipeline: FeaturePipeline, frame, train_end: int, target: str):
-    return _compute_many(pipeline, frame, train_end, (target,))[target]
-
-
 def _compute_many(pipeline: FeaturePipeline, frame, train_end: int, targets):
     """``{target: its rows}`` of one pipeline run over the whole ``frame``."""
     import polars as pl
