@@ -645,7 +645,7 @@ def _debug() -> bool:
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point: one readable line per error, tracebacks only with OHLCV_DEBUG=1."""
     try:
-        _run_app(argv)
+        app(args=argv, prog_name="ohlcv")
     except OhlcvError as exc:
         if _debug():
             raise
@@ -661,16 +661,6 @@ def main(argv: Optional[List[str]] = None) -> None:
 
         _error(stack_conflict() or f"unexpected {type(exc).__name__}: {exc} (set OHLCV_DEBUG=1 for the traceback)")
         sys.exit(1)
-
-
-def _run_app(argv: Optional[List[str]]) -> None:
-    """The command, then (a DDP run) this process leaves its process group, whatever the outcome."""
-    from ohlcv.train.distributed import leave_process_group
-
-    try:
-        app(args=argv, prog_name="ohlcv")
-    finally:
-        leave_process_group()
 
 
 def _json_text(data) -> str:

@@ -58,21 +58,6 @@ def is_rank_zero() -> bool:
     return process_rank()[0] == 0
 
 
-def leave_process_group() -> None:
-    """Destroy the default process group if this process joined one (a DDP run), before the interpreter
-    exits: left to the interpreter's teardown, gloo's worker threads can abort the process after the run
-    finished ("terminate called without an active exception", exit status -6). Torch is not imported here
-    unless the run imported it."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None:
-        return
-    try:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - on the way out: nothing left to report it to
-        pass
-
-
 def rank_label() -> str:
     """How this process is named in its error messages: '' for rank zero, else 'rank N: '."""
     rank, world = process_rank()
