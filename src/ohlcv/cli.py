@@ -534,6 +534,10 @@ def plugins_list(
         render_plugins(_console(), plugins, warnings_to=_console(stderr=True))
 
 
+PARTITION_HELP = ("year: year=YYYY/part.parquet; month: year=YYYY/month=MM/part.parquet; auto: year files for "
+                  "daily and slower bars, month files for intraday bars.")
+
+
 @lake_app.command("sample")
 def lake_sample(
     directory: str = typer.Argument(..., help="Where to write the lake (a local folder)."),
@@ -546,10 +550,7 @@ def lake_sample(
     dirt: Optional[str] = typer.Option(
         None, "--dirt", help="Inject defects, one kind per symbol: 'all' or a comma-separated list."
     ),
-    partition: str = typer.Option(
-        "auto", "--partition",
-        help="month: year=YYYY/month=MM/part.parquet; year: year=YYYY/part.parquet; auto: year files for "
-             "daily and slower bars, month files for intraday bars."),
+    partition: str = typer.Option("auto", "--partition", help=PARTITION_HELP),
 ) -> None:
     """Write a realistic synthetic lake (GBM, stochastic volatility, regimes, correlated classes)."""
     from ohlcv.lake.sample import DIRT_KINDS, generate_sample_lake
@@ -579,9 +580,7 @@ def lake_ingest(
     freq: str = typer.Option(..., "--freq", help="Bar frequency of these files."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol of a single file (default: file name)."),
     partition: str = typer.Option(
-        "auto", "--partition",
-        help="month: year=YYYY/month=MM/part.parquet; year: year=YYYY/part.parquet; auto: the symbol's layout "
-             "in the lake, else year files for daily and slower bars and month files for intraday bars."),
+        "auto", "--partition", help=PARTITION_HELP + " A symbol already in the lake keeps its years' layout."),
 ) -> None:
     """Convert vendor exports into the lake layout, appending without duplicating bars."""
     from ohlcv.lake.ingest import ingest
@@ -596,9 +595,7 @@ def lake_ingest(
 @lake_app.command("repartition")
 def lake_repartition(
     lake: str = typer.Argument(..., help="The lake to rewrite (a local folder)."),
-    partition: str = typer.Option(
-        ..., "--partition", help="year: year=YYYY/part.parquet; month: year=YYYY/month=MM/part.parquet; auto: year "
-                                 "files for daily and slower bars, month files for intraday bars."),
+    partition: str = typer.Option(..., "--partition", help=PARTITION_HELP),
     freq: Optional[str] = typer.Option(None, "--freq", help="Only the symbols of this frequency."),
     asset_classes: Optional[List[str]] = typer.Option(None, "--asset-class", help="Only these asset classes (repeatable)."),
 ) -> None:

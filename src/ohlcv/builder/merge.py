@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ohlcv.builder.plan import refuse_per_class_shards
-from ohlcv.builder.report import is_missing_variate_note, missing_variate_notes
+from ohlcv.builder.report import missing_variate_notes
 from ohlcv.dataset.format import HF_SUBDIR, TIMESTAMPS_FILE, Variates
 from ohlcv.dataset.read import load_hf
 from ohlcv.dataset.write import (atomic_json, check_output_folder, swap_into_place, write_hf_dataset,
@@ -117,6 +117,10 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
     )
     atomic_json(staging / "manifest.json", manifest)
     reports = [json.loads((Path(s).expanduser() / "report.json").read_text()) for s in shards]
+    # the missing-variate notes are worded over every shard's series, not once per shard with its own counts
+    causes, peerless = reports[0].get("variate_causes", {}), reports[0].get("peerless_classes", [])
+    shards_own = {note for r in reports
+                  for note in missing_variate_notes(list(r["per_symbol"].values()), causes, set(peerless))}
     totals: dict[str, int] = {}
     for report in reports:
         for rule, count in report["totals"].items():
@@ -129,14 +133,12 @@ def merge_shards(shards: list[Path], out: Path) -> dict[str, Any]:
         "rules": reports[0]["rules"],
         "per_symbol": {k: v for r in reports for k, v in r["per_symbol"].items()},
         "skipped_paths": sorted({p for r in reports for p in r["skipped_paths"]}),
-        "notes": sorted({n for r in reports for n in r.get("notes", []) if not is_missing_variate_note(n)}),
+        "notes": sorted({n for r in reports for n in r.get("notes", []) if n not in shards_own}),
+        "variate_causes": causes,
+        "peerless_classes": peerless,
         "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    # worded over every shard's series, not once per shard with its own counts
-    causes = reports[0].get("variate_causes", {})
-    merged_report.update(variate_causes=causes, peerless_classes=reports[0].get("peerless_classes", []))
-    merged_report["notes"] += missing_variate_notes(list(merged_report["per_symbol"].values()), causes,
-                                                    set(merged_report["peerless_classes"]))
+    merged_report["notes"] += missing_variate_notes(list(merged_report["per_symbol"].values()), causes, set(peerless))
     atomic_json(staging / "report.json", merged_report)
     profile = Path(shards[0]).expanduser() / "profile.yaml"
     if profile.is_file():

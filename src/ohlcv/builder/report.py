@@ -74,10 +74,6 @@ def missing_variate_notes(reports: list[dict], causes: dict[str, dict[str, Any]]
     return notes
 
 
-def is_missing_variate_note(note: str) -> bool:
-    return ": no value at all in " in note
-
-
 def build_report(reports: list[dict], skipped: list[str], started: float, resumed: int, batches: int) -> dict:
     totals: dict[str, int] = {}
     for report in reports:

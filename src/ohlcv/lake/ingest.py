@@ -22,7 +22,7 @@ from urllib.parse import quote
 from ohlcv.builder.clean import SymbolReport, read_symbol_files, to_utc_timestamps
 from ohlcv.errors import ConfigError, OhlcvError
 from ohlcv.freq import parse_freq
-from ohlcv.lake.layout import REQUIRED_COLUMNS, part_path, resolve_partition, stored_layout
+from ohlcv.lake.layout import REQUIRED_COLUMNS, check_partition, part_path, resolve_partition, stored_layout
 from ohlcv.lake.store import local_target
 
 _ALIASES = {
@@ -174,9 +174,7 @@ def ingest(source: Path, lake: Path, *, asset_class: str, freq: str, symbol: str
                 result.problems.append(f"{target}: unreadable lake file ({type(exc).__name__}); left as it is, and "
                                        f"{part.height} bars of {path.name} for it not ingested")
                 continue
-            tmp = target.with_name(f".{target.name}.tmp")
-            part.write_parquet(tmp)
-            os.replace(tmp, target)
+            _write_atomically(part, target)
             stats["files"] += 1
             by[layouts[year]] += 1
         stats["by"] = " and ".join(kind for kind in ("year", "month") if by[kind]) or "-"
@@ -229,7 +227,7 @@ def repartition(lake: Path, *, partition: str, freq: str | None = None,
     if not lake.is_dir():
         raise OhlcvError(f"{lake}: no such lake folder")
     canonical = parse_freq(freq, key="--freq").canonical if freq else None
-    resolve_partition(partition, parse_freq("1D"))  # the name is checked before anything is read
+    check_partition(partition)  # before anything is read
     found = discover(lake, freq=canonical, asset_classes=asset_classes)
     if not found.sources:
         raise OhlcvError(f"{lake}: no symbols match (freq {canonical or 'any'}, asset classes "
@@ -295,11 +293,16 @@ def _write_layout(bars, sym_dir: Path, by: str) -> set[Path]:
     for parts, part in sorted(pieces.partition_by(keys, as_dict=True).items()):
         target = part_path(sym_dir, parts[0], parts[1] if by == "month" else None)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        part.drop("_y", "_m").write_parquet(tmp)
-        os.replace(tmp, target)
+        _write_atomically(part.drop("_y", "_m"), target)
         written.add(target)
     return written
+
+
+def _write_atomically(frame, target: Path) -> None:
+    """``frame`` as the Parquet file ``target``, whole or not at all (a temporary file renamed)."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, target)
 
 
 def _remove_empty_folders(sym_dir: Path) -> None:

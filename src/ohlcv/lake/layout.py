@@ -55,6 +55,18 @@ def _partition(name: str, level: str) -> str | None:
     return unquote(name[len(prefix):])
 
 
+def _year_of(name: str) -> int | None:
+    """The year of a ``year=YYYY`` name; None for any other name."""
+    text = _partition(name, "year")
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _month_of(name: str) -> int | None:
+    """The month of a ``month=MM`` name (1 to 12); None for any other name."""
+    text = _partition(name, "month")
+    return int(text) if text is not None and text.isdigit() and 1 <= int(text) <= 12 else None
+
+
 def _entries(path: str | Path) -> list[os.DirEntry]:
     """A folder's entries by name; none if it cannot be listed."""
     try:
@@ -102,11 +114,16 @@ def default_partition(freq: Frequency) -> str:
     return "month" if freq.seconds is not None and freq.seconds < 86400 else "year"
 
 
-def resolve_partition(partition: str, freq: Frequency, *, key: str = "--partition") -> str:
-    """"month" or "year" for a writer's ``partition`` ("auto": :func:`default_partition`)."""
+def check_partition(partition: str, *, key: str = "--partition") -> str:
+    """``partition`` if it names one of :data:`PARTITIONS`, else a ConfigError."""
     if partition not in PARTITIONS:
         raise ConfigError(f"'{partition}' is not a partition; use one of {', '.join(PARTITIONS)}", key=key)
-    return default_partition(freq) if partition == "auto" else partition
+    return partition
+
+
+def resolve_partition(partition: str, freq: Frequency, *, key: str = "--partition") -> str:
+    """"month" or "year" for a writer's ``partition`` ("auto": :func:`default_partition`)."""
+    return default_partition(freq) if check_partition(partition, key=key) == "auto" else partition
 
 
 def stored_layout(symbol_dir: Path) -> dict[int, set[str]]:
@@ -114,16 +131,15 @@ def stored_layout(symbol_dir: Path) -> dict[int, set[str]]:
     folders holding files), or both; empty when the symbol has no files yet."""
     years: dict[int, set[str]] = {}
     for year_entry in _subdirs(symbol_dir):
-        year = _partition(year_entry.name, "year")
-        if year is None or not year.isdigit():
+        year = _year_of(year_entry.name)
+        if year is None:
             continue
         for entry in _entries(year_entry.path):
-            month = _partition(entry.name, "month")
             if entry.is_file() and entry.name.endswith(".parquet"):
-                years.setdefault(int(year), set()).add("year")
-            elif (entry.is_dir(follow_symlinks=False) and month is not None and month.isdigit()
-                  and 1 <= int(month) <= 12 and any(e.name.endswith(".parquet") for e in _entries(entry.path))):
-                years.setdefault(int(year), set()).add("month")
+                years.setdefault(year, set()).add("year")
+            elif (entry.is_dir(follow_symlinks=False) and _month_of(entry.name) is not None
+                  and any(e.name.endswith(".parquet") for e in _entries(entry.path))):
+                years.setdefault(year, set()).add("month")
     return years
 
 
@@ -203,11 +219,10 @@ def discover(
                 files = found.setdefault(key, [])
                 freqs[key] = parsed
                 for year_entry in _subdirs(sym_entry.path):
-                    year_text = _partition(year_entry.name, "year")
-                    if year_text is None or not year_text.isdigit():
+                    year = _year_of(year_entry.name)
+                    if year is None:
                         discovery.skipped.append(f"{year_entry.path}: not a year=YYYY folder")
                         continue
-                    year = int(year_text)
                     # a year's bars in files directly under year=YYYY (a year file: the layout for daily and
                     # slower bars), in month=MM folders, or both
                     year_files, month_dirs = [], []
@@ -219,11 +234,11 @@ def discover(
                     if year_files and _year_overlaps(year, t0, t1):
                         files.extend(Path(p) for p in year_files)
                     for month_entry in month_dirs:
-                        month_text = _partition(month_entry.name, "month")
-                        if month_text is None or not month_text.isdigit() or not 1 <= int(month_text) <= 12:
+                        month = _month_of(month_entry.name)
+                        if month is None:
                             discovery.skipped.append(f"{month_entry.path}: not a month=MM folder")
                             continue
-                        if not _month_overlaps(year, int(month_text), t0, t1):
+                        if not _month_overlaps(year, month, t0, t1):
                             continue
                         names = sorted(
                             e.name for e in os.scandir(month_entry.path) if e.name.endswith(".parquet") and e.is_file()
@@ -327,15 +342,13 @@ def _remote_partition(parts: list[str]) -> tuple[int | None, int | None]:
     (None, None) for anything outside the layout."""
     if not parts[-1].endswith(".parquet") or len(parts) not in (2, 3):
         return None, None
-    year = _partition(parts[0], "year")
-    if year is None or not year.isdigit():
+    year = _year_of(parts[0])
+    if year is None:
         return None, None
     if len(parts) == 2:
-        return int(year), None
-    month = _partition(parts[1], "month")
-    if month is None or not month.isdigit() or not 1 <= int(month) <= 12:
-        return None, None
-    return int(year), int(month)
+        return year, None
+    month = _month_of(parts[1])
+    return (year, month) if month is not None else (None, None)
 
 
 def _remote_order(prefix: str):
