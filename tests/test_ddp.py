@@ -183,17 +183,6 @@ def test_a_harmful_finetune_falls_back_to_the_starting_model_in_two_processes(pr
     assert exported.keys() == original.keys() and all(np.array_equal(exported[k], original[k]) for k in original)
 
 
-@pytest.mark.slow
-def test_json_in_two_processes_is_one_document_from_rank_zero(pretrained, tmp_path):
-    root, _ = pretrained
-    result = run_ohlcv_subprocess("pretrain", "--profile", "hourly", "--dataset", str(root / "ds"), "--json",
-                                  "--out", str(tmp_path / "run"), *TINY, *TWO_CPUS, "pretrain.max_steps=2",
-                                  timeout=TIMEOUT)
-    _ok(result)
-    summary = json.loads(result.stdout)  # rank one prints nothing: one document
-    assert summary["steps"] == 2 and [p["rank"] for p in summary["processes"]] == [0, 1]
-
-
 class _Trainer:
     """What the samplers read from a Lightning trainer."""
 
