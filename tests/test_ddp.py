@@ -9,6 +9,7 @@ that one process takes on the same data and seed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -183,6 +184,41 @@ def test_a_harmful_finetune_falls_back_to_the_starting_model_in_two_processes(pr
     assert exported.keys() == original.keys() and all(np.array_equal(exported[k], original[k]) for k in original)
 
 
+@pytest.mark.slow
+def test_json_in_two_processes_is_one_document_from_rank_zero(pretrained, tmp_path):
+    root, _ = pretrained
+    result = run_ohlcv_subprocess("pretrain", "--profile", "hourly", "--dataset", str(root / "ds"), "--json",
+                                  "--out", str(tmp_path / "run"), *TINY, *TWO_CPUS, "pretrain.max_steps=2",
+                                  timeout=TIMEOUT)
+    _ok(result)
+    summary = json.loads(result.stdout)  # rank one prints nothing: one document, complete after the fast exit
+    assert summary["steps"] == 2 and [p["rank"] for p in summary["processes"]] == [0, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None,
+                    reason='LoRA needs peft: pip install "ohlcv[lora]" (modern stack, torch >= 2.5)')
+def test_a_lora_finetune_in_two_processes_resumes_and_exports_one_merged_model(pretrained, tmp_path):
+    import torch
+    from safetensors.numpy import load_file
+
+    root, start = pretrained
+    args = ["finetune", "--from", str(start), "--out", str(tmp_path / "lora"), "--profile", "hourly",
+            f"data.dataset={root / 'ds'}", *TINY, *FT, *TWO_CPUS, "finetune.pattern=lora", "finetune.lora.rank=2",
+            "finetune.lr=1e-3"]
+    first = run_ohlcv_subprocess(*args, "finetune.max_steps=2", timeout=TIMEOUT)
+    _ok(first)
+    again = run_ohlcv_subprocess(*args, "finetune.max_steps=4", "--resume", "--json", timeout=TIMEOUT)
+    _ok(again)
+    summary = json.loads(again.stdout)  # one document: rank one prints nothing
+    assert summary["steps"] == 4 and summary["processes"] == 2 and "could not find the monitored" not in again.stderr
+    assert _checkpoint_step(tmp_path / "lora" / "checkpoints" / "last.ckpt") == 4
+    state = torch.load(tmp_path / "lora" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert any("lora_B" in k for k in state["state_dict"])
+    _only_model(tmp_path, tmp_path / "lora" / "model")
+    assert load_file(tmp_path / "lora" / "model" / "model.safetensors").keys() == load_file(start / "model.safetensors").keys()
+
+
 class _Trainer:
     """What the samplers read from a Lightning trainer."""
 
@@ -289,3 +325,55 @@ def test_evaluate_says_it_runs_in_one_process_and_other_ranks_leave_at_once(cli,
     other = cli("evaluate", "--profile", "hourly", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "ev"),
                 f"data.dataset={tmp_path / 'ds'}", env={"RANK": "1", "WORLD_SIZE": "2"})
     assert other.exit_code == 0 and other.stdout == "" and other.stderr == "" and not (tmp_path / "ev").exists()
+
+
+_LEAVE = r"""
+import atexit, os, sys
+from pathlib import Path
+import torch, torch.distributed as dist
+
+rank, port, marks = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+work = dist.all_reduce(torch.ones(4), async_op=True)  # the group's threads have held tensors
+work.wait()
+atexit.register(lambda: (marks / f"atexit-{rank}").write_text("ran"))
+
+
+class Teardown:
+    def __init__(self, path, write):  # kept on the instance: module globals are None by the time __del__ runs
+        self.path, self.write = path, write
+
+    def __del__(self):  # runs while the interpreter finalizes: only if the process left the ordinary way
+        self.write(self.path)
+
+
+kept = Teardown(str(marks / f"teardown-{rank}"), lambda path, opened=open: opened(path, "w").close())
+print(f"rank {rank} said this", end="")  # no newline, into a pipe: still in Python's buffer
+from ohlcv.cli import main
+
+sys.argv = ["ohlcv", "--version"] if rank == 0 else ["ohlcv", "pretrain", "--profile", "hourly"]
+main()
+"""
+
+
+def test_a_process_of_a_multi_process_run_leaves_after_its_exit_work_without_the_teardown_that_aborts(tmp_path):
+    """Both ranks of a live gloo group leave through ``os._exit`` once their output is flushed and their
+    ``atexit`` handlers ran, with the command's status; the interpreter's teardown (where gloo aborted
+    finished runs with status -6) never starts."""
+    port = _free_port()
+    tasks = [subprocess.Popen([sys.executable, "-c", _LEAVE, str(rank), port, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "COLUMNS": "200"})
+             for rank in (0, 1)]
+    (out0, err0), (out1, err1) = (task.communicate(timeout=TIMEOUT) for task in tasks)
+    assert tasks[0].returncode == 0, err0
+    assert out0.startswith("rank 0 said this") and out0.rstrip().endswith(__import__("ohlcv").__version__)
+    assert tasks[1].returncode == 2 and out1 == "rank 1 said this"  # rank 1's prose stays quiet; its error:
+    assert err1.startswith("rank 1/2: error:") and "--out" in err1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atexit-0", "atexit-1"]  # no "teardown-N"
+
+
+def test_one_process_leaves_the_ordinary_way():
+    from ohlcv.train.distributed import leave_process
+
+    assert leave_process(0) is None  # no process group: returns, and the caller's SystemExit goes on

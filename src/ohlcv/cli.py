@@ -640,7 +640,21 @@ def _debug() -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Console-script entry point: one readable line per error, tracebacks only with OHLCV_DEBUG=1."""
+    """Console-script entry point: one readable line per error, tracebacks only with OHLCV_DEBUG=1.
+
+    A process of a multi-process (DDP) run leaves through :func:`ohlcv.train.distributed.leave_process`,
+    which skips the process group's teardown at interpreter exit (an abort on gloo)."""
+    try:
+        _main(argv)
+    except SystemExit as exc:
+        if argv is None:  # the command itself, never a caller such as a test running it in-process
+            from ohlcv.train.distributed import leave_process
+
+            leave_process(exc.code)
+        raise
+
+
+def _main(argv: Optional[List[str]]) -> None:
     try:
         app(args=argv, prog_name="ohlcv")
     except OhlcvError as exc:
