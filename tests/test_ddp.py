@@ -184,15 +184,53 @@ def test_a_harmful_finetune_falls_back_to_the_starting_model_in_two_processes(pr
     assert exported.keys() == original.keys() and all(np.array_equal(exported[k], original[k]) for k in original)
 
 
+_MARKS = """
+import atexit, os
+from pathlib import Path
+
+_marks = Path(os.environ["OHLCV_TEST_MARKS"])
+atexit.register(lambda: (_marks / f"atexit-{os.getpid()}").write_text("ran"))
+
+
+class _Teardown:
+    def __init__(self, path, write):  # kept on the instance: module globals are None by the time __del__ runs
+        self.path, self.write = path, write
+
+    def __del__(self):  # runs while the interpreter finalizes: only if the process left the ordinary way
+        self.write(self.path)
+
+
+_kept = _Teardown(str(_marks / f"teardown-{os.getpid()}"), lambda path, opened=open: opened(path, "w").close())
+"""
+
+
+def _exit_marks(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The environment that makes every Python started with it leave a mark of how it exited, and where:
+    ``atexit-PID`` from its exit work, ``teardown-PID`` only if it finalized the interpreter."""
+    hooks, marks = tmp_path / "hooks", tmp_path / "marks"
+    hooks.mkdir(), marks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_MARKS)  # imported at start-up by every interpreter
+    path = os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "OHLCV_TEST_MARKS": str(marks)}, marks
+
+
+def _how_they_left(marks: Path) -> list[str]:
+    return sorted(p.name.split("-")[0] for p in marks.iterdir())
+
+
 @pytest.mark.slow
-def test_json_in_two_processes_is_one_document_from_rank_zero(pretrained, tmp_path):
+def test_json_in_two_processes_is_one_document_from_rank_zero_and_both_ranks_skip_the_teardown(pretrained, tmp_path):
+    """The rank Lightning's launcher starts (re-running the command line) leaves as rank zero does: its exit
+    work done, the interpreter's teardown skipped (see the test below)."""
     root, _ = pretrained
+    env, marks = _exit_marks(tmp_path)
     result = run_ohlcv_subprocess("pretrain", "--profile", "hourly", "--dataset", str(root / "ds"), "--json",
                                   "--out", str(tmp_path / "run"), *TINY, *TWO_CPUS, "pretrain.max_steps=2",
-                                  timeout=TIMEOUT)
+                                  env=env, timeout=TIMEOUT)
     _ok(result)
     summary = json.loads(result.stdout)  # rank one prints nothing: one document, complete after the fast exit
     assert summary["steps"] == 2 and [p["rank"] for p in summary["processes"]] == [0, 1]
+    assert _how_they_left(marks) == ["atexit", "atexit"]  # two processes, neither finalized the interpreter
 
 
 @pytest.mark.slow
@@ -328,26 +366,13 @@ def test_evaluate_says_it_runs_in_one_process_and_other_ranks_leave_at_once(cli,
 
 
 _LEAVE = r"""
-import atexit, os, sys
-from pathlib import Path
+import sys
 import torch, torch.distributed as dist
 
-rank, port, marks = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+rank, world, store = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
 work = dist.all_reduce(torch.ones(4), async_op=True)  # the group's threads have held tensors
 work.wait()
-atexit.register(lambda: (marks / f"atexit-{rank}").write_text("ran"))
-
-
-class Teardown:
-    def __init__(self, path, write):  # kept on the instance: module globals are None by the time __del__ runs
-        self.path, self.write = path, write
-
-    def __del__(self):  # runs while the interpreter finalizes: only if the process left the ordinary way
-        self.write(self.path)
-
-
-kept = Teardown(str(marks / f"teardown-{rank}"), lambda path, opened=open: opened(path, "w").close())
 print(f"rank {rank} said this", end="")  # no newline, into a pipe: still in Python's buffer
 from ohlcv.cli import main
 
@@ -356,24 +381,43 @@ main()
 """
 
 
+def _leave(tmp_path: Path, world: int, env: dict[str, str], debug: int) -> list[tuple[int, str, str]]:
+    """Run the script above as ``world`` ranks of one gloo group (rank ``debug`` with OHLCV_DEBUG=1);
+    (status, stdout, stderr) per rank."""
+    tasks = [subprocess.Popen([sys.executable, "-c", _LEAVE, str(rank), str(world), str(tmp_path / "store")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              env={**os.environ, **env, "RANK": str(rank), "WORLD_SIZE": str(world), "COLUMNS": "200",
+                                   **({"OHLCV_DEBUG": "1"} if rank == debug else {})})
+             for rank in range(world)]
+    try:
+        said = [task.communicate(timeout=TIMEOUT) for task in tasks]
+        return [(task.returncode, out, err) for task, (out, err) in zip(tasks, said)]
+    finally:
+        for task in tasks:
+            task.kill()
+
+
 def test_a_process_of_a_multi_process_run_leaves_after_its_exit_work_without_the_teardown_that_aborts(tmp_path):
-    """Both ranks of a live gloo group leave through ``os._exit`` once their output is flushed and their
-    ``atexit`` handlers ran, with the command's status; the interpreter's teardown (where gloo aborted
-    finished runs with status -6) never starts."""
-    port = _free_port()
-    tasks = [subprocess.Popen([sys.executable, "-c", _LEAVE, str(rank), port, str(tmp_path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                              env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "COLUMNS": "200"})
-             for rank in (0, 1)]
-    (out0, err0), (out1, err1) = (task.communicate(timeout=TIMEOUT) for task in tasks)
-    assert tasks[0].returncode == 0, err0
-    assert out0.startswith("rank 0 said this") and out0.rstrip().endswith(__import__("ohlcv").__version__)
-    assert tasks[1].returncode == 2 and out1 == "rank 1 said this"  # rank 1's prose stays quiet; its error:
-    assert err1.startswith("rank 1/2: error:") and "--out" in err1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["atexit-0", "atexit-1"]  # no "teardown-N"
+    """Every rank of a live gloo group leaves through ``os._exit`` once its output is flushed and its
+    ``atexit`` handlers ran, with the command's status: a success, a one-line error, and an error let
+    through with its traceback (OHLCV_DEBUG=1). The interpreter's teardown (where gloo aborted finished
+    runs with status -6) never starts."""
+    env, marks = _exit_marks(tmp_path)
+    results = _leave(tmp_path, 3, env, debug=2)
+    (_, out0, err0), (_, out1, err1), (_, out2, err2) = results
+    assert [status for status, _, _ in results] == [0, 2, 1], [err for _, _, err in results]
+    assert out0.startswith("rank 0 said this") and out0.rstrip().endswith(__import__("ohlcv").__version__), err0
+    assert out1 == "rank 1 said this" and err1.startswith("rank 1/3: error:") and "--out" in err1  # quiet prose
+    assert out2 == "rank 2 said this" and "Traceback" in err2 and "ConfigError" in err2 and "--out" in err2
+    assert _how_they_left(marks) == ["atexit"] * 3  # no teardown
 
 
-def test_one_process_leaves_the_ordinary_way():
-    from ohlcv.train.distributed import leave_process
-
-    assert leave_process(0) is None  # no process group: returns, and the caller's SystemExit goes on
+def test_one_process_leaves_the_ordinary_way(tmp_path):
+    """A group of one (or none) is left to the ordinary exit: ``leave_process`` returns."""
+    code = ("import sys, torch.distributed as dist\n"
+            "from ohlcv.train.distributed import leave_process\n"
+            "leave_process(0); print('none', end=' ')\n"
+            f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+            "leave_process(0); print('one')\n")
+    result = run_ohlcv_subprocess(python_code=code)
+    assert result.returncode == 0 and result.stdout == "none one\n", result.stderr

@@ -652,6 +652,14 @@ def main(argv: Optional[List[str]] = None) -> None:
 
             leave_process(exc.code)
         raise
+    except BaseException:  # OHLCV_DEBUG=1 lets an error through, with its traceback
+        if argv is None:
+            from ohlcv.train.distributed import leave_process, live_group
+
+            if live_group():
+                sys.excepthook(*sys.exc_info())
+                leave_process(130 if isinstance(sys.exc_info()[1], KeyboardInterrupt) else 1)
+        raise
 
 
 def _main(argv: Optional[List[str]]) -> None:

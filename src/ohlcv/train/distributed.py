@@ -244,29 +244,35 @@ def _exit_status(code: Any) -> int:
     return 1
 
 
+def live_group() -> bool:
+    """Whether this process belongs to a live process group of two or more (without importing torch)."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        return dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    except Exception:  # noqa: BLE001 - a half-torn-down group: not live
+        return False
+
+
 def leave_process(code: Any) -> None:
     """Exit a process that took part in a multi-process run the moment its own exit work is done.
 
     Ended the ordinary way, such a process finalizes the interpreter while the process group's
-    native threads are still alive; one of them that then needs the GIL (to release a tensor's
-    Python object) is ended by Python in the middle of a C++ destructor, which aborts the whole
-    process: ``terminate called without an active exception``, status -6, after a run that had
-    finished and written everything (seen with gloo on torch 2.4 and 2.13 alike, a few runs in a
-    hundred). Tearing the group down first (``destroy_process_group``) hung two processes of four
-    on torch 2.4. So this does what the interpreter's exit does before it finalizes (waits for
-    Python's non-daemon threads, runs the ``atexit`` handlers: logging, MLflow, temporary
-    folders), flushes the standard streams, and leaves with ``os._exit``. Everything ohlcv
-    writes is complete, and renamed into place, before a command returns.
+    native threads are still alive. A few runs in a hundred (gloo on the CPU, torch 2.4 and 2.13
+    alike) then ended, after finishing and writing everything, with ``terminate called without an
+    active exception`` and status -6: most likely one of those threads needed the GIL (to release
+    a tensor's Python object) after finalization began, and CPython (before 3.14) ends such a
+    thread where it stands, inside a C++ destructor. Tearing the group down first
+    (``destroy_process_group``) hung two processes of four on torch 2.4. So this does what the
+    interpreter's exit does before it finalizes (waits for Python's non-daemon threads, runs the
+    ``atexit`` handlers: logging, MLflow, temporary folders, and Lightning's own teardown of an
+    NCCL group), flushes Python's and C's standard streams, and leaves with ``os._exit``: only the
+    interpreter's finalization and the native libraries' destructors are skipped. Everything
+    ohlcv writes is complete, and renamed into place, before a command returns.
 
     Returns (the caller exits the ordinary way) when no process group of two or more is live:
     one process, or a command that never started a group.
     """
-    dist = sys.modules.get("torch.distributed")
-    try:
-        live = dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    except Exception:  # noqa: BLE001 - a half-torn-down group: exit the ordinary way
-        live = False
-    if not live:
+    if not live_group():
         return
     import atexit
     import threading
@@ -282,4 +288,10 @@ def leave_process(code: Any) -> None:
             stream.flush()
         except Exception:  # noqa: BLE001 - a closed pipe: nothing more can be said
             pass
+    try:  # what native code printed through C's stdio (NCCL_DEBUG, for one): buffered when piped
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except Exception:  # noqa: BLE001 - no C library to ask (not POSIX): nothing buffered there
+        pass
     os._exit(_exit_status(code))
