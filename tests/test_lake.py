@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +404,31 @@ def test_a_sample_lake_over_another_layout_is_refused(tmp_path):
         generate_sample_lake(tmp_path / "lake", symbols_per_class=1, asset_classes=["equity"], freq="1D", bars=100)
     assert "is stored by month" in str(refused.value) and "--partition month" in str(refused.value)
     assert all("month=" in p.as_posix() for p in (tmp_path / "lake").rglob("*.parquet"))
+
+
+def _litter(root: Path) -> None:
+    """What lakes collect besides bars: hidden and underscore names (Spark's markers, checksums, macOS
+    resource forks, notebook checkpoints), notes, and Parquet files put where no reader looks."""
+    symbol = root / "asset_class=fx" / "freq=1h" / "symbol=FX000"
+    month = symbol / "year=2023" / "month=01"
+    (root / "_SUCCESS").write_text("")
+    (root / ".ipynb_checkpoints" / "asset_class=fx").mkdir(parents=True)
+    (month / "._part.parquet").write_bytes(b"\x00\x05\x16\x07 not parquet")  # a macOS resource fork
+    (month / ".part.parquet.crc").write_bytes(b"crc")
+    (month / "_common_metadata").write_bytes(b"meta")
+    (symbol / "year=2023" / "notes.txt").write_text("rolled over on the 3rd")
+    shutil.copy(month / "part.parquet", symbol / "bars.parquet")  # beside the year folders: read by nobody
+    (month / "extra").mkdir()
+    shutil.copy(month / "part.parquet", month / "extra" / "part.parquet")
+
+
+def test_hidden_names_and_other_files_are_ignored_and_misplaced_parquet_is_reported(tmp_path):
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["fx"], bars=1500, seed=3)
+    before = discover(lake.root, freq="1h")
+    _litter(lake.root)
+    after = discover(lake.root, freq="1h")
+    assert after.sources == before.sources  # the same files read: no resource fork, no stray copy
+    where = lake.root / "asset_class=fx" / "freq=1h" / "symbol=FX000"
+    assert after.skipped == [f"{where / 'bars.parquet'}: not in a year=YYYY folder",
+                             f"{where / 'year=2023' / 'month=01' / 'extra'}: not read (a month's files go directly "
+                             "in month=MM)"]

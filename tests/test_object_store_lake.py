@@ -293,3 +293,31 @@ def test_an_unsupported_scheme_is_refused_with_the_supported_ones():
 
     with pytest.raises(ConfigError, match=r"s3:// gs:// az://"):
         lake_root("hdfs://namenode/lake")
+
+
+def test_s3_discovery_reads_ignores_and_reports_the_same_objects_as_local_discovery(aws_env, tmp_path):
+    from obstore.store import S3Store
+    import obstore
+
+    from ohlcv.lake.layout import discover
+    from tests.test_lake import _litter
+
+    lake = generate_sample_lake(tmp_path / "lake", symbols_per_class=2, asset_classes=["fx"], bars=1500, seed=3).root
+    _litter(lake)
+    store = S3Store("lake-bucket", prefix="lakes/litter", endpoint=aws_env, region="us-east-1", access_key_id="x",
+                    secret_access_key="x", client_options={"allow_http": True})
+    urllib.request.urlopen(urllib.request.Request(f"{aws_env}/lake-bucket", method="PUT"))
+    for path in sorted(p for p in lake.rglob("*") if p.is_file()):  # every file, litter included
+        obstore.put(store, path.relative_to(lake).as_posix(), path.read_bytes())
+    url = "s3://lake-bucket/lakes/litter"
+    local, remote = discover(lake, freq="1h"), discover(url, freq="1h")
+
+    def relative(files, root):
+        return [str(f)[len(str(root)) + 1:].replace(os.sep, "/") for f in files]
+
+    assert [(s.item_id, relative(s.files, url)) for s in remote.sources] == \
+        [(s.item_id, relative(s.files, lake)) for s in local.sources]
+    symbol = "asset_class=fx/freq=1h/symbol=FX000"
+    assert [m.split(": ")[0][len(url) + 1:] for m in remote.skipped] == \
+        [f"{symbol}/bars.parquet", f"{symbol}/year=2023/month=01/extra/part.parquet"]
+    assert len(local.skipped) == 2  # the same two, the folder named for the second

@@ -4,8 +4,10 @@ Layout: ``asset_class=X/freq=Y/symbol=Z/year=YYYY/month=MM/part.parquet``, or, f
 bars, one file per year: ``.../symbol=Z/year=YYYY/part.parquet`` (a symbol may mix both; the build's
 duplicate rule settles a bar stored twice).
 Selection (asset classes, frequency, symbols, date range) prunes partitions
-by their names alone. Folders that do not follow the layout are reported,
-never fatal.
+by their names alone. Folders, and Parquet files, that do not follow the layout are reported,
+never fatal; names starting with ``.`` or ``_`` (``_SUCCESS``, ``.crc`` files, a macOS
+``._part.parquet``) are ignored, as Arrow's and Spark's readers ignore them, and so is a file
+that is not Parquet.
 """
 
 from __future__ import annotations
@@ -75,8 +77,18 @@ def _entries(path: str | Path) -> list[os.DirEntry]:
         return []
 
 
+def _hidden(name: str) -> bool:
+    """A name the lake's readers pass over (the convention of Arrow's datasets and of Spark's output)."""
+    return name.startswith((".", "_"))
+
+
 def _subdirs(path: str | Path) -> list[os.DirEntry]:
-    return [e for e in _entries(path) if e.is_dir(follow_symlinks=False)]
+    return [e for e in _entries(path) if not _hidden(e.name) and e.is_dir(follow_symlinks=False)]
+
+
+def _is_part(entry: os.DirEntry) -> bool:
+    """A Parquet file a reader takes (not hidden)."""
+    return entry.name.endswith(".parquet") and not _hidden(entry.name) and entry.is_file()
 
 
 def _parse_instant(text: str | None, key: str) -> datetime | None:
@@ -135,10 +147,10 @@ def stored_layout(symbol_dir: Path) -> dict[int, set[str]]:
         if year is None:
             continue
         for entry in _entries(year_entry.path):
-            if entry.is_file() and entry.name.endswith(".parquet"):
+            if _is_part(entry):
                 years.setdefault(year, set()).add("year")
             elif (entry.is_dir(follow_symlinks=False) and _month_of(entry.name) is not None
-                  and any(e.name.endswith(".parquet") for e in _entries(entry.path))):
+                  and any(_is_part(e) for e in _entries(entry.path))):
                 years.setdefault(year, set()).add("month")
     return years
 
@@ -218,6 +230,9 @@ def discover(
                 key = (asset_class, symbol)
                 files = found.setdefault(key, [])
                 freqs[key] = parsed
+                for stray in _entries(sym_entry.path):  # bars stored beside the year folders are read by nobody
+                    if _is_part(stray):
+                        discovery.skipped.append(f"{stray.path}: not in a year=YYYY folder")
                 for year_entry in _subdirs(sym_entry.path):
                     year = _year_of(year_entry.name)
                     if year is None:
@@ -227,9 +242,9 @@ def discover(
                     # slower bars), in month=MM folders, or both
                     year_files, month_dirs = [], []
                     for entry in _entries(year_entry.path):
-                        if entry.name.endswith(".parquet") and entry.is_file():
+                        if _is_part(entry):
                             year_files.append(entry.path)
-                        elif entry.is_dir(follow_symlinks=False):
+                        elif not _hidden(entry.name) and entry.is_dir(follow_symlinks=False):
                             month_dirs.append(entry)
                     if year_files and _year_overlaps(year, t0, t1):
                         files.extend(Path(p) for p in year_files)
@@ -240,10 +255,11 @@ def discover(
                             continue
                         if not _month_overlaps(year, month, t0, t1):
                             continue
-                        names = sorted(
-                            e.name for e in os.scandir(month_entry.path) if e.name.endswith(".parquet") and e.is_file()
-                        )
-                        files.extend(Path(os.path.join(month_entry.path, name)) for name in names)
+                        for entry in _entries(month_entry.path):
+                            if _is_part(entry):
+                                files.append(Path(entry.path))
+                            elif not _hidden(entry.name) and entry.is_dir(follow_symlinks=False):
+                                discovery.skipped.append(f"{entry.path}: not read (a month's files go directly in month=MM)")
     for (asset_class, symbol), files in sorted(found.items(), key=lambda kv: f"{kv[0][0]}/{kv[0][1]}"):
         discovery.sources.append(SymbolSource(asset_class, freqs[(asset_class, symbol)], symbol, tuple(files)))
     return discovery
@@ -284,7 +300,8 @@ def discover_remote(
             listed = list_with_delimiter(store, prefix)
         except Exception as exc:  # noqa: BLE001 - no such bucket, refused credentials, no endpoint...
             raise listing_error(url, exc) from None
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in listed["common_prefixes"])
+        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in listed["common_prefixes"])
+        return sorted(name for name in names if not _hidden(name))
 
     for ac_name in folders(None):
         asset_class = _partition(ac_name, "asset_class")
@@ -324,6 +341,8 @@ def discover_remote(
                 for meta in sorted(listed, key=_remote_order(prefix)):
                     key = meta["path"]
                     parts = key[len(prefix) + 1 :].split("/")
+                    if any(_hidden(part) for part in parts) or not parts[-1].endswith(".parquet"):
+                        continue  # what a local lake's discovery passes over too
                     year, month = _remote_partition(parts)
                     if year is None:
                         discovery.skipped.append(f"{url}/{key}: not year=YYYY/[month=MM/]*.parquet")
