@@ -230,10 +230,13 @@ def discover(
                 key = (asset_class, symbol)
                 files = found.setdefault(key, [])
                 freqs[key] = parsed
-                for stray in _entries(sym_entry.path):  # bars stored beside the year folders are read by nobody
-                    if _is_part(stray):
-                        discovery.skipped.append(f"{stray.path}: not in a year=YYYY folder")
-                for year_entry in _subdirs(sym_entry.path):
+                year_entries = []
+                for entry in _entries(sym_entry.path):
+                    if _is_part(entry):  # bars stored beside the year folders are read by nobody
+                        discovery.skipped.append(f"{entry.path}: not in a year=YYYY folder")
+                    elif not _hidden(entry.name) and entry.is_dir(follow_symlinks=False):
+                        year_entries.append(entry)
+                for year_entry in year_entries:
                     year = _year_of(year_entry.name)
                     if year is None:
                         discovery.skipped.append(f"{year_entry.path}: not a year=YYYY folder")
