@@ -55,6 +55,17 @@ def test_when_finetuning_does_not_help_the_starting_model_is_exported(pretrained
     assert all(np.array_equal(exported[k], original[k]) for k in original)
 
 
+def test_a_diverging_finetune_names_what_is_left_and_leaves_no_model(pretrained, cli):
+    root, start = pretrained
+    result = cli("finetune", "--from", str(start), "--out", str(root / "nan"), "--profile", "hourly",
+                 "--dataset", str(root / "ds"), *TINY, *FT, "finetune.max_steps=4", "finetune.lr=1e30",
+                 "finetune.warmup_steps=0", "trainer.gradient_clip_val=1e30")
+    assert result.exit_code != 0 and "the loss became" in result.stderr, result.stderr + result.stdout
+    # stopped before its first validation: no checkpoint to name, and the starting model is untouched
+    assert f"no checkpoint was written before it; the starting model ({start}) is unchanged" in result.stderr
+    assert not (root / "nan" / "model").exists()
+
+
 def test_a_checkpoint_that_does_not_fit_the_profile_is_refused(pretrained, cli):
     root, start = pretrained
     result = cli("finetune", "--from", str(start), "--out", str(root / "bad"), "--profile", "hourly",

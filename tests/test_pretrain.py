@@ -92,10 +92,41 @@ def test_a_diverging_loss_stops_with_a_clear_message(lake, tmp_path):
     from ohlcv.train.pretrain import DivergenceError, run_pretrain
 
     loaded = _loaded(lake, tmp_path, "pretrain.max_steps=4", "pretrain.lr=1e30", "pretrain.warmup_steps=1",
-                     "trainer.gradient_clip_val=1e30")
-    with pytest.raises(DivergenceError, match="the loss became .* at step"):
+                     "trainer.gradient_clip_val=1e30", "pretrain.checkpoint_every_n_steps=50")
+    with pytest.raises(DivergenceError, match="the loss became .* at step") as stopped:
         run_pretrain(loaded, dataset=tmp_path / "ds", out=tmp_path / "run")
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "diverged"
+    # nothing to go back to yet: it says so instead of naming a checkpoint that does not exist
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert "no checkpoint was written before it (one every 50 steps" in str(stopped.value)
+    assert "last.ckpt" not in str(stopped.value)
+
+
+def test_ctrl_c_during_training_says_interrupted_exits_130_and_marks_the_run_interrupted(lake, tmp_path, cli,
+                                                                                        monkeypatch):
+    import signal
+
+    import lightning as L
+
+    from ohlcv.train import pretrain
+
+    class CtrlC(L.Callback):  # what SIGINT raises in the main thread, at a known step
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 3:  # after the checkpoint of step 2
+                raise KeyboardInterrupt
+
+    made = pretrain._callbacks
+    monkeypatch.setattr(pretrain, "_callbacks", lambda *a, **k: [*made(*a, **k), CtrlC()])
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores further Ctrl-Cs while it shuts down
+    try:
+        result = cli("pretrain", "--profile", "hourly", "--lake", str(lake.root), "--dataset", str(tmp_path / "ds"),
+                     "--out", str(tmp_path / "run"), *TINY, "pretrain.max_steps=6")
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert result.exit_code == 130 and result.stderr.rstrip().endswith("interrupted"), result.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert summary["status"] == "interrupted"  # not "failed" with "SystemExit: 1"
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()  # kept: --resume goes on from it
 
 
 def test_resume_refuses_folders_this_tool_did_not_write(tmp_path, lake):

@@ -673,6 +673,10 @@ def _main(argv: Optional[List[str]]) -> None:
     except KeyboardInterrupt:
         _error("interrupted", plain=True)
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130 and _after_ctrl_c(exc):  # Typer turns a Ctrl-C in a command into a silent exit 130
+            _error("interrupted", plain=True)
+        raise
     except Exception as exc:  # noqa: BLE001 - last resort: still one line
         if _debug():
             raise
@@ -680,6 +684,17 @@ def _main(argv: Optional[List[str]]) -> None:
 
         _error(stack_conflict() or f"unexpected {type(exc).__name__}: {exc} (set OHLCV_DEBUG=1 for the traceback)")
         sys.exit(1)
+
+
+def _after_ctrl_c(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling a KeyboardInterrupt (its chain of causes holds one)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _json_text(data) -> str:

@@ -32,6 +32,7 @@ from ohlcv.train.runtime import (
     compile_module,
     discard_on_failure,
     git_revision,
+    interrupted_as_such,
     loss_guard,
     make_trainer,
     package_versions,
@@ -294,7 +295,12 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
 
         val_note = validation_note(module, int(cfg.data.prediction_length), len(manifest["targets"]))
 
-    guard = loss_guard(f"the best checkpoint so far is in {run_dir / 'checkpoints'}. Lower finetune.lr")
+    def advice() -> str:
+        kept = run_dir / "checkpoints" / "best.ckpt"
+        return (f"the best checkpoint so far is {kept}" if kept.is_file() else
+                f"no checkpoint was written before it; the starting model ({start}) is unchanged") + ". Lower finetune.lr"
+
+    guard = loss_guard(advice)
     # both act when a validation ends (where the loss is logged), not when a training epoch ends: a run resumed
     # from a checkpoint written at an epoch's end starts by ending that epoch, before any validation has run
     best = L.pytorch.callbacks.ModelCheckpoint(
@@ -321,17 +327,20 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
     share_run_dir(trainer, run_dir)
     # under DDP both losses are means over every validation window, reduced over the processes (see
     # moirai.compat.reduced_across_processes); rank zero's copy is the one every process acts on
-    before = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][val_key])
+    with interrupted_as_such(trainer):
+        before = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][val_key])
     model.train()  # validate() leaves the modules in eval mode
     started = time.perf_counter()
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
+    with interrupted_as_such(trainer):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
     wall = time.perf_counter() - started
     after = float(best.best_model_score) if best.best_model_score is not None else before
     # the steps after the last validation (max_steps off a validation boundary) are validated too
     last_state, best_step = None, None
     if trainer.global_step % min(int(cfg.finetune.val_every_n_steps), int(cfg.finetune.max_steps)):
-        last = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][val_key])
+        with interrupted_as_such(trainer):
+            last = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][val_key])
         last = trainer.strategy.broadcast(last, src=0)
         if best.best_model_score is None or last < after:
             after, best_step = last, int(trainer.global_step)

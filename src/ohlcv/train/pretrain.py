@@ -39,6 +39,7 @@ from ohlcv.train.runtime import (
     compile_module,
     discard_on_failure,
     git_revision,
+    interrupted_as_such,
     loss_guard,
     make_trainer,
     package_versions,
@@ -277,12 +278,18 @@ def _callbacks(run_dir: Path, cfg, stats: dict[str, Any]):
         dirpath=run_dir / "checkpoints", filename="step={step:06d}", auto_insert_metric_name=False,
         every_n_train_steps=every, save_last=True, save_top_k=1, monitor=None,
     )
-    guard = loss_guard(
-        f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}. "
-        "Lower pretrain.lr, raise pretrain.warmup_steps, or check the data with `ohlcv check`"
-    )
+    guard = loss_guard(lambda: after_divergence(run_dir, cfg))
     monitor = [L.pytorch.callbacks.LearningRateMonitor("step")] if cfg.trainer.logger.value != "none" else []
     return [guard, Meter(), ExportHF(every), checkpoint, *monitor]
+
+
+def after_divergence(run_dir: Path, cfg) -> str:
+    """What a diverged pre-training leaves to go back to, and what to change."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    kept = (f"the last good checkpoint is {last}" if last.is_file() else
+            f"no checkpoint was written before it (one every {int(cfg.pretrain.checkpoint_every_n_steps)} steps: "
+            "pretrain.checkpoint_every_n_steps)")
+    return f"{kept}. Lower pretrain.lr, raise pretrain.warmup_steps, or check the data with `ohlcv check`"
 
 
 def export_hf(module, target: Path) -> None:
@@ -386,7 +393,8 @@ def _run_pretrain(loaded, run_dir: Path, *, dataset: Path, resume: bool, on_pref
     started = time.perf_counter()
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
+        with interrupted_as_such(trainer):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
     except ValueError as exc:  # a parameter went NaN/inf inside a distribution outside a training step
         from ohlcv.moirai.compat import non_finite_distribution
 
@@ -400,8 +408,7 @@ def _run_pretrain(loaded, run_dir: Path, *, dataset: Path, resume: bool, on_pref
         found = re.search(r"of distribution (\w+)", str(exc))
         raise DivergenceError(
             f"the loss became NaN at step {trainer.global_step}: a parameter of the "
-            f"{found.group(1) if found else 'forecast'} distribution is NaN or infinite; the last good checkpoint "
-            f"is {run_dir / 'checkpoints' / 'last.ckpt'}. Lower pretrain.lr or raise pretrain.warmup_steps"
+            f"{found.group(1) if found else 'forecast'} distribution is NaN or infinite; {after_divergence(run_dir, cfg)}"
         ) from None
     except DivergenceError:
         if leader:

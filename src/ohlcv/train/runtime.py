@@ -226,8 +226,24 @@ def run_folder(cfg, kind: str, out: Path | None, resume: bool) -> Path:
     return run_dir
 
 
-def loss_guard(advice: str):
-    """A Lightning callback that stops on a NaN/inf loss before the optimizer step (no bad weights saved)."""
+@contextlib.contextmanager
+def interrupted_as_such(trainer):
+    """A Ctrl-C inside ``trainer.fit`` / ``validate`` raised again as the ``KeyboardInterrupt`` it was.
+
+    Lightning turns it into ``sys.exit(1)`` after its own graceful shutdown; the command then said
+    nothing, exited 1 and marked its run ``failed`` with ``SystemExit: 1``. As a Ctrl-C anywhere else,
+    it now ends with ``interrupted``, status 130, and a run folder marked ``interrupted``."""
+    try:
+        yield
+    except SystemExit:
+        if getattr(trainer, "interrupted", False):
+            raise KeyboardInterrupt from None
+        raise
+
+
+def loss_guard(advice: Callable[[], str]):
+    """A Lightning callback that stops on a NaN/inf loss before the optimizer step (no bad weights saved);
+    ``advice()`` ends its message (what is left to go back to, what to change), asked when it stops."""
     import lightning as L
     import torch
 
@@ -240,7 +256,7 @@ def loss_guard(advice: str):
             everywhere = trainer.strategy.reduce_boolean_decision(here, all=True) if trainer.world_size > 1 else here
             if not everywhere:
                 value = loss.detach().float().item() if not here else "NaN or infinite in another process"
-                raise DivergenceError(f"the loss became {value} at step {trainer.global_step}; {advice}")
+                raise DivergenceError(f"the loss became {value} at step {trainer.global_step}; {advice()}")
 
     return Guard()
 
