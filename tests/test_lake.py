@@ -413,10 +413,12 @@ def _litter(root: Path) -> None:
     month = symbol / "year=2023" / "month=01"
     (root / "_SUCCESS").write_text("")
     (root / ".ipynb_checkpoints" / "asset_class=fx").mkdir(parents=True)
-    (month / "._part.parquet").write_bytes(b"\x00\x05\x16\x07 not parquet")  # a macOS resource fork
+    for folder in (month, month.parent):  # macOS resource forks, beside a month's and a year's bars
+        (folder / "._part.parquet").write_bytes(b"\x00\x05\x16\x07 not parquet")
     (month / ".part.parquet.crc").write_bytes(b"crc")
     (month / "_common_metadata").write_bytes(b"meta")
     (symbol / "year=2023" / "notes.txt").write_text("rolled over on the 3rd")
+    shutil.copy(month / "part.parquet", month / "bars.pq")  # Parquet, but not named so: counted, not read
     shutil.copy(month / "part.parquet", symbol / "bars.parquet")  # beside the year folders: read by nobody
     (month / "extra").mkdir()
     shutil.copy(month / "part.parquet", month / "extra" / "part.parquet")
@@ -431,4 +433,12 @@ def test_hidden_names_and_other_files_are_ignored_and_misplaced_parquet_is_repor
     where = lake.root / "asset_class=fx" / "freq=1h" / "symbol=FX000"
     assert after.skipped == [f"{where / 'bars.parquet'}: not in a year=YYYY folder",
                              f"{where / 'year=2023' / 'month=01' / 'extra'}: not read (a month's files go directly "
-                             "in month=MM)"]
+                             "in month=MM)",
+                             f"{where}: 2 file(s) not named *.parquet passed over (e.g. year=2023/notes.txt)"]
+    # out of the selected dates, a month's files are not listed, and not counted either
+    from ohlcv.lake.layout import stored_layout
+
+    assert stored_layout(where) == {2023: {"month"}}  # what ingest checks before writing: no "year file" seen
+    pruned = discover(lake.root, freq="1h", start="2023-02-01")
+    assert pruned.skipped == [f"{where / 'bars.parquet'}: not in a year=YYYY folder",
+                              f"{where}: 1 file(s) not named *.parquet passed over (e.g. year=2023/notes.txt)"]

@@ -319,5 +319,8 @@ def test_s3_discovery_reads_ignores_and_reports_the_same_objects_as_local_discov
         [(s.item_id, relative(s.files, lake)) for s in local.sources]
     symbol = "asset_class=fx/freq=1h/symbol=FX000"
     assert [m.split(": ")[0][len(url) + 1:] for m in remote.skipped] == \
-        [f"{symbol}/bars.parquet", f"{symbol}/year=2023/month=01/extra/part.parquet"]
-    assert len(local.skipped) == 2  # the same two, the folder named for the second
+        [f"{symbol}/bars.parquet", f"{symbol}/year=2023/month=01/extra/part.parquet", symbol]
+    assert len(local.skipped) == 3  # the same three, the folder named for the second
+    assert remote.skipped[-1].split(": ", 1)[1] == local.skipped[-1].split(": ", 1)[1]  # the same files passed over
+    pruned = discover(url, freq="1h", start="2023-02-01")
+    assert pruned.skipped[-1].split(": ", 1)[1] == discover(lake, freq="1h", start="2023-02-01").skipped[-1].split(": ", 1)[1]

@@ -102,30 +102,52 @@ def test_a_diverging_loss_stops_with_a_clear_message(lake, tmp_path):
     assert "last.ckpt" not in str(stopped.value)
 
 
-def test_ctrl_c_during_training_says_interrupted_exits_130_and_marks_the_run_interrupted(lake, tmp_path, cli,
-                                                                                        monkeypatch):
+def test_what_a_divergence_leaves_is_named_only_when_it_is_there(tmp_path):
+    from ohlcv.train.finetune import after_divergence as finetune_advice
+    from ohlcv.train.pretrain import after_divergence
+
+    cfg = load_profile("hourly", ["pretrain.checkpoint_every_n_steps=7"]).cfg
+    kept = tmp_path / "checkpoints"
+    assert after_divergence(tmp_path, cfg).startswith("no checkpoint was written before it (one every 7 steps")
+    assert finetune_advice(tmp_path, "org/model").startswith(
+        "no checkpoint was written before it; the starting model (org/model) is unchanged")
+    kept.mkdir()
+    (kept / "last.ckpt").write_bytes(b"")
+    (kept / "best.ckpt").write_bytes(b"")
+    assert after_divergence(tmp_path, cfg).startswith(f"the last good checkpoint is {kept / 'last.ckpt'}. Lower")
+    assert finetune_advice(tmp_path, "org/model").startswith(
+        f"the best checkpoint so far is {kept / 'best.ckpt'} (--resume goes on from {kept / 'last.ckpt'})")
+
+
+@pytest.mark.parametrize("signal_name, status, said, marked", [
+    ("SIGINT", 130, "interrupted", "interrupted"),
+    ("SIGTERM", 143, "error: terminated (SIGTERM) at step 3; --resume goes on from", "terminated"),
+])
+def test_ctrl_c_or_sigterm_during_training_is_said_with_its_status_and_marked_in_the_run(
+        lake, tmp_path, cli, monkeypatch, signal_name, status, said, marked):
     import signal
 
     import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from ohlcv.train import pretrain
 
-    class CtrlC(L.Callback):  # what SIGINT raises in the main thread, at a known step
+    class Stop(L.Callback):  # what Python (SIGINT) or Lightning's loop (SIGTERM) raises, at a known step
         def on_train_batch_end(self, trainer, *args):
             if trainer.global_step == 3:  # after the checkpoint of step 2
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt if signal_name == "SIGINT" else SIGTERMException
 
     made = pretrain._callbacks
-    monkeypatch.setattr(pretrain, "_callbacks", lambda *a, **k: [*made(*a, **k), CtrlC()])
+    monkeypatch.setattr(pretrain, "_callbacks", lambda *a, **k: [*made(*a, **k), Stop()])
     handler = signal.getsignal(signal.SIGINT)  # Lightning ignores further Ctrl-Cs while it shuts down
     try:
         result = cli("pretrain", "--profile", "hourly", "--lake", str(lake.root), "--dataset", str(tmp_path / "ds"),
                      "--out", str(tmp_path / "run"), *TINY, "pretrain.max_steps=6")
     finally:
         signal.signal(signal.SIGINT, handler)
-    assert result.exit_code == 130 and result.stderr.rstrip().endswith("interrupted"), result.stderr[-2000:]
-    summary = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert summary["status"] == "interrupted"  # not "failed" with "SystemExit: 1"
+    # before: a Ctrl-C exited 1 in silence, a SIGTERM 0, and run.json said "failed"
+    assert result.exit_code == status and said in result.stderr.splitlines()[-1], result.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == marked
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()  # kept: --resume goes on from it
 
 

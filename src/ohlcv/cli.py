@@ -671,11 +671,11 @@ def _main(argv: Optional[List[str]]) -> None:
         _error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        _error("interrupted", plain=True)
+        _interrupted()
         sys.exit(130)
     except SystemExit as exc:
         if exc.code == 130 and _after_ctrl_c(exc):  # Typer turns a Ctrl-C in a command into a silent exit 130
-            _error("interrupted", plain=True)
+            _interrupted()
         raise
     except Exception as exc:  # noqa: BLE001 - last resort: still one line
         if _debug():
@@ -684,6 +684,14 @@ def _main(argv: Optional[List[str]]) -> None:
 
         _error(stack_conflict() or f"unexpected {type(exc).__name__}: {exc} (set OHLCV_DEBUG=1 for the traceback)")
         sys.exit(1)
+
+
+def _interrupted() -> None:
+    """Say it once: a Ctrl-C reaches every process of a multi-process run, and rank zero speaks for all."""
+    from ohlcv.train.distributed import is_rank_zero
+
+    if is_rank_zero():
+        _error("interrupted", plain=True)
 
 
 def _after_ctrl_c(exc: BaseException) -> bool:

@@ -59,3 +59,10 @@ class PluginError(OhlcvError):
 
 class DivergenceError(OhlcvError):
     """Training stopped: the loss became NaN or infinite."""
+
+
+class TerminatedError(OhlcvError):
+    """Training stopped on SIGTERM (``kill``, ``docker stop``, a scheduler's preemption): status 143, as a
+    shell reports a process ended by that signal."""
+
+    exit_code = 143

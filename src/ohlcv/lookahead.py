@@ -18,6 +18,7 @@ reference, normalization and fitted regimes together.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -246,7 +247,7 @@ def _perturbed_lake(lake, target, cut_us: int, rng: np.random.Generator, *, hole
     import polars as pl
 
     shutil.copytree(lake, target)
-    for path in sorted(target.rglob("*.parquet")):
+    for path in _lake_files(target):
         frame = pl.read_parquet(path)
         stamps = frame["ts"].dt.epoch("us").to_numpy()
         after = stamps > cut_us
@@ -337,6 +338,14 @@ def check_pipeline(cfg, work, *, seed: int = 0) -> list[PipelineResult]:
     return results
 
 
+def _lake_files(root: Path) -> list[Path]:
+    """The Parquet files of a lake copy that discovery reads (none under a hidden or ``_`` name)."""
+    from ohlcv.lake.layout import is_hidden
+
+    return [path for path in sorted(root.rglob("*.parquet"))
+            if not any(is_hidden(part) for part in path.relative_to(root).parts)]
+
+
 def _holed_lake(lake, target, cuts_us: list[int]) -> None:
     """Copy ``lake`` to ``target`` without the last two bars at or before each cut (in the file holding it)."""
     import shutil
@@ -344,7 +353,7 @@ def _holed_lake(lake, target, cuts_us: list[int]) -> None:
     import polars as pl
 
     shutil.copytree(lake, target)
-    for path in sorted(target.rglob("*.parquet")):
+    for path in _lake_files(target):
         frame = pl.read_parquet(path)
         stamps = frame["ts"].dt.epoch("us").to_numpy()
         keep = np.ones(frame.height, dtype=bool)

@@ -77,18 +77,29 @@ def _entries(path: str | Path) -> list[os.DirEntry]:
         return []
 
 
-def _hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
     """A name the lake's readers pass over (the convention of Arrow's datasets and of Spark's output)."""
     return name.startswith((".", "_"))
 
 
 def _subdirs(path: str | Path) -> list[os.DirEntry]:
-    return [e for e in _entries(path) if not _hidden(e.name) and e.is_dir(follow_symlinks=False)]
+    return [e for e in _entries(path) if not is_hidden(e.name) and e.is_dir(follow_symlinks=False)]
 
 
 def _is_part(entry: os.DirEntry) -> bool:
     """A Parquet file a reader takes (not hidden)."""
-    return entry.name.endswith(".parquet") and not _hidden(entry.name) and entry.is_file()
+    return entry.name.endswith(".parquet") and not is_hidden(entry.name) and entry.is_file()
+
+
+def _is_other(entry: os.DirEntry) -> bool:
+    """A file a reader passes over without a word of its own: not Parquet, not hidden (notes, a ``.pq``)."""
+    return not entry.name.endswith(".parquet") and not is_hidden(entry.name) and entry.is_file()
+
+
+def _passed_over(where: str, others: list[str]) -> str:
+    """The one line that says a symbol's folders hold files not named *.parquet (a symbol can be left
+    without bars that way: ``.pq`` files, or a writer's ``000000_0``)."""
+    return f"{where}: {len(others)} file(s) not named *.parquet passed over (e.g. {others[0]})"
 
 
 def _parse_instant(text: str | None, key: str) -> datetime | None:
@@ -230,11 +241,11 @@ def discover(
                 key = (asset_class, symbol)
                 files = found.setdefault(key, [])
                 freqs[key] = parsed
-                year_entries = []
+                year_entries, others = [], []
                 for entry in _entries(sym_entry.path):
                     if _is_part(entry):  # bars stored beside the year folders are read by nobody
                         discovery.skipped.append(f"{entry.path}: not in a year=YYYY folder")
-                    elif not _hidden(entry.name) and entry.is_dir(follow_symlinks=False):
+                    elif not is_hidden(entry.name) and entry.is_dir(follow_symlinks=False):
                         year_entries.append(entry)
                 for year_entry in year_entries:
                     year = _year_of(year_entry.name)
@@ -247,8 +258,10 @@ def discover(
                     for entry in _entries(year_entry.path):
                         if _is_part(entry):
                             year_files.append(entry.path)
-                        elif not _hidden(entry.name) and entry.is_dir(follow_symlinks=False):
+                        elif not is_hidden(entry.name) and entry.is_dir(follow_symlinks=False):
                             month_dirs.append(entry)
+                        elif _is_other(entry) and _year_overlaps(year, t0, t1):
+                            others.append(f"{year_entry.name}/{entry.name}")
                     if year_files and _year_overlaps(year, t0, t1):
                         files.extend(Path(p) for p in year_files)
                     for month_entry in month_dirs:
@@ -261,8 +274,12 @@ def discover(
                         for entry in _entries(month_entry.path):
                             if _is_part(entry):
                                 files.append(Path(entry.path))
-                            elif not _hidden(entry.name) and entry.is_dir(follow_symlinks=False):
+                            elif not is_hidden(entry.name) and entry.is_dir(follow_symlinks=False):
                                 discovery.skipped.append(f"{entry.path}: not read (a month's files go directly in month=MM)")
+                            elif _is_other(entry):
+                                others.append(f"{year_entry.name}/{month_entry.name}/{entry.name}")
+                if others:
+                    discovery.skipped.append(_passed_over(sym_entry.path, others))
     for (asset_class, symbol), files in sorted(found.items(), key=lambda kv: f"{kv[0][0]}/{kv[0][1]}"):
         discovery.sources.append(SymbolSource(asset_class, freqs[(asset_class, symbol)], symbol, tuple(files)))
     return discovery
@@ -304,7 +321,7 @@ def discover_remote(
         except Exception as exc:  # noqa: BLE001 - no such bucket, refused credentials, no endpoint...
             raise listing_error(url, exc) from None
         names = (p.rstrip("/").rsplit("/", 1)[-1] for p in listed["common_prefixes"])
-        return sorted(name for name in names if not _hidden(name))
+        return sorted(name for name in names if not is_hidden(name))
 
     for ac_name in folders(None):
         asset_class = _partition(ac_name, "asset_class")
@@ -341,11 +358,18 @@ def discover_remote(
                     listed = [meta for chunk in list_objects(store, prefix + "/") for meta in chunk]
                 except Exception as exc:  # noqa: BLE001
                     raise listing_error(url, exc) from None
+                others = []
                 for meta in sorted(listed, key=_remote_order(prefix)):
                     key = meta["path"]
                     parts = key[len(prefix) + 1 :].split("/")
-                    if any(_hidden(part) for part in parts) or not parts[-1].endswith(".parquet"):
+                    if any(is_hidden(part) for part in parts):
                         continue  # what a local lake's discovery passes over too
+                    if not parts[-1].endswith(".parquet"):  # counted where a local lake's discovery counts it
+                        year, month = _remote_partition([*parts[:-1], "part.parquet"])
+                        if year is not None and (_year_overlaps(year, t0, t1) if month is None
+                                                 else _month_overlaps(year, month, t0, t1)):
+                            others.append("/".join(parts))
+                        continue
                     year, month = _remote_partition(parts)
                     if year is None:
                         discovery.skipped.append(f"{url}/{key}: not year=YYYY/[month=MM/]*.parquet")
@@ -354,6 +378,8 @@ def discover_remote(
                     if wanted:
                         version = str(meta.get("e_tag") or meta["last_modified"])
                         files.append(RemoteFile(f"{url}/{key}", int(meta["size"]), version))
+                if others:
+                    discovery.skipped.append(_passed_over(f"{url}/{prefix}", others))
     for (asset_class, symbol), files in sorted(found.items(), key=lambda kv: f"{kv[0][0]}/{kv[0][1]}"):
         discovery.sources.append(SymbolSource(asset_class, freqs[(asset_class, symbol)], symbol, tuple(files)))
     return discovery

@@ -223,6 +223,14 @@ def make_datamodule(cfg, dataset: Path, manifest: dict[str, Any], model, family:
     return FinetuneData(), sizes
 
 
+def after_divergence(run_dir: Path, start: str) -> str:
+    """What a diverged fine-tuning leaves to go back to, and what to change."""
+    kept = Path(run_dir) / "checkpoints"
+    return (f"the best checkpoint so far is {kept / 'best.ckpt'} (--resume goes on from {kept / 'last.ckpt'})"
+            if (kept / "best.ckpt").is_file() else
+            f"no checkpoint was written before it; the starting model ({start}) is unchanged") + ". Lower finetune.lr"
+
+
 def run_finetune(
     loaded,
     start: str,
@@ -295,12 +303,7 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
 
         val_note = validation_note(module, int(cfg.data.prediction_length), len(manifest["targets"]))
 
-    def advice() -> str:
-        kept = run_dir / "checkpoints" / "best.ckpt"
-        return (f"the best checkpoint so far is {kept}" if kept.is_file() else
-                f"no checkpoint was written before it; the starting model ({start}) is unchanged") + ". Lower finetune.lr"
-
-    guard = loss_guard(advice)
+    guard = loss_guard(lambda: after_divergence(run_dir, start))
     # both act when a validation ends (where the loss is logged), not when a training epoch ends: a run resumed
     # from a checkpoint written at an epoch's end starts by ending that epoch, before any validation has run
     best = L.pytorch.callbacks.ModelCheckpoint(
@@ -327,19 +330,19 @@ def _run_finetune(loaded, source, run_dir: Path, *, dataset: Path, resume: bool,
     share_run_dir(trainer, run_dir)
     # under DDP both losses are means over every validation window, reduced over the processes (see
     # moirai.compat.reduced_across_processes); rank zero's copy is the one every process acts on
-    with interrupted_as_such(trainer):
+    with interrupted_as_such(trainer, run_dir):
         before = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][val_key])
     model.train()  # validate() leaves the modules in eval mode
     started = time.perf_counter()
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
-    with interrupted_as_such(trainer):
+    with interrupted_as_such(trainer, run_dir):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
     wall = time.perf_counter() - started
     after = float(best.best_model_score) if best.best_model_score is not None else before
     # the steps after the last validation (max_steps off a validation boundary) are validated too
     last_state, best_step = None, None
     if trainer.global_step % min(int(cfg.finetune.val_every_n_steps), int(cfg.finetune.max_steps)):
-        with interrupted_as_such(trainer):
+        with interrupted_as_such(trainer, run_dir):
             last = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0][val_key])
         last = trainer.strategy.broadcast(last, src=0)
         if best.best_model_score is None or last < after:

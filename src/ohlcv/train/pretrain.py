@@ -393,7 +393,7 @@ def _run_pretrain(loaded, run_dir: Path, *, dataset: Path, resume: bool, on_pref
     started = time.perf_counter()
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
     try:
-        with interrupted_as_such(trainer):
+        with interrupted_as_such(trainer, run_dir):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
     except ValueError as exc:  # a parameter went NaN/inf inside a distribution outside a training step
         from ohlcv.moirai.compat import non_finite_distribution

@@ -123,8 +123,14 @@ def _mark_failed(run_dir: Path, exc: BaseException) -> None:
         return
     from ohlcv.config.loader import atomic_write_text, json_text
 
-    summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                   error=f"{type(exc).__name__}: {exc}")
+    from ohlcv.errors import DivergenceError, TerminatedError
+
+    if isinstance(exc, KeyboardInterrupt):
+        summary.update(status="interrupted", error="interrupted (Ctrl-C)")
+    else:
+        status = ("diverged" if isinstance(exc, DivergenceError) else
+                  "terminated" if isinstance(exc, TerminatedError) else "failed")
+        summary.update(status=status, error=f"{type(exc).__name__}: {exc}")
     atomic_write_text(marker, json_text(summary, indent=2) + "\n")
 
 
@@ -227,17 +233,26 @@ def run_folder(cfg, kind: str, out: Path | None, resume: bool) -> Path:
 
 
 @contextlib.contextmanager
-def interrupted_as_such(trainer):
-    """A Ctrl-C inside ``trainer.fit`` / ``validate`` raised again as the ``KeyboardInterrupt`` it was.
+def interrupted_as_such(trainer, run_dir: Path):
+    """A Ctrl-C or a SIGTERM inside ``trainer.fit`` / ``validate`` raised again as what it was.
 
-    Lightning turns it into ``sys.exit(1)`` after its own graceful shutdown; the command then said
-    nothing, exited 1 and marked its run ``failed`` with ``SystemExit: 1``. As a Ctrl-C anywhere else,
-    it now ends with ``interrupted``, status 130, and a run folder marked ``interrupted``."""
+    Lightning turns a Ctrl-C into ``sys.exit(1)`` (raised while handling the KeyboardInterrupt), after its
+    own graceful shutdown, and a SIGTERM into ``SIGTERMException``, an exit with status 0: the command
+    said nothing, and its run said ``failed``. A Ctrl-C now ends with ``interrupted`` and status 130, as
+    anywhere else; a SIGTERM (``kill``, ``docker stop``, a preemption) with one line and status 143; the
+    run folder says ``interrupted`` or ``terminated``."""
     try:
         yield
-    except SystemExit:
-        if getattr(trainer, "interrupted", False):
+    except SystemExit as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt) and getattr(trainer, "interrupted", False):
             raise KeyboardInterrupt from None
+        if type(exc).__name__ == "SIGTERMException":
+            from ohlcv.errors import TerminatedError
+
+            last = Path(run_dir) / "checkpoints" / "last.ckpt"
+            raise TerminatedError(f"terminated (SIGTERM) at step {trainer.global_step}; " + (
+                f"--resume goes on from {last}" if last.is_file() else "no checkpoint was written before it"
+            )) from None
         raise
 
 
