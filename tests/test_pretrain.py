@@ -160,3 +160,21 @@ def test_resume_refuses_folders_this_tool_did_not_write(tmp_path, lake):
     (stranger / "checkpoints" / "last.ckpt").write_bytes(b"not ours")
     with pytest.raises(OhlcvError, match="not a run folder written by ohlcv"):
         run_pretrain(_loaded(lake, tmp_path), dataset=tmp_path / "ds", out=stranger, resume=True)
+
+
+def test_a_training_process_drops_jaxs_gc_hook_where_a_ctrl_c_would_be_swallowed():
+    """uni2ts imports jax, whose garbage-collection hook swallowed Ctrl-Cs ("Exception ignored in
+    _xla_gc_callback"): training went on to its last step. Trainers are made without it."""
+    from tests.conftest import run_ohlcv_subprocess
+
+    code = ("import gc, uni2ts.model.moirai\n"
+            "hooked = lambda: any(getattr(c, '__module__', '') == 'jax._src.lib' for c in gc.callbacks)\n"
+            "before = hooked()\n"
+            "from ohlcv.config import load_profile\n"
+            "from ohlcv.train.runtime import make_trainer, resolve_hardware\n"
+            "cfg = load_profile('hourly', ['trainer.accelerator=cpu', 'trainer.logger=none']).cfg\n"
+            "import tempfile, pathlib\n"
+            "make_trainer(cfg, resolve_hardware(cfg.trainer), pathlib.Path(tempfile.mkdtemp()), max_steps=1, callbacks=[])\n"
+            "print(before, hooked())\n")
+    result = run_ohlcv_subprocess(python_code=code)
+    assert result.returncode == 0 and result.stdout.split() == ["True", "False"], result.stderr[-2000:]

@@ -181,3 +181,20 @@ def pretrain_transform(cfg, *, tiny: bool = False):
     model = pretrain_model(cfg, tiny=tiny)
     low, high = patch_range(cfg)
     return fixed_transform_map(model.train_transform_map, low, high), model
+
+
+def keep_ctrl_c() -> None:
+    """Take JAX's garbage-collection hook out of a process that trains or forecasts, so that Ctrl-C is never
+    swallowed.
+
+    uni2ts imports jax (through jaxtyping) without making a JAX array; jax then runs a Python callback at
+    the start and end of every garbage collection. A Ctrl-C that lands in it is "ignored" by Python
+    (``Exception ignored in: <function _xla_gc_callback>``) and training went on to its last step. With
+    no JAX array in the process, the hook has nothing to collect."""
+    import gc
+    import sys
+
+    jax_lib = sys.modules.get("jax._src.lib")
+    hook = getattr(jax_lib, "_xla_gc_callback", None)
+    while hook is not None and hook in gc.callbacks:
+        gc.callbacks.remove(hook)

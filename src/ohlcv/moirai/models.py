@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ohlcv.errors import ConfigError, OhlcvError, debug_enabled
+from ohlcv.moirai.compat import keep_ctrl_c
 from ohlcv.moirai.sources import ModelSource, resolve_model
 
 # Lines libraries print (``print``, not a logger) while loading a model that say nothing to a user:
@@ -52,6 +53,7 @@ def load_module(spec: str | ModelSource, *, option: str = "--from"):
     """The uni2ts module of ``spec`` (a hub id, a model or run folder, a .ckpt; see :func:`resolve_model`)."""
     source = spec if isinstance(spec, ModelSource) else resolve_model(spec, option=option)
     cls = _class(source, "module_class")
+    keep_ctrl_c()  # uni2ts is imported by now
     try:
         if source.folder is not None and (source.folder / "config.json").is_file():
             with without_known_prints():

@@ -422,7 +422,10 @@ def make_trainer(cfg, hardware: Hardware, run_dir: Path, *, max_steps: int, call
     ``progress`` (see :func:`progress_callback`) shows steps of ``max_steps`` and the loss instead."""
     import lightning as L
 
+    from ohlcv.moirai.compat import keep_ctrl_c
+
     quiet_libraries()
+    keep_ctrl_c()
     if progress is not None:
         callbacks = [*callbacks, progress_callback(progress, phase)]
     return L.Trainer(
