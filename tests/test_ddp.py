@@ -421,3 +421,21 @@ def test_one_process_leaves_the_ordinary_way(tmp_path):
             "leave_process(0); print('one')\n")
     result = run_ohlcv_subprocess(python_code=code)
     assert result.returncode == 0 and result.stdout == "none one\n", result.stderr
+
+
+def test_a_sigterm_is_said_once_by_rank_zero_and_every_rank_exits_143(cli, tmp_path, monkeypatch):
+    """A scheduler's SIGTERM reaches every process: rank zero says where to resume, the others only leave."""
+    from ohlcv.errors import TerminatedError
+    from ohlcv.train import pretrain
+
+    def terminated(*args, **kwargs):
+        raise TerminatedError("terminated (SIGTERM) at step 3; --resume goes on from RUN/checkpoints/last.ckpt")
+
+    monkeypatch.setattr(pretrain, "run_pretrain", terminated)
+    args = ("pretrain", "--profile", "hourly", "--out", str(tmp_path / "run"), f"data.dataset={tmp_path / 'ds'}",
+            "data.sample_if_missing=false")
+    zero = cli(*args, env={"RANK": "0", "WORLD_SIZE": "2"})
+    one = cli(*args, env={"RANK": "1", "WORLD_SIZE": "2"})
+    assert zero.exit_code == one.exit_code == 143
+    assert zero.stderr.strip() == "error: terminated (SIGTERM) at step 3; --resume goes on from RUN/checkpoints/last.ckpt"
+    assert one.stderr == "" and one.stdout == ""

@@ -35,6 +35,24 @@ def test_the_csv_logger_writes_the_losses_to_the_run_folder(lake, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_resumed_run_keeps_the_csv_rows_of_its_earlier_part(lake, tmp_path):
+    from ohlcv.train.pretrain import run_pretrain
+
+    first = _pretrain(lake, tmp_path, "trainer.logger=csv")
+    with open(first.run_dir / "logs" / "metrics.csv") as handle:
+        earlier = list(csv.DictReader(handle))
+    loaded = load_profile("hourly", [f"data.lake={lake.root}", f"data.dataset={tmp_path / 'ds'}", *TINY,
+                                     "pretrain.max_steps=4", "trainer.logger=csv"])
+    run_pretrain(loaded, dataset=tmp_path / "ds", out=first.run_dir, resume=True)
+    logs = first.run_dir / "logs"
+    with open(logs / "metrics.1.csv") as handle:  # Lightning's CSV logger deleted the file it found
+        assert list(csv.DictReader(handle)) == earlier
+    with open(logs / "metrics.csv") as handle:
+        later = list(csv.DictReader(handle))
+    assert later and min(int(row["step"]) for row in later) >= max(int(row["step"]) for row in earlier)
+
+
+@pytest.mark.slow
 def test_the_mlflow_logger_records_the_run_in_a_local_file_store(lake, tmp_path, monkeypatch):
     import mlflow
 

@@ -668,7 +668,11 @@ def _main(argv: Optional[List[str]]) -> None:
     except OhlcvError as exc:
         if _debug():
             raise
-        _error(str(exc))
+        from ohlcv.errors import TerminatedError
+        from ohlcv.train.distributed import is_rank_zero
+
+        if not isinstance(exc, TerminatedError) or is_rank_zero():  # a SIGTERM reaches every rank: one line
+            _error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _interrupted()

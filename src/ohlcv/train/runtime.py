@@ -280,10 +280,24 @@ def loss_guard(advice: Callable[[], str]):
 LOGGER_PACKAGES = {"mlflow": ("mlflow", "ohlcv[mlflow]"), "wandb": ("wandb", "ohlcv[wandb]")}
 
 
+def _keep_earlier_metrics(metrics: Path) -> None:
+    """Move a resumed run's metrics.csv to the first free ``metrics.N.csv`` beside it (rank zero, which
+    writes the logs), before Lightning's CSV logger deletes it."""
+    from ohlcv.train.distributed import is_rank_zero
+
+    if not is_rank_zero() or not metrics.is_file():
+        return
+    number = 1
+    while metrics.with_name(f"metrics.{number}.csv").exists():
+        number += 1
+    os.replace(metrics, metrics.with_name(f"metrics.{number}.csv"))
+
+
 def make_logger(cfg, run_dir: Path):
     """Lightning's own logger for ``trainer.logger``, writing where docs/pretrain.md says.
 
-    tensorboard: RUN/logs/; csv: RUN/logs/metrics.csv; mlflow: the tracking URI of the profile
+    tensorboard: RUN/logs/; csv: RUN/logs/metrics.csv (a resumed run's earlier rows kept in
+    RUN/logs/metrics.1.csv, .2, ...: Lightning deletes the file it finds); mlflow: the tracking URI of the profile
     (``trainer.tracking_uri``), else ``MLFLOW_TRACKING_URI``, else a local file store
     ``<output.runs_dir>/mlruns``, experiment ``trainer.experiment`` (default: the profile's name), run
     named after the run folder; wandb: offline (``RUN/wandb/``) unless ``WANDB_MODE`` says otherwise;
@@ -304,6 +318,7 @@ def make_logger(cfg, run_dir: Path):
     if kind == "tensorboard":
         return loggers.TensorBoardLogger(save_dir=str(run_dir), name="logs", version="")
     if kind == "csv":
+        _keep_earlier_metrics(Path(run_dir) / "logs" / "metrics.csv")
         return loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="")
     if kind == "mlflow":
         uri = str(cfg.trainer.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
