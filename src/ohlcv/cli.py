@@ -658,7 +658,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
             if live_group():
                 sys.excepthook(*sys.exc_info())
-                leave_process(130 if isinstance(sys.exc_info()[1], KeyboardInterrupt) else 1)
+                leave_process(1)  # (a Ctrl-C is an exit 130 by now, debug or not)
         raise
 
 
@@ -669,17 +669,15 @@ def _main(argv: Optional[List[str]]) -> None:
         if _debug():
             raise
         from ohlcv.errors import TerminatedError
-        from ohlcv.train.distributed import is_rank_zero
 
-        if not isinstance(exc, TerminatedError) or is_rank_zero():  # a SIGTERM reaches every rank: one line
-            _error(str(exc))
+        _error(str(exc), once=isinstance(exc, TerminatedError))  # a SIGTERM reaches every rank
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        _interrupted()
+        _error("interrupted", plain=True, once=True)
         sys.exit(130)
     except SystemExit as exc:
         if exc.code == 130 and _after_ctrl_c(exc):  # Typer turns a Ctrl-C in a command into a silent exit 130
-            _interrupted()
+            _error("interrupted", plain=True, once=True)
         raise
     except Exception as exc:  # noqa: BLE001 - last resort: still one line
         if _debug():
@@ -688,14 +686,6 @@ def _main(argv: Optional[List[str]]) -> None:
 
         _error(stack_conflict() or f"unexpected {type(exc).__name__}: {exc} (set OHLCV_DEBUG=1 for the traceback)")
         sys.exit(1)
-
-
-def _interrupted() -> None:
-    """Say it once: a Ctrl-C reaches every process of a multi-process run, and rank zero speaks for all."""
-    from ohlcv.train.distributed import is_rank_zero
-
-    if is_rank_zero():
-        _error("interrupted", plain=True)
 
 
 def _after_ctrl_c(exc: BaseException) -> bool:
@@ -732,8 +722,11 @@ def _plain(text: str, *, end: str = "\n") -> None:
         render_plain(text, end=end)
 
 
-def _error(text: str, *, plain: bool = False) -> None:
+def _error(text: str, *, plain: bool = False, once: bool = False) -> None:
+    """The error line, prefixed with the rank under DDP; ``once``: what every process of a multi-process run
+    was told at the same time (a Ctrl-C, a SIGTERM), said by rank zero alone."""
     from ohlcv.render import render_error
-    from ohlcv.train.distributed import rank_label
+    from ohlcv.train.distributed import is_rank_zero, rank_label
 
-    render_error(_console(stderr=True), text, rank=rank_label(), plain=plain)
+    if not once or is_rank_zero():
+        render_error(_console(stderr=True), text, rank=rank_label(), plain=plain)

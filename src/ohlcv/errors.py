@@ -34,6 +34,7 @@ class OhlcvError(Exception):
     """Base class of every error meant for a person rather than a traceback."""
 
     exit_code = 1
+    run_status = "failed"  # what a training run's run.json says when this error stops it
 
 
 class ConfigError(OhlcvError):
@@ -60,9 +61,12 @@ class PluginError(OhlcvError):
 class DivergenceError(OhlcvError):
     """Training stopped: the loss became NaN or infinite."""
 
+    run_status = "diverged"
+
 
 class TerminatedError(OhlcvError):
     """Training stopped on SIGTERM (``kill``, ``docker stop``, a scheduler's preemption): status 143, as a
     shell reports a process ended by that signal."""
 
     exit_code = 143
+    run_status = "terminated"

@@ -123,14 +123,10 @@ def _mark_failed(run_dir: Path, exc: BaseException) -> None:
         return
     from ohlcv.config.loader import atomic_write_text, json_text
 
-    from ohlcv.errors import DivergenceError, TerminatedError
-
     if isinstance(exc, KeyboardInterrupt):
         summary.update(status="interrupted", error="interrupted (Ctrl-C)")
     else:
-        status = ("diverged" if isinstance(exc, DivergenceError) else
-                  "terminated" if isinstance(exc, TerminatedError) else "failed")
-        summary.update(status=status, error=f"{type(exc).__name__}: {exc}")
+        summary.update(status=getattr(exc, "run_status", "failed"), error=f"{type(exc).__name__}: {exc}")
     atomic_write_text(marker, json_text(summary, indent=2) + "\n")
 
 
